@@ -1,0 +1,77 @@
+"""Configuration: read once from flags and environment, then passed down.
+
+No other module reads environment variables. Precedence: command-line flag, then
+environment variable, then default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+ENV_VARS = {
+    "host": "HOST",
+    "port": "PORT",
+    "model": "NANOCHAT_LITE_MODEL",
+    "threads": "NANOCHAT_LITE_THREADS",
+    "ctx_size": "NANOCHAT_LITE_CTX",
+    "home": "NANOCHAT_LITE_HOME",
+    "db": "NANOCHAT_LITE_DB",
+    "environment": "NANOCHAT_LITE_ENV",
+}
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    if env.get("NANOCHAT_LITE_HOME"):
+        return Path(env["NANOCHAT_LITE_HOME"]).expanduser()
+    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "nanochat-lite"
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    model: str = "smollm2-135m-instruct"  # a known model name or a path to a .gguf file
+    threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    ctx_size: int = 4096
+    home: Path = field(default_factory=lambda: default_home(os.environ))
+    db: Path | None = None  # conversation store; None = in the home folder
+    environment: str = "production"
+    seed: int | None = None  # server-wide default seed; None = random per request
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Config":
+        c = cls(home=default_home(env))
+        if env.get("HOST"):
+            c.host = env["HOST"]
+        if env.get("PORT"):
+            c.port = _int(env["PORT"], "PORT")
+        if env.get("NANOCHAT_LITE_MODEL"):
+            c.model = env["NANOCHAT_LITE_MODEL"]
+        if env.get("NANOCHAT_LITE_THREADS"):
+            c.threads = _int(env["NANOCHAT_LITE_THREADS"], "NANOCHAT_LITE_THREADS")
+        if env.get("NANOCHAT_LITE_CTX"):
+            c.ctx_size = _int(env["NANOCHAT_LITE_CTX"], "NANOCHAT_LITE_CTX")
+        if env.get("NANOCHAT_LITE_DB"):
+            c.db = Path(env["NANOCHAT_LITE_DB"]).expanduser()
+        if env.get("NANOCHAT_LITE_ENV"):
+            c.environment = env["NANOCHAT_LITE_ENV"]
+        return c
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.home / "conversations.sqlite3"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a whole number") from None

@@ -1,0 +1,27 @@
+"""Shared fixtures. Real models come through the model store into one cache for the
+whole run (NANOCHAT_LITE_HOME, else the user's cache folder), pulled once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nanochat_lite import models
+from nanochat_lite.config import default_home
+
+
+@pytest.fixture(scope="session")
+def model_home() -> Path:
+    return default_home(os.environ)
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(model_home: Path) -> Path:
+    return models.ensure(model_home, models.DEFAULT_CHAT, progress=print)
+
+
+@pytest.fixture(scope="session")
+def embedding_model_dir(model_home: Path) -> Path:
+    return models.ensure(model_home, models.DEFAULT_EMBEDDING, progress=print)
