@@ -1,0 +1,81 @@
+"""The Starlette application: routes, JSON errors for every failure, static page."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from . import chat_api, openai_api, ws
+from .http import json_response
+from .runtime import Runtime
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+log = logging.getLogger("nanochat_lite")
+
+# The page loads only its own scripts and styles; nothing inline runs.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "no such route", 405: "method not allowed for this route"}.get(exc.status_code, str(exc.detail))
+    message = f"{message}: {request.method} {request.url.path}"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if _is_openai(request):
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    else:
+        body = {"success": False, "error": {"code": code, "message": message}}
+    return json_response(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = {"success": False, "error": {"code": "internal_error", "message": "internal error; see the server log"}}
+    return json_response(body, 500)
+
+
+async def index(request: Request) -> Response:
+    page = WEB_DIR / "index.html"
+    if not page.exists():
+        return json_response({"success": False, "error": {"code": "not_found", "message": "no page installed"}}, 404)
+    return FileResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+
+class _StaticWithCSP(StaticFiles):
+    async def get_response(self, path: str, scope) -> Response:  # type: ignore[override]
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
+    routes = [
+        Route("/", index),
+        Route("/api/health", chat_api.health),
+        Route("/health", chat_api.health),
+        Route("/api/stats", chat_api.stats),
+        Route("/api/chat", chat_api.chat, methods=["POST"]),
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/models", openai_api.list_models),
+        WebSocketRoute("/ws", ws.websocket_chat),
+        *(extra_routes or []),
+    ]
+    if WEB_DIR.is_dir():
+        routes.append(Mount("/static", app=_StaticWithCSP(directory=WEB_DIR), name="static"))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.runtime = runtime
+    return app

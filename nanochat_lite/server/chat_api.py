@@ -1,0 +1,89 @@
+"""The project's own REST API: `POST /api/chat` (JSON or SSE), health and stats.
+
+Response shape: `{"success": true, "data": {...}}`; errors:
+`{"success": false, "error": {"code", "message"}}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ..engine import Delta, Done
+from .http import api_error, event_stream, json_response, read_body, sse, until_disconnect
+from .limits import RequestError
+from .runtime import Runtime
+from .schemas import ChatRequest, decode
+
+
+def usage(done: Done) -> dict:
+    return {"promptTokens": done.prompt_tokens, "completionTokens": done.completion_tokens,
+            "totalTokens": done.total_tokens}
+
+
+def timings(done: Done) -> dict:
+    return {"ttft_ms": round(done.ttft_ms, 2), "total_ms": round(done.total_ms, 2),
+            "tokens_per_second": round(done.decode_tokens_per_s, 2)}
+
+
+async def chat(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    started = time.perf_counter()
+    try:
+        req = decode(await read_body(request), ChatRequest)
+        turn = await rt.begin_turn(req)
+    except RequestError as e:
+        return api_error(e)
+
+    if req.stream:
+        async def body() -> AsyncIterator[bytes]:
+            yield sse({"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name})
+            async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id):
+                if isinstance(ev, Delta):
+                    yield sse({"type": "token", "text": ev.text})
+                else:
+                    yield sse({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
+                               "message": ev.text, "finish_reason": ev.finish_reason, "usage": usage(ev),
+                               "timings": timings(ev),
+                               "processingTime": round((time.perf_counter() - started) * 1000, 2)})
+
+        def on_error(e: RequestError) -> bytes:
+            return sse({"type": "error", "code": e.code, "message": e.message})
+
+        return event_stream(request, body(), on_error)
+
+    try:
+        done = await until_disconnect(request, rt.complete(turn.messages, turn.params, turn.conversation_id))
+    except RequestError as e:
+        return api_error(e)
+    except ClientDisconnect:
+        return Response(status_code=499)
+    return json_response({"success": True, "data": {
+        "message": done.text,
+        "tokens": done.completion_tokens,
+        "processingTime": round((time.perf_counter() - started) * 1000, 2),
+        "model": rt.model_name,
+        "conversation_id": turn.conversation_id,
+        "finish_reason": done.finish_reason,
+        "usage": usage(done),
+        "timings": timings(done),
+    }})
+
+
+async def health(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    if rt.state == "ready":
+        return json_response({"status": "ok", "model": rt.model_name,
+                              "uptime": round(time.time() - rt.stats.started, 3),
+                              "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued})
+    if rt.state == "error":
+        return json_response({"status": "error", "error": rt.error}, 503)
+    return json_response({"status": "loading"}, 503)
+
+
+async def stats(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    return json_response(rt.stats.snapshot(queued=rt.queued, generating=rt.generating, model=rt.model_name))

@@ -1,0 +1,121 @@
+"""Request limits: named constants, checked in one place.
+
+Every route turns a body into a typed struct (msgspec does the shape), then calls
+`check_sampling` / `check_message` / `check_conversation` here. A violation raises
+`RequestError`, which every route turns into a 4xx JSON body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..engine import SamplingParams
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB; larger bodies get 413
+MAX_MESSAGE_CHARS = 8_000
+MAX_SYSTEM_CHARS = 8_000
+MAX_MESSAGES = 500
+MAX_CONVERSATION_CHARS = 32_000
+MAX_TOKENS_MIN, MAX_TOKENS_MAX = 1, 4_096
+TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
+TOP_K_MIN, TOP_K_MAX = 0, 200
+TOP_P_MIN, TOP_P_MAX = 0.0, 1.0
+MIN_P_MIN, MIN_P_MAX = 0.0, 1.0
+REPEAT_PENALTY_MIN, REPEAT_PENALTY_MAX = 0.0, 3.0
+PENALTY_MIN, PENALTY_MAX = -2.0, 2.0  # frequency / presence, as OpenAI
+SEED_MIN, SEED_MAX = 0, 2**31 - 1
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 64
+MAX_ID_CHARS = 64
+MAX_WS_FRAME_BYTES = MAX_BODY_BYTES
+
+
+class RequestError(Exception):
+    """A client mistake: becomes a 4xx JSON error with a stable code."""
+
+    def __init__(self, message: str, *, code: str = "invalid_request", status: int = 400,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.param = param
+
+
+def _range(name: str, value: float | int | None, lo: float, hi: float) -> None:
+    if value is None:
+        return
+    if value != value or not lo <= value <= hi:  # value != value: NaN
+        raise RequestError(f"`{name}` must be between {lo:g} and {hi:g}, got {value!r}", param=name)
+
+
+def check_message(text: str, *, name: str = "message") -> None:
+    if not text.strip():
+        raise RequestError(f"`{name}` must not be empty", param=name)
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise RequestError(
+            f"`{name}` has {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}",
+            code="message_too_long", param=name,
+        )
+
+
+def check_system(text: str | None) -> None:
+    if text is not None and len(text) > MAX_SYSTEM_CHARS:
+        raise RequestError(
+            f"`system` has {len(text):,} characters; the limit is {MAX_SYSTEM_CHARS:,}",
+            code="message_too_long", param="system",
+        )
+
+
+def check_conversation(messages: Sequence[dict[str, str]]) -> None:
+    if not messages:
+        raise RequestError("`messages` must hold at least one message", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(
+            f"{len(messages)} messages; the limit is {MAX_MESSAGES}", code="too_many_messages", param="messages"
+        )
+    total = sum(len(m["content"]) for m in messages)
+    if total > MAX_CONVERSATION_CHARS:
+        raise RequestError(
+            f"the conversation has {total:,} characters; the limit is {MAX_CONVERSATION_CHARS:,}",
+            code="conversation_too_long", param="messages",
+        )
+    for i, m in enumerate(messages):
+        if len(m["content"]) > MAX_MESSAGE_CHARS:
+            raise RequestError(
+                f"message {i} has {len(m['content']):,} characters; the limit is {MAX_MESSAGE_CHARS:,}",
+                code="message_too_long", param=f"messages[{i}]",
+            )
+
+
+def check_id(value: str | None, name: str = "conversation_id") -> None:
+    if value is not None and (not value or len(value) > MAX_ID_CHARS or not value.isprintable()):
+        raise RequestError(f"`{name}` is not a valid id", param=name)
+
+
+def sampling(base: SamplingParams, *, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, repeat_penalty: float | None = None,
+             frequency_penalty: float | None = None, presence_penalty: float | None = None,
+             seed: int | None = None, max_tokens: int | None = None,
+             stop: str | Sequence[str] | None = None) -> SamplingParams:
+    """Check every sampling field against its bound and merge onto the defaults."""
+    _range("temperature", temperature, TEMPERATURE_MIN, TEMPERATURE_MAX)
+    _range("top_k", top_k, TOP_K_MIN, TOP_K_MAX)
+    _range("top_p", top_p, TOP_P_MIN, TOP_P_MAX)
+    _range("min_p", min_p, MIN_P_MIN, MIN_P_MAX)
+    _range("repeat_penalty", repeat_penalty, REPEAT_PENALTY_MIN, REPEAT_PENALTY_MAX)
+    _range("frequency_penalty", frequency_penalty, PENALTY_MIN, PENALTY_MAX)
+    _range("presence_penalty", presence_penalty, PENALTY_MIN, PENALTY_MAX)
+    _range("seed", seed, SEED_MIN, SEED_MAX)
+    _range("max_tokens", max_tokens, MAX_TOKENS_MIN, MAX_TOKENS_MAX)
+    stops: tuple[str, ...] | None = None
+    if stop is not None:
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if len(stops) > MAX_STOP_STRINGS:
+            raise RequestError(f"`stop` holds {len(stops)} strings; the limit is {MAX_STOP_STRINGS}", param="stop")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise RequestError(f"each `stop` string must have 1 to {MAX_STOP_CHARS} characters", param="stop")
+    return base.with_overrides(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, seed=seed,
+        max_tokens=max_tokens, stop=stops,
+    )

@@ -1,0 +1,96 @@
+"""Request bodies as msgspec structs: the shape check for every route.
+
+Unknown fields are ignored (clients send extras, as OpenAI's SDK does); wrong types
+are rejected with msgspec's path-precise message (`Expected `str`, got `int` - at
+`$.message``). Bounds are not here: see `limits.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar, Union
+
+import msgspec
+
+from .limits import MAX_BODY_BYTES, RequestError
+
+
+class Sampling(msgspec.Struct, kw_only=True):
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: Union[str, list[str], None] = None
+
+    def sampling_kwargs(self) -> dict:
+        return {f: getattr(self, f) for f in Sampling.__struct_fields__}
+
+
+class ChatRequest(Sampling, kw_only=True):
+    message: str
+    stream: bool = False
+    conversation_id: str | None = None
+    system: str | None = None
+
+
+class WSFrame(msgspec.Struct, kw_only=True):
+    type: str
+
+
+class WSChat(ChatRequest, kw_only=True):
+    type: Literal["chat"]
+
+
+class TextPart(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class OAIMessage(msgspec.Struct, kw_only=True):
+    role: str
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class OAIChatRequest(msgspec.Struct, kw_only=True):
+    messages: list[OAIMessage]
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: Union[str, list[str], None] = None
+    n: int | None = None
+    user: str | None = None
+
+
+T = TypeVar("T")
+
+
+def decode(body: bytes, cls: type[T]) -> T:
+    """Parse and shape-check a JSON body, or raise RequestError (400/413)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"the body has {len(body):,} bytes; the limit is {MAX_BODY_BYTES:,}",
+                           code="body_too_large", status=413)
+    if not body.strip():
+        raise RequestError("the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return msgspec.json.decode(body, type=cls)
+    except msgspec.ValidationError as e:
+        raise RequestError(f"invalid request: {e}", code="invalid_request") from None
+    except msgspec.DecodeError as e:
+        raise RequestError(f"the body is not valid JSON: {e}", code="invalid_json") from None

@@ -1,0 +1,102 @@
+"""Serving statistics for `/api/stats`: counters and recent-window percentiles.
+
+Percentiles cover the last `WINDOW` finished requests (a bounded deque, so memory
+stays flat however long the server runs). Times are in milliseconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+
+WINDOW = 1000
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile. percentile([1, 2, 3, 4], 50) -> 2."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
+    return round(s[k], 2)
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class Stats:
+    def __init__(self, startup_ms: float | None = None) -> None:
+        self.started = time.time()
+        self.startup_ms = startup_ms
+        self.requests_total = 0
+        self.requests_failed = 0
+        self.requests_cancelled = 0
+        self.active = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self._latency: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._ttft: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._tps: collections.deque[float] = collections.deque(maxlen=WINDOW)
+
+    def begin(self) -> float:
+        self.requests_total += 1
+        self.active += 1
+        return time.perf_counter()
+
+    def end(self, t0: float, *, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
+            ttft_ms: float | None = None, tokens_per_s: float | None = None, cancelled: bool = False) -> None:
+        self.active -= 1
+        if not ok:
+            self.requests_failed += 1
+            return
+        if cancelled:
+            self.requests_cancelled += 1
+        self.tokens_in += prompt_tokens
+        self.tokens_out += completion_tokens
+        self._latency.append((time.perf_counter() - t0) * 1000.0)
+        if ttft_ms is not None:
+            self._ttft.append(ttft_ms)
+        if tokens_per_s:
+            self._tps.append(tokens_per_s)
+
+    def snapshot(self, *, queued: int, generating: int, model: str | None) -> dict:
+        lat, ttft, tps = list(self._latency), list(self._ttft), list(self._tps)
+        return {
+            "model": model,
+            "uptime_s": round(time.time() - self.started, 3),
+            "startup_ms": self.startup_ms,
+            "requests": {
+                "total": self.requests_total,
+                "active": self.active,
+                "generating": generating,
+                "queued": queued,
+                "failed": self.requests_failed,
+                "cancelled": self.requests_cancelled,
+            },
+            "tokens": {"prompt": self.tokens_in, "completion": self.tokens_out},
+            "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+                           "count": len(lat)},
+            "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95), "count": len(ttft)},
+            "decode_tokens_per_s": {
+                "mean": round(sum(tps) / len(tps), 2) if tps else None,
+                "last": round(tps[-1], 2) if tps else None,
+            },
+            "memory": {"rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()},
+        }
