@@ -1,0 +1,600 @@
+"""The conversation store: conversations and their messages in one SQLite file.
+
+One `ConversationStore` owns one connection, used under a lock, so the server may call
+it from any worker thread (never from the event loop: every method blocks, and every
+write waits for an fsync). Each write is one `BEGIN IMMEDIATE ... COMMIT` that has
+finished before the method returns, so whatever the server acknowledged survives a
+SIGKILL (and, with `synchronous=FULL`, a power cut).
+
+Full-text search uses FTS5 indexes kept in step with the tables by triggers, inside the
+same transactions. User text never reaches the MATCH syntax: each word becomes a quoted
+prefix term (`deploy NEAR(srv*` -> `"deploy" * "NEAR(srv*" *`).
+
+The schema moves forward only, through `_MIGRATIONS`; a file written by a newer
+Nanochat-Lite is refused rather than guessed at.
+
+Not handled here: limits on message size (the server checks them), the model,
+embeddings and semantic search (later), reading configuration (the caller passes a path).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+STATUSES = ("complete", "stopped", "failed", "interrupted")
+TITLE_CHARS = 60  # auto-titles are cut near here, at a word boundary, then "…" is added
+MAX_TITLE_CHARS = 200  # rename() refuses longer titles
+MAX_QUERY_TERMS = 32  # search() ignores words past this many
+BUSY_TIMEOUT_MS = 5000  # another process (a CLI export) may hold the write lock briefly
+MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
+
+_CONTROL_TO_SPACE = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0))}  # category Cc
+_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+# unicode61 with "So" added so emoji are words; remove_diacritics 2 lets "cafe" find "café".
+_TOKENIZE = "unicode61 remove_diacritics 2 categories 'L* N* Co So'"
+
+# Each entry is one schema version: its statements run in one transaction, together with
+# the version bump, so a crash mid-migration leaves the previous version intact.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: conversations and messages.
+    (
+        # `seq` is an explicit integer key because the FTS index refers to rows by rowid,
+        # and VACUUM may renumber an implicit rowid.
+        """CREATE TABLE conversations (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            title TEXT NOT NULL DEFAULT '',
+            system TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX conversations_recent ON conversations(updated_at DESC, seq DESC)",
+        # AUTOINCREMENT: a deleted message's id is never reused, so ids held elsewhere
+        # (URLs, embedding vectors) cannot come to point at a different message.
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'complete'
+                CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted')),
+            created_at REAL NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            ttft_ms REAL,
+            duration_ms REAL,
+            model TEXT,
+            params TEXT
+        )""",
+        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
+    ),
+    # 2: full-text search over message content and titles (backfilled for old rows).
+    (
+        f"""CREATE VIRTUAL TABLE messages_fts USING fts5(
+            content, content='messages', content_rowid='id', tokenize="{_TOKENIZE}")""",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        f"""CREATE VIRTUAL TABLE conversations_fts USING fts5(
+            title, content='conversations', content_rowid='seq', tokenize="{_TOKENIZE}")""",
+        """CREATE TRIGGER conversations_fts_insert AFTER INSERT ON conversations BEGIN
+            INSERT INTO conversations_fts(rowid, title) VALUES (new.seq, new.title);
+        END""",
+        """CREATE TRIGGER conversations_fts_delete AFTER DELETE ON conversations BEGIN
+            INSERT INTO conversations_fts(conversations_fts, rowid, title)
+                VALUES ('delete', old.seq, old.title);
+        END""",
+        """CREATE TRIGGER conversations_fts_update AFTER UPDATE OF title ON conversations
+        BEGIN
+            INSERT INTO conversations_fts(conversations_fts, rowid, title)
+                VALUES ('delete', old.seq, old.title);
+            INSERT INTO conversations_fts(rowid, title) VALUES (new.seq, new.title);
+        END""",
+        "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
+        "INSERT INTO conversations_fts(conversations_fts) VALUES ('rebuild')",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_CONVERSATION_SELECT = """
+    SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
+           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+    FROM conversations c"""
+_MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
+    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params"""
+
+
+@dataclass
+class Message:
+    id: int
+    conversation_id: str
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    status: str  # "complete" | "stopped" | "failed" | "interrupted"
+    created_at: float  # unix seconds
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None  # milliseconds, request start to first token
+    duration_ms: float | None = None  # milliseconds, whole generation
+    model: str | None = None
+    params: dict[str, Any] | None = None  # sampling parameters as given
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Conversation:
+    id: str  # uuid4 hex unless the caller chose one
+    title: str  # "" until set by rename() or by the first user message
+    system: str | None
+    created_at: float  # unix seconds
+    updated_at: float  # unix seconds of the last message (or creation)
+    message_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NotFound(KeyError):
+    """No conversation with this id."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExists(ValueError):
+    """create() was given a conversation_id that is already taken."""
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be used; the message names the file and the fix."""
+
+
+def make_title(text: str) -> str:
+    """A one-line title from a message: its first non-blank line, whitespace collapsed,
+    cut at a word boundary near TITLE_CHARS with "…".
+
+    `"\\n  How do I   bake\\tbread?\\nI have flour."` -> `"How do I bake bread?"`
+    """
+    for line in _clean(text).splitlines():
+        line = _one_line(line)
+        if line:
+            break
+    else:
+        return ""
+    if len(line) <= TITLE_CHARS:
+        return line
+    space = line.rfind(" ", 0, TITLE_CHARS + 1)
+    head = line[:space] if space >= TITLE_CHARS // 2 else line[: _cluster_cut(line, TITLE_CHARS)]
+    return (head.rstrip(" ,.;:-–—") or head) + "…"
+
+
+class ConversationStore:
+    """Conversations and messages in the SQLite file at `path` (":memory:" for tests).
+
+    Creates the file and its folder if needed and migrates the schema forward.
+    Raises StoreError if the file is not a database or was written by a newer version.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._last_time = 0.0
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; sqlite3's implicit
+        # transactions would otherwise leave reads holding a snapshot open.
+        self._conn = sqlite3.connect(
+            self.path,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(self._conn, path=self.path)
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise StoreError(
+                f"{self.path}: cannot open the conversation database ({e}). Check that "
+                "this is a Nanochat-Lite history file, readable and writable, or use another path."
+            ) from e
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- conversations ---------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        system: str | None = None,
+        title: str | None = None,
+        conversation_id: str | None = None,
+    ) -> Conversation:
+        """A new, empty conversation. Raises AlreadyExists if conversation_id is taken,
+        ValueError if it is not 1-64 characters of [0-9A-Za-z_-]."""
+        cid = uuid.uuid4().hex if conversation_id is None else conversation_id
+        if not isinstance(cid, str) or not _ID_RE.fullmatch(cid):
+            raise ValueError(
+                f"conversation_id {cid!r}: expected 1-64 characters of 0-9, A-Z, a-z, _ or -"
+            )
+        clean_title = _clean_title(title or "")
+        clean_system = None if system is None else _clean(system)
+        with self._write() as conn:
+            now = self._now()
+            try:
+                conn.execute(
+                    "INSERT INTO conversations (id, title, system, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cid, clean_title, clean_system, now, now),
+                )
+            except sqlite3.IntegrityError as e:
+                raise AlreadyExists(f"conversation {cid} already exists") from e
+        return Conversation(cid, clean_title, clean_system, now, now, 0)
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        with self._read() as conn:
+            return self._get(conn, conversation_id)
+
+    def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]:
+        """One page of conversations, most recently updated first, and the total count."""
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit={limit}, offset={offset}: both must be >= 0")
+        with self._read() as conn:
+            rows = conn.execute(
+                _CONVERSATION_SELECT + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            (total,) = conn.execute("SELECT COUNT(*) FROM conversations").fetchone()
+        return [Conversation(*row) for row in rows], total
+
+    def rename(self, conversation_id: str, title: str) -> Conversation:
+        """Set the title (one line; "" lets the next user message name it again)."""
+        clean_title = _clean_title(title)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE conversations SET title = ? WHERE id = ?", (clean_title, conversation_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no conversation {conversation_id}")
+            conversation = self._get(conn, conversation_id)
+        assert conversation is not None
+        return conversation
+
+    def set_system(self, conversation_id: str, system: str | None) -> None:
+        """Set or (with None) clear the system prompt. Raises NotFound."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE conversations SET system = ? WHERE id = ?",
+                (None if system is None else _clean(system), conversation_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no conversation {conversation_id}")
+
+    def delete(self, conversation_id: str) -> bool:
+        """Delete a conversation and its messages; False if there was none."""
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+        return cur.rowcount > 0
+
+    # -- messages --------------------------------------------------------------------
+
+    def messages(self, conversation_id: str) -> builtins.list[Message]:
+        """All messages, oldest first. Raises NotFound."""
+        with self._read() as conn:
+            if conn.execute(
+                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone() is None:
+                raise NotFound(f"no conversation {conversation_id}")
+            return self._messages(conn, conversation_id)
+
+    def add_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: str,
+        *,
+        status: str = "complete",
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        ttft_ms: float | None = None,
+        duration_ms: float | None = None,
+        model: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Message:
+        """Append a message and commit. Raises NotFound, or ValueError for an unknown
+        role/status. Bumps updated_at; an untitled conversation takes its title from
+        its first user message (see make_title). Lone surrogates become U+FFFD."""
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+        if not isinstance(content, str):
+            raise TypeError(f"content must be str, got {type(content).__name__}")
+        content = _clean(content)
+        params_json = None if params is None else json.dumps(params, ensure_ascii=False)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT title FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no conversation {conversation_id}")
+            now = self._now()
+            cur = conn.execute(
+                "INSERT INTO messages (conversation_id, role, content, status, created_at,"
+                " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, status, now, prompt_tokens,
+                 completion_tokens, ttft_ms, duration_ms, model, params_json),
+            )
+            title = row[0] or (make_title(content) if role == "user" else "")
+            conn.execute(
+                "UPDATE conversations SET updated_at = ?, title = ? WHERE id = ?",
+                (now, title, conversation_id),
+            )
+            message_id = cur.lastrowid
+        assert message_id is not None
+        return Message(
+            message_id, conversation_id, role, content, status, now, prompt_tokens,
+            completion_tokens, ttft_ms, duration_ms, model,
+            None if params_json is None else json.loads(params_json),
+        )
+
+    # -- search, export, health --------------------------------------------------------
+
+    def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]:
+        """Messages (and conversation titles) containing every word of `query`, best first.
+
+        Each word also matches longer words it starts ("deplo" finds "deployment").
+        Hits: {conversation_id, title, message_id, role, snippet, created_at, score};
+        higher score is better (negated bm25); the snippet is plain text with matches
+        between MARK_START and MARK_END. A conversation that matches by title only
+        gives one hit with message_id and role None. Any input is safe; "" gives [].
+        """
+        expression = _match_expression(query)
+        if expression is None or limit <= 0:
+            return []
+        with self._read() as conn:
+            message_rows = conn.execute(
+                """SELECT m.conversation_id, c.title, m.id, m.role,
+                          snippet(messages_fts, 0, ?, ?, '…', 16), m.created_at, -rank
+                   FROM messages_fts
+                   JOIN messages m ON m.id = messages_fts.rowid
+                   JOIN conversations c ON c.id = m.conversation_id
+                   WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?""",
+                (MARK_START, MARK_END, expression, limit),
+            ).fetchall()
+            title_rows = conn.execute(
+                """SELECT c.id, c.title, NULL, NULL,
+                          highlight(conversations_fts, 0, ?, ?), c.created_at, -rank
+                   FROM conversations_fts
+                   JOIN conversations c ON c.seq = conversations_fts.rowid
+                   WHERE conversations_fts MATCH ? ORDER BY rank LIMIT ?""",
+                (MARK_START, MARK_END, expression, limit),
+            ).fetchall()
+        keys = ("conversation_id", "title", "message_id", "role", "snippet", "created_at", "score")
+        hits = [dict(zip(keys, row)) for row in message_rows]
+        # Auto-titles repeat the first message; a title hit only adds conversations
+        # that no message hit already shows.
+        seen = {hit["conversation_id"] for hit in hits}
+        hits += [dict(zip(keys, row)) for row in title_rows if row[0] not in seen]
+        hits.sort(key=lambda hit: -hit["score"])
+        return hits[:limit]
+
+    def export(self, conversation_id: str, fmt: str) -> str:
+        """The conversation as "json" ({"conversation": ..., "messages": [...]}, indented)
+        or "markdown" (title, then one bold-labelled section per message; a message that
+        did not complete is marked, e.g. "**Assistant** _(stopped)_"). Raises NotFound,
+        or ValueError for another fmt."""
+        if fmt not in ("json", "markdown"):
+            raise ValueError(f"export format {fmt!r}: expected 'json' or 'markdown'")
+        with self._read() as conn:
+            conversation = self._get(conn, conversation_id)
+            if conversation is None:
+                raise NotFound(f"no conversation {conversation_id}")
+            messages = self._messages(conn, conversation_id)
+        if fmt == "json":
+            return json.dumps(
+                {"conversation": conversation.to_dict(), "messages": [m.to_dict() for m in messages]},
+                indent=2,
+                ensure_ascii=False,
+            )
+        parts = [f"# {conversation.title or 'Untitled conversation'}"]
+        if conversation.system:
+            parts.append(f"**System prompt**\n\n{conversation.system}")
+        for m in messages:
+            label = f"**{m.role.capitalize()}**"
+            if m.status != "complete":
+                label += f" _({m.status})_"
+            parts.append(f"{label}\n\n{m.content or '_(empty)_'}")
+        return "\n\n".join(parts) + "\n"
+
+    def integrity_check(self) -> str:
+        """"ok", or what is wrong: SQLite's integrity_check, then foreign keys and the
+        search indexes (which PRAGMA integrity_check does not look at)."""
+        with self._lock:
+            conn = self._conn
+            result = "\n".join(row[0] for row in conn.execute("PRAGMA integrity_check"))
+            if result != "ok":
+                return result
+            orphans = conn.execute("PRAGMA foreign_key_check").fetchall()
+            if orphans:
+                return f"foreign_key_check: {len(orphans)} rows point at missing parents"
+            for table in ("messages_fts", "conversations_fts"):
+                try:  # rank=1: also compare the index with its content table
+                    conn.execute(f"INSERT INTO {table}({table}, rank) VALUES ('integrity-check', 1)")
+                except sqlite3.DatabaseError as e:
+                    return f"{table}: {e}"
+            return "ok"
+
+    # -- internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for several SELECTs (a page and its total agree)."""
+        with self._lock, _transaction(self._conn, "BEGIN") as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The one writer path: committed (and fsynced) when the block exits."""
+        with self._lock, _transaction(self._conn, "BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    def _now(self) -> float:
+        # Strictly increasing within this store, so "newest updated first" follows the
+        # order of writes even when two land in the same clock tick.
+        self._last_time = max(time.time(), self._last_time + 1e-6)
+        return self._last_time
+
+    @staticmethod
+    def _messages(conn: sqlite3.Connection, conversation_id: str) -> builtins.list[Message]:
+        rows = conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        ).fetchall()
+        return [_message(row) for row in rows]
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
+        row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = ?", (conversation_id,)).fetchone()
+        return None if row is None else Conversation(*row)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Connection]:
+    conn.execute(begin)
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # SQLite may already have rolled back on its own
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSION) -> None:
+    """Apply the migrations after the file's version, each in its own transaction.
+
+    Another process may be migrating the same file: the version is read again after
+    taking the write lock, so each step runs exactly once.
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    while True:
+        with _transaction(conn, "BEGIN IMMEDIATE"):
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = row[0] or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: the conversation database has schema version {version}, but "
+                    f"this Nanochat-Lite knows versions up to {SCHEMA_VERSION}. Upgrade "
+                    "Nanochat-Lite, or use another history file."
+                )
+            if version >= target:
+                return
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    *fields, params = row
+    return Message(*fields, params=None if params is None else json.loads(params))
+
+
+def _clean(text: str) -> str:
+    """Text SQLite can store: lone surrogates (possible from JSON "\\ud800") become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _one_line(text: str) -> str:
+    """Whitespace runs and control characters (NUL, ESC: no place in a title shown in a
+    terminal) collapse to single spaces: `" a\x1b[2J \t b "` -> `"a [2J b"`."""
+    return " ".join(text.translate(_CONTROL_TO_SPACE).split())
+
+
+def _clean_title(title: str) -> str:
+    clean = _one_line(_clean(title))
+    if len(clean) > MAX_TITLE_CHARS:
+        raise ValueError(f"title has {len(clean)} characters; at most {MAX_TITLE_CHARS} allowed")
+    return clean
+
+
+def _cluster_cut(text: str, n: int) -> int:
+    """An index <= n that does not split a character from its combining marks, a
+    ZWJ emoji sequence or a flag (two regional indicators); n if none is found."""
+
+    def joins(before: str, after: str) -> bool:
+        return (
+            unicodedata.category(after) in ("Mn", "Mc", "Me", "Sk")
+            or after in "\u200d\ufe0e\ufe0f"
+            or before == "\u200d"
+        )
+
+    def regional(ch: str) -> bool:
+        return "\U0001f1e6" <= ch <= "\U0001f1ff"
+
+    cut = n
+    while cut > 0 and joins(text[cut - 1], text[cut]):
+        cut -= 1
+    if cut > 0 and regional(text[cut - 1]) and regional(text[cut]):
+        run = 0
+        while cut - run > 0 and regional(text[cut - run - 1]):
+            run += 1
+        cut -= run % 2  # an odd run before the cut ends in half a flag
+    return cut or n
+
+
+def _match_expression(query: str) -> str | None:
+    """An FTS5 expression that cannot be a syntax error: each whitespace-separated word
+    quoted (inner quotes doubled) and prefix-matched, all required. None if empty."""
+    # say "hi   ->   "say" * """hi" *
+    words = _clean(query).replace("\x00", " ").split()[:MAX_QUERY_TERMS]
+    if not words:
+        return None
+    # A word with no letters, digits or symbols (")--") yields an empty phrase, which
+    # FTS5 ignores; a query of nothing else matches nothing.
+    return " ".join('"' + word.replace('"', '""') + '" *' for word in words)

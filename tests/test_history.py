@@ -1,0 +1,575 @@
+"""Behaviour of the conversation store (nanochat_lite.history)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanochat_lite import history
+from nanochat_lite.history import (
+    MARK_END,
+    MARK_START,
+    SCHEMA_VERSION,
+    TITLE_CHARS,
+    AlreadyExists,
+    ConversationStore,
+    NotFound,
+    StoreError,
+    make_title,
+)
+
+CHILD = Path(__file__).with_name("history_crash_child.py")
+
+
+@pytest.fixture
+def store() -> Iterator[ConversationStore]:
+    s = ConversationStore(":memory:")
+    yield s
+    s.close()
+
+
+def _message_rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+
+# -- conversations -------------------------------------------------------------------
+
+
+def test_create_and_get(store: ConversationStore) -> None:
+    c = store.create(system="be brief")
+    assert len(c.id) == 32 and int(c.id, 16) >= 0
+    assert (c.title, c.system, c.message_count) == ("", "be brief", 0)
+    assert c.created_at == c.updated_at
+    assert store.get(c.id) == c
+    assert store.get("nope") is None
+    named = store.create(title="  My\tchat \n", conversation_id="chosen-id_1")
+    assert (named.id, named.title) == ("chosen-id_1", "My chat")
+    assert store.get("chosen-id_1") == named
+
+
+def test_create_rejects_bad_or_taken_ids(store: ConversationStore) -> None:
+    store.create(conversation_id="abc")
+    with pytest.raises(AlreadyExists):
+        store.create(conversation_id="abc")
+    for bad in ["", "a/b", "x" * 65, "../etc", "sp ace"]:
+        with pytest.raises(ValueError, match="conversation_id"):
+            store.create(conversation_id=bad)
+    assert store.list()[1] == 1
+
+
+def test_list_newest_activity_first_with_paging_and_total(store: ConversationStore) -> None:
+    ids = [store.create().id for _ in range(25)]
+    store.add_message(ids[2], "user", "bump me to the top")
+
+    page1, total1 = store.list(limit=10)
+    page2, total2 = store.list(limit=10, offset=10)
+    page3, total3 = store.list(limit=10, offset=20)
+    assert (total1, total2, total3) == (25, 25, 25)
+    assert [len(page1), len(page2), len(page3)] == [10, 10, 5]
+
+    expected = [ids[2]] + [i for i in reversed(ids) if i != ids[2]]
+    assert [c.id for c in page1 + page2 + page3] == expected
+    assert page1[0].message_count == 1 and page1[0].title == "bump me to the top"
+    assert store.list(limit=10, offset=100) == ([], 25)
+    assert store.list(limit=0) == ([], 25)
+    with pytest.raises(ValueError):
+        store.list(limit=-1)
+    with pytest.raises(ValueError):
+        store.list(offset=-1)
+
+
+def test_rename(store: ConversationStore) -> None:
+    c = store.create()
+    renamed = store.rename(c.id, "  Sourdough\nstarter  ")
+    assert renamed.title == "Sourdough starter"
+    assert store.get(c.id).title == "Sourdough starter"  # type: ignore[union-attr]
+    store.add_message(c.id, "user", "something else entirely")
+    assert store.get(c.id).title == "Sourdough starter"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="at most"):
+        store.rename(c.id, "t" * 201)
+    with pytest.raises(NotFound):
+        store.rename("missing", "x")
+    # Clearing the title lets the next user message name the conversation again.
+    store.rename(c.id, "")
+    store.add_message(c.id, "user", "New name please")
+    assert store.get(c.id).title == "New name please"  # type: ignore[union-attr]
+
+
+def test_set_system(store: ConversationStore) -> None:
+    c = store.create()
+    store.set_system(c.id, "You are a pirate.")
+    assert store.get(c.id).system == "You are a pirate."  # type: ignore[union-attr]
+    store.set_system(c.id, None)
+    assert store.get(c.id).system is None  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        store.set_system("missing", "x")
+
+
+def test_delete_cascades_to_messages_and_search(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    with ConversationStore(path) as s:
+        keep = s.create()
+        gone = s.create()
+        s.add_message(keep.id, "user", "keep this zebra")
+        for i in range(5):
+            s.add_message(gone.id, "user", f"delete this giraffe {i}")
+        s.rename(gone.id, "okapi facts")
+        assert len(s.search("giraffe")) == 5
+
+        assert s.delete(gone.id) is True
+        assert s.delete(gone.id) is False
+        assert s.get(gone.id) is None
+        with pytest.raises(NotFound):
+            s.messages(gone.id)
+        assert s.search("giraffe") == []
+        assert s.search("okapi") == []
+        assert [h["message_id"] for h in s.search("zebra")] == [1]
+        assert s.list() == ([s.get(keep.id)], 1)
+        assert s.integrity_check() == "ok"
+    assert _message_rows(path) == 1
+
+
+def test_unknown_ids(store: ConversationStore) -> None:
+    with pytest.raises(NotFound) as info:
+        store.messages("no-such-id")
+    assert isinstance(info.value, KeyError)
+    assert str(info.value) == "no conversation no-such-id"
+    with pytest.raises(NotFound):
+        store.add_message("no-such-id", "user", "hi")
+    with pytest.raises(NotFound):
+        store.export("no-such-id", "json")
+    assert store.get("no-such-id") is None
+    assert store.delete("no-such-id") is False
+    assert store.list() == ([], 0)
+
+
+# -- messages and titles -------------------------------------------------------------
+
+
+def test_messages_in_order_with_metadata(store: ConversationStore) -> None:
+    c = store.create()
+    params = {"temperature": 0.7, "top_p": 0.9, "stop": ["\n\n"], "seed": None}
+    a = store.add_message(c.id, "user", "first")
+    b = store.add_message(
+        c.id, "assistant", "second", status="stopped", prompt_tokens=12, completion_tokens=3,
+        ttft_ms=41.5, duration_ms=250.0, model="smollm2-135m", params=params,
+    )
+    d = store.add_message(c.id, "user", "third")
+    got = store.messages(c.id)
+    assert got == [a, b, d]
+    assert [m.content for m in got] == ["first", "second", "third"]
+    assert a.id < b.id < d.id and a.created_at < b.created_at < d.created_at
+    assert got[1].params == params and got[1].model == "smollm2-135m"
+    assert (got[1].prompt_tokens, got[1].completion_tokens, got[1].ttft_ms) == (12, 3, 41.5)
+    assert got[0].params is None and got[0].status == "complete"
+    conv = store.get(c.id)
+    assert conv is not None and conv.message_count == 3 and conv.updated_at == d.created_at
+    assert store.messages(store.create().id) == []
+
+
+def test_add_message_validates_role_and_status(store: ConversationStore) -> None:
+    c = store.create()
+    with pytest.raises(ValueError, match="role"):
+        store.add_message(c.id, "tool", "x")
+    with pytest.raises(ValueError, match="status"):
+        store.add_message(c.id, "assistant", "x", status="done")
+    assert store.messages(c.id) == []
+
+
+def test_awkward_text_round_trips(store: ConversationStore) -> None:
+    c = store.create()
+    odd = "nul\x00byte, emoji 👩‍👩‍👧, rtl שלום, " + "a" * 10_000
+    assert store.add_message(c.id, "user", odd).content == odd
+    assert store.messages(c.id)[0].content == odd
+    # A lone surrogate (JSON "\ud800") cannot be stored as UTF-8; it becomes U+FFFD.
+    m = store.add_message(c.id, "assistant", "half \ud800 pair")
+    assert m.content == "half \ufffd pair" == store.messages(c.id)[1].content
+
+
+def test_title_from_first_user_message(store: ConversationStore) -> None:
+    c = store.create(system="sys")
+    store.add_message(c.id, "assistant", "Hello! How can I help?")
+    assert store.get(c.id).title == ""  # type: ignore[union-attr]
+    long = "Please explain   how the\tKV cache works in llama.cpp when many requests share a prefix\nthanks"
+    store.add_message(c.id, "user", "\n  \n" + long)
+    title = store.get(c.id).title  # type: ignore[union-attr]
+    assert title == "Please explain how the KV cache works in llama.cpp when many…"  # 60 + 1
+    store.add_message(c.id, "user", "A later question")
+    assert store.get(c.id).title == title  # type: ignore[union-attr]
+    given = store.create(title="Given")
+    store.add_message(given.id, "user", "does not replace it")
+    assert store.get(given.id).title == "Given"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("How do I bake bread?", "How do I bake bread?"),
+        ("\n\n   first\t line  \nsecond line", "first line"),
+        ("   \n\t\n", ""),
+        ("", ""),
+        ("word " * 30, "word word word word word word word word word word word word…"),
+        ("x" * 100, "x" * TITLE_CHARS + "…"),
+        ("🎉 party " * 10, "🎉 party " * 7 + "🎉…"),
+        # A hard cut never splits a ZWJ family or a flag in half.
+        ("a" * 59 + "👩‍👩‍👧" * 5, "a" * 59 + "…"),
+        ("🇫🇷" * 40, "🇫🇷" * 30 + "…"),
+        ("b" + "🇫🇷" * 40, "b" + "🇫🇷" * 29 + "…"),
+        ("clear\x1b[2J screen\x00now", "clear [2J screen now"),
+        # Punctuation left dangling at the cut is dropped.
+        ("a" * 10 + " " + "b" * 40 + " ended, continues here", "a" * 10 + " " + "b" * 40 + " ended…"),
+    ],
+)
+def test_make_title_known_answers(text: str, title: str) -> None:
+    assert make_title(text) == title
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_make_title_is_one_short_line(text: str) -> None:
+    title = make_title(text)
+    assert len(title) <= TITLE_CHARS + 1
+    assert title == title.strip()
+    assert not any(ch in title for ch in "\n\r\t\x00\x1b")
+    if title.endswith("…") and not text.rstrip().endswith("…"):
+        assert len(" ".join(text.split())) > TITLE_CHARS  # cut only when too long
+
+
+# -- search --------------------------------------------------------------------------
+
+_CORPUS = {
+    "quote": 'she said "hello" to me',
+    "near": "NEAR(alpha beta) is FTS query syntax",
+    "sql": "x'); DROP TABLE messages;--",
+    "bool": "and or not are plain words here",
+    "emoji": "party time 🎉 tonight",
+    "long": "z" * 10_000,
+    "unicode": "Ünïcödé naïve résumé 日本語のテキスト",
+    "column": "content:hello is not a column filter",
+}
+
+
+@pytest.fixture
+def corpus(store: ConversationStore) -> dict[str, int]:
+    c = store.create(title="corpus")
+    return {key: store.add_message(c.id, "user", text).id for key, text in _CORPUS.items()}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ('"hello"', {"quote", "column"}),
+        ('said "hello', {"quote"}),
+        ("NEAR(", {"near"}),
+        ("NEAR(alpha beta)", {"near"}),
+        ("DROP TABLE", {"sql"}),
+        ("'); DROP", {"sql"}),
+        ("AND OR NOT", {"bool"}),
+        ("🎉", {"emoji"}),
+        ("z" * 10_000, {"long"}),
+        ("resume NAIVE", {"unicode"}),
+        ("日本語", {"unicode"}),
+        ("content:hello", {"column"}),
+        ("tonig", {"emoji"}),  # each word is a prefix
+        ("party tuesday", set()),  # every word must match
+        ('"', set()),
+        ("*", set()),
+        ("')--", set()),
+        ("( ) ^ : - + {", set()),
+        ("{content}", {"column"}),
+        ("\x00", set()),
+        ("\ud800", set()),
+        ("NOT", {"bool", "column"}),
+        ("plain " * 2_000, {"bool"}),  # words past MAX_QUERY_TERMS are ignored
+        ("plain " * 20 + "absent", set()),
+        ("", set()),
+        ("   \n\t", set()),
+    ],
+)
+def test_search_nasty_input_finds_the_right_message(
+    store: ConversationStore, corpus: dict[str, int], query: str, expected: set[str]
+) -> None:
+    hits = store.search(query)
+    assert {h["message_id"] for h in hits} == {corpus[key] for key in expected}
+
+
+def test_search_never_raises(store: ConversationStore) -> None:
+    c = store.create()
+    for text in _CORPUS.values():
+        store.add_message(c.id, "assistant", text)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.characters(codec=None), max_size=200))
+    def check(query: str) -> None:
+        assert isinstance(store.search(query), list)
+
+    check()
+
+
+def test_search_hits_shape_order_and_limit(store: ConversationStore) -> None:
+    a = store.create()
+    b = store.create()
+    store.add_message(a.id, "user", "Tell me about llamas")
+    store.add_message(a.id, "assistant", "Llamas are camelids. Llamas hum. Llamas llamas llamas.")
+    store.add_message(b.id, "user", "Something unrelated")
+    store.rename(b.id, "Llamas and alpacas")
+
+    hits = store.search("llamas")
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert len(hits) == 3
+    assert hits[0]["role"] == "assistant"  # most matches ranks first
+    for hit in hits:
+        assert set(hit) == {"conversation_id", "title", "message_id", "role", "snippet",
+                            "created_at", "score"}
+        assert f"{MARK_START}" in hit["snippet"] and MARK_END in hit["snippet"]
+    title_hits = [h for h in hits if h["message_id"] is None]
+    assert len(title_hits) == 1
+    assert title_hits[0]["conversation_id"] == b.id and title_hits[0]["role"] is None
+    assert title_hits[0]["snippet"] == f"{MARK_START}Llamas{MARK_END} and alpacas"
+    # The auto-title of `a` matches too, but its messages already represent it.
+    assert sum(h["conversation_id"] == a.id for h in hits) == 2
+    assert len(store.search("llamas", limit=1)) == 1
+    assert store.search("llamas", limit=0) == []
+
+
+# -- export --------------------------------------------------------------------------
+
+
+def test_export_json_round_trips(store: ConversationStore) -> None:
+    c = store.create(system="Be kind.")
+    store.add_message(c.id, "user", "Hi 👋\nsecond line")
+    store.add_message(c.id, "assistant", "Hello", params={"temperature": 0.2}, ttft_ms=12.5)
+    data = json.loads(store.export(c.id, "json"))
+    assert data == {
+        "conversation": store.get(c.id).to_dict(),  # type: ignore[union-attr]
+        "messages": [m.to_dict() for m in store.messages(c.id)],
+    }
+    assert "\n  " in store.export(c.id, "json")  # indented
+
+
+def test_export_markdown(store: ConversationStore) -> None:
+    c = store.create(system="Be kind.")
+    store.add_message(c.id, "user", "What is 2+2?")
+    store.add_message(c.id, "assistant", "It is 4.")
+    store.add_message(c.id, "user", "And 3+3?")
+    store.add_message(c.id, "assistant", "It is", status="stopped")
+    store.add_message(c.id, "assistant", "", status="failed")
+    md = store.export(c.id, "markdown")
+    assert md.startswith("# What is 2+2?\n")
+    assert md.index("Be kind.") < md.index("**User**\n\nWhat is 2+2?")
+    order = ["**User**\n\nWhat is 2+2?", "**Assistant**\n\nIt is 4.", "**User**\n\nAnd 3+3?",
+             "**Assistant** _(stopped)_\n\nIt is", "**Assistant** _(failed)_"]
+    positions = [md.index(part) for part in order]
+    assert positions == sorted(positions)
+    assert store.export(store.create().id, "markdown").startswith("# Untitled conversation")
+    with pytest.raises(ValueError, match="markdown"):
+        store.export(c.id, "html")
+
+
+# -- durability, schema, concurrency -------------------------------------------------
+
+
+def test_persists_across_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "history.db"  # parent folders are created
+    with ConversationStore(path) as s:
+        c = s.create(system="sys")
+        s.add_message(c.id, "user", "remember the walrus")
+        s.add_message(c.id, "assistant", "noted", params={"top_k": 40})
+        before = (s.get(c.id), s.messages(c.id))
+    with ConversationStore(path) as s:
+        assert (s.get(c.id), s.messages(c.id)) == before
+        assert [h["message_id"] for h in s.search("walrus")] == [before[1][0].id]
+        assert s.integrity_check() == "ok"
+        assert s.add_message(c.id, "user", "more").id > before[1][-1].id
+
+
+def test_every_write_is_committed_when_it_returns(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    s = ConversationStore(path)
+    c = s.create()
+    for i in range(3):
+        s.add_message(c.id, "user", f"m{i}")
+        # A second connection sees it while the first is still open.
+        assert _message_rows(path) == i + 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s.close()
+
+
+def test_pragmas(store: ConversationStore, tmp_path: Path) -> None:
+    with ConversationStore(tmp_path / "p.db") as s:
+        conn = s._conn
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == history.BUSY_TIMEOUT_MS
+
+
+def test_migrates_an_empty_file_from_version_0(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    with ConversationStore(path) as s:
+        c = s.create()
+        s.add_message(c.id, "user", "works")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_migration_backfills_search_for_old_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    history._migrate(conn, path=str(path), target=1)  # a file written before search existed
+    conn.execute("INSERT INTO conversations (id, title, created_at, updated_at)"
+                 " VALUES ('old', 'Ancient scrolls', 1.0, 2.0)")
+    conn.execute("INSERT INTO messages (conversation_id, role, content, created_at)"
+                 " VALUES ('old', 'user', 'papyrus question', 2.0)")
+    conn.close()
+    with ConversationStore(path) as s:
+        assert [h["conversation_id"] for h in s.search("papyrus")] == ["old"]
+        assert [h["conversation_id"] for h in s.search("scrolls")] == ["old"]
+        assert s.messages("old")[0].content == "papyrus question"
+        assert s.integrity_check() == "ok"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    ConversationStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}") as info:
+        ConversationStore(path)
+    assert str(path) in str(info.value) and "Upgrade" in str(info.value)
+    with sqlite3.connect(path) as conn:  # left untouched
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION + 1
+
+
+def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"this is not sqlite, just some text long enough to have a header" * 20)
+    with pytest.raises(StoreError, match="notes.txt"):
+        ConversationStore(path)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    threads_n, per_thread = 8, 30
+    with ConversationStore(tmp_path / "h.db") as s:
+        shared = s.create().id
+        own = [s.create().id for _ in range(threads_n)]
+        barrier = threading.Barrier(threads_n)
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                barrier.wait()
+                for i in range(per_thread):
+                    s.add_message(shared, "user", f"t{k} m{i}")
+                    s.add_message(own[k], "assistant", f"own t{k} m{i}")
+                    if i % 10 == 0:
+                        s.list()
+                        s.search(f"t{k}")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads_n)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+
+        shared_msgs = s.messages(shared)
+        assert sorted(m.content for m in shared_msgs) == sorted(
+            f"t{k} m{i}" for k in range(threads_n) for i in range(per_thread))
+        for k in range(threads_n):  # each thread's own order is kept
+            mine = [m.content for m in shared_msgs if m.content.startswith(f"t{k} ")]
+            assert mine == [f"t{k} m{i}" for i in range(per_thread)]
+            assert [m.content for m in s.messages(own[k])] == [
+                f"own t{k} m{i}" for i in range(per_thread)]
+        all_ids = [m.id for c in [shared, *own] for m in s.messages(c)]
+        assert len(set(all_ids)) == 2 * threads_n * per_thread
+        assert s.get(shared).message_count == threads_n * per_thread  # type: ignore[union-attr]
+        assert s.integrity_check() == "ok"
+
+
+def test_two_stores_on_one_file(tmp_path: Path) -> None:
+    """Two processes' worth of connections (a server and a CLI) wait for each other."""
+    path = tmp_path / "h.db"
+    a, b = ConversationStore(path), ConversationStore(path)
+    c = a.create().id
+
+    def work(s: ConversationStore, tag: str) -> None:
+        for i in range(40):
+            s.add_message(c, "user", f"{tag}{i}")
+
+    workers = [threading.Thread(target=work, args=(s, tag)) for s, tag in ((a, "a"), (b, "b"))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(m.content for m in b.messages(c)) == sorted(
+        [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)])
+    assert a.integrity_check() == b.integrity_check() == "ok"
+    a.close()
+    b.close()
+
+
+def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    """SIGKILL a writer at 20 random moments; every message it acknowledged survives."""
+    kills, rng = 20, random.Random(20250601)
+    path = tmp_path / "crash.db"
+    acked: dict[int, tuple[str, str]] = {}  # message id -> (conversation id, content)
+    runs_with_acks = 0
+    started = time.monotonic()
+    for run in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), str(path), "--seed", str(run), "--max-seconds", "20"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        )
+        try:
+            first = b""
+            if run % 2:  # any moment: start-up and migration included
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:  # mid-write, however slow start-up is on a busy machine
+                first = proc.stdout.readline()  # type: ignore[union-attr]
+                time.sleep(rng.uniform(0.0, 0.15))
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate(timeout=20)
+            out = first + out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")
+
+        new = 0
+        for line in out.split(b"\n")[:-1]:  # the last piece may be a torn line
+            tag, cid, mid, content = line.decode().split(" ", 3)
+            assert tag == "ACK"
+            acked[int(mid)] = (cid, content)
+            new += 1
+        runs_with_acks += new > 0
+
+        with ConversationStore(path) as s:
+            assert s.integrity_check() == "ok"
+            stored = {m.id: (m.conversation_id, m.content)
+                      for c in {cid for cid, _ in acked.values()} for m in s.messages(c)}
+        missing = {mid: v for mid, v in acked.items() if stored.get(mid) != v}
+        assert missing == {}, f"run {run}: {len(missing)} acknowledged messages lost"
+
+    print(f"{kills} kills ({runs_with_acks} runs had ACKed writes), {len(acked)} acknowledged messages checked")
+    assert runs_with_acks >= kills // 2 and len(acked) > 100
+    assert time.monotonic() - started < 60
