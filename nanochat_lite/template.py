@@ -46,11 +46,18 @@ class ChatTemplate:
     def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
         # Imported here: jinja2 costs ~40 ms of start-up and only chat needs it.
         from jinja2 import TemplateError as JinjaError
+        from jinja2.exceptions import SecurityError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class _Sandbox(ImmutableSandboxedEnvironment):
+            # Jinja's sandbox quietly renders an unsafe attribute (`__globals__`) as
+            # undefined; a template that reaches for one is hostile, so fail loudly.
+            def unsafe_undefined(self, obj, attribute):  # type: ignore[override]
+                raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} is not allowed")
 
         self.source = source or CHATML
         self.is_fallback = source is None
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+        env = _Sandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         self._jinja_error = JinjaError

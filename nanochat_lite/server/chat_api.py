@@ -41,14 +41,18 @@ async def chat(request: Request) -> Response:
     if req.stream:
         async def body() -> AsyncIterator[bytes]:
             yield sse({"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name})
+            final = None
             async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id):
                 if isinstance(ev, Delta):
                     yield sse({"type": "token", "text": ev.text})
                 else:
-                    yield sse({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
-                               "message": ev.text, "finish_reason": ev.finish_reason, "usage": usage(ev),
-                               "timings": timings(ev),
-                               "processingTime": round((time.perf_counter() - started) * 1000, 2)})
+                    final = ev
+            # After the stream ends, so the answer is stored when "done" arrives.
+            if final is not None:
+                yield sse({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
+                           "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
+                           "timings": timings(final),
+                           "processingTime": round((time.perf_counter() - started) * 1000, 2)})
 
         def on_error(e: RequestError) -> bytes:
             return sse({"type": "error", "code": e.code, "message": e.message})

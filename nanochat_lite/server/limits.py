@@ -41,7 +41,7 @@ class RequestError(Exception):
         self.param = param
 
 
-def _range(name: str, value: float | int | None, lo: float, hi: float) -> None:
+def check_range(name: str, value: float | int | None, lo: float, hi: float) -> None:
     if value is None:
         return
     if value != value or not lo <= value <= hi:  # value != value: NaN
@@ -98,15 +98,15 @@ def sampling(base: SamplingParams, *, temperature: float | None = None, top_k: i
              seed: int | None = None, max_tokens: int | None = None,
              stop: str | Sequence[str] | None = None) -> SamplingParams:
     """Check every sampling field against its bound and merge onto the defaults."""
-    _range("temperature", temperature, TEMPERATURE_MIN, TEMPERATURE_MAX)
-    _range("top_k", top_k, TOP_K_MIN, TOP_K_MAX)
-    _range("top_p", top_p, TOP_P_MIN, TOP_P_MAX)
-    _range("min_p", min_p, MIN_P_MIN, MIN_P_MAX)
-    _range("repeat_penalty", repeat_penalty, REPEAT_PENALTY_MIN, REPEAT_PENALTY_MAX)
-    _range("frequency_penalty", frequency_penalty, PENALTY_MIN, PENALTY_MAX)
-    _range("presence_penalty", presence_penalty, PENALTY_MIN, PENALTY_MAX)
-    _range("seed", seed, SEED_MIN, SEED_MAX)
-    _range("max_tokens", max_tokens, MAX_TOKENS_MIN, MAX_TOKENS_MAX)
+    check_range("temperature", temperature, TEMPERATURE_MIN, TEMPERATURE_MAX)
+    check_range("top_k", top_k, TOP_K_MIN, TOP_K_MAX)
+    check_range("top_p", top_p, TOP_P_MIN, TOP_P_MAX)
+    check_range("min_p", min_p, MIN_P_MIN, MIN_P_MAX)
+    check_range("repeat_penalty", repeat_penalty, REPEAT_PENALTY_MIN, REPEAT_PENALTY_MAX)
+    check_range("frequency_penalty", frequency_penalty, PENALTY_MIN, PENALTY_MAX)
+    check_range("presence_penalty", presence_penalty, PENALTY_MIN, PENALTY_MAX)
+    check_range("seed", seed, SEED_MIN, SEED_MAX)
+    check_range("max_tokens", max_tokens, MAX_TOKENS_MIN, MAX_TOKENS_MAX)
     stops: tuple[str, ...] | None = None
     if stop is not None:
         stops = (stop,) if isinstance(stop, str) else tuple(stop)

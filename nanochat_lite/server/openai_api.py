@@ -71,6 +71,8 @@ async def chat_completions(request: Request) -> Response:
         if req.n not in (None, 1):
             raise RequestError("only n=1 is supported", param="n")
         messages = to_messages(req)
+        limits.check_range("max_completion_tokens", req.max_completion_tokens,
+                           limits.MAX_TOKENS_MIN, limits.MAX_TOKENS_MAX)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = limits.sampling(
             rt.defaults, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,

@@ -10,6 +10,7 @@ their wire format.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from . import limits
 from .limits import RequestError
 from .schemas import ChatRequest
 from .stats import Stats
+
+log = logging.getLogger("nanochat_lite")
 
 
 @dataclass
@@ -92,10 +95,7 @@ class Runtime:
             if conv is None:
                 raise RequestError(f"no conversation with id {req.conversation_id!r}",
                                    code="conversation_not_found", status=404, param="conversation_id")
-            if req.system is not None and req.system != conv.system:
-                store.set_system(conv.id, req.system or None)
-                conv.system = req.system or None
-            system = conv.system
+            system = (req.system or None) if req.system is not None else conv.system
             history = [m for m in store.messages(conv.id) if m.status != "failed" and m.content]
         else:
             conv = None
@@ -109,6 +109,8 @@ class Runtime:
             raise RequestError(str(e), code=e.code) from None
         if conv is None:
             conv = store.create(system=system)
+        elif system != conv.system:
+            store.set_system(conv.id, system)
         store.add_message(conv.id, "user", req.message, params=_params_dict(params))
         messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
         messages.append({"role": "user", "content": req.message})
@@ -142,6 +144,13 @@ class Runtime:
             self.stats.end(t0, ok=False)
             await self._store_answer(conversation_id, "".join(text), "failed", None, params)
             raise RequestError(str(e), code=e.code) from None
+        except Exception as e:
+            # A bug, not the client's fault: fail this request loudly, keep serving.
+            log.error("generation failed: %r", e, exc_info=e)
+            self.stats.end(t0, ok=False)
+            await self._store_answer(conversation_id, "".join(text), "failed", None, params)
+            raise RequestError("internal error during generation; see the server log",
+                               code="internal_error", status=500) from None
         except BaseException:
             # Cancelled (client went away) or the consumer stopped iterating.
             ticket.cancel()

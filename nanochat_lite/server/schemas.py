@@ -94,3 +94,7 @@ def decode(body: bytes, cls: type[T]) -> T:
         raise RequestError(f"invalid request: {e}", code="invalid_request") from None
     except msgspec.DecodeError as e:
         raise RequestError(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    except UnicodeDecodeError as e:
+        raise RequestError(f"the body is not valid UTF-8 ({e.reason} at byte {e.start})", code="invalid_json") from None
+    except RecursionError:
+        raise RequestError("the body nests arrays or objects too deeply", code="invalid_json") from None

@@ -46,13 +46,17 @@ async def websocket_chat(ws: WebSocket) -> None:
         try:
             turn = await rt.begin_turn(req)
             await send({"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name})
+            final = None
             async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id, stop_event):
                 if isinstance(ev, Delta):
                     await send({"type": "token", "text": ev.text})
                 else:
-                    await send({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
-                                "message": ev.text, "finish_reason": ev.finish_reason, "usage": usage(ev),
-                                "timings": timings(ev)})
+                    final = ev
+            # Sent once the stream has ended, so the answer is stored when "done" arrives.
+            if final is not None:
+                await send({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
+                            "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
+                            "timings": timings(final)})
         except RequestError as e:
             with contextlib.suppress(Exception):
                 await error(e.code, e.message)

@@ -1,0 +1,273 @@
+"""A real `nanochat-lite serve` process with the real model, driven by real clients:
+httpx (REST and SSE), the official `openai` package, and `websockets`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from websockets.sync.client import connect
+
+from serverproc import ServerProc
+
+LONG = {"message": "Write the numbers from 1 to 500, separated by commas.", "temperature": 0,
+        "repeat_penalty": 1.0, "max_tokens": 1500}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, chat_model_path):
+    tmp = tmp_path_factory.mktemp("server")
+    with ServerProc(tmp, "--threads", "2") as s:  # the default model, pulled by chat_model_path
+        yield s
+
+
+def post(server, path, body, timeout=60.0):
+    return httpx.post(server.url + path, json=body, timeout=timeout)
+
+
+def sse_events(response) -> list:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[6:]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def test_health_and_models(server):
+    h = httpx.get(server.url + "/api/health").json()
+    assert h["status"] == "ok" and h["model"] == "smollm2-135m-instruct" and h["uptime"] >= 0
+    m = httpx.get(server.url + "/v1/models").json()
+    assert m["object"] == "list" and m["data"][0]["id"] == "smollm2-135m-instruct"
+
+
+def test_api_chat_returns_a_real_answer(server):
+    r = post(server, "/api/chat", {"message": "What is the capital of France? Answer in one sentence.",
+                                   "temperature": 0, "max_tokens": 40})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["success"] is True
+    d = body["data"]
+    assert "Paris" in d["message"]
+    assert d["model"] == "smollm2-135m-instruct"
+    assert d["tokens"] == d["usage"]["completionTokens"] > 0
+    assert d["usage"]["totalTokens"] == d["usage"]["promptTokens"] + d["usage"]["completionTokens"]
+    assert d["processingTime"] > 0 and len(d["conversation_id"]) == 32
+
+
+def test_conversation_continues_with_its_history(server):
+    first = post(server, "/api/chat", {"message": "My name is Zorblax.", "max_tokens": 20, "temperature": 0}).json()
+    cid = first["data"]["conversation_id"]
+    second = post(server, "/api/chat", {"message": "What is my name?", "conversation_id": cid,
+                                        "max_tokens": 20, "temperature": 0}).json()
+    assert second["data"]["conversation_id"] == cid
+    # The second prompt holds the first turn (question and answer) plus the new message.
+    u1, u2 = first["data"]["usage"], second["data"]["usage"]
+    assert u2["promptTokens"] > u1["promptTokens"] + u1["completionTokens"]
+    assert "Zorblax" in second["data"]["message"]
+
+
+def test_unknown_conversation_is_404(server):
+    r = post(server, "/api/chat", {"message": "hi", "conversation_id": "0" * 32})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "conversation_not_found"
+
+
+def test_api_chat_stream(server):
+    with httpx.stream("POST", server.url + "/api/chat", json={"message": "Say hello.", "stream": True,
+                                                              "max_tokens": 30}, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[0]["type"] == "start" and events[0]["conversation_id"]
+    tokens = [e["text"] for e in events if e["type"] == "token"]
+    done = events[-1]
+    assert done["type"] == "done" and tokens
+    assert "".join(tokens) == done["message"]
+    assert done["usage"]["completionTokens"] >= 1 and done["timings"]["ttft_ms"] > 0
+
+
+def test_context_overflow_is_a_400(server):
+    r = post(server, "/api/chat", {"message": "🙂" * 7000})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "context_overflow"
+
+
+def test_openai_client_non_stream(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    resp = client.chat.completions.create(
+        model="smollm2-135m-instruct", max_tokens=40, temperature=0,
+        messages=[{"role": "system", "content": "You answer in one sentence."},
+                  {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_openai_client_stream(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct", max_tokens=30, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Say hello."}])
+    text, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                text.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    assert "".join(text).strip()
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens >= 1
+
+
+def test_openai_stream_ends_with_done(server):
+    with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
+                      json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": True}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert events[-2]["usage"]["total_tokens"] > 0
+
+
+def test_openai_errors_have_openai_shape(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], temperature=5)
+    assert "temperature" in str(e.value)
+
+
+def test_websocket_protocol(server):
+    with connect(server.ws_url, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+        ws.send("not json")
+        err = json.loads(ws.recv(timeout=10))
+        assert err["type"] == "error" and err["code"] == "invalid_json"
+        ws.send(json.dumps({"type": "chat", "message": "Say hello.", "max_tokens": 20}))
+        frames = []
+        while True:
+            f = json.loads(ws.recv(timeout=60))
+            frames.append(f)
+            if f["type"] in ("done", "error"):
+                break
+        assert frames[0]["type"] == "start"
+        done = frames[-1]
+        assert done["type"] == "done", frames
+        assert "".join(f["text"] for f in frames if f["type"] == "token") == done["message"]
+        assert done["usage"]["completionTokens"] >= 1
+        # Continue the same conversation over the socket.
+        ws.send(json.dumps({"type": "chat", "message": "Again.", "max_tokens": 5,
+                            "conversation_id": done["conversation_id"]}))
+        start = json.loads(ws.recv(timeout=60))
+        assert start == {"type": "start", "conversation_id": done["conversation_id"], "model": "smollm2-135m-instruct"}
+        while json.loads(ws.recv(timeout=60))["type"] != "done":
+            pass
+
+
+def test_websocket_stop_ends_generation(server):
+    with connect(server.ws_url, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "chat", **LONG}))
+        assert json.loads(ws.recv(timeout=60))["type"] == "start"
+        for _ in range(5):
+            assert json.loads(ws.recv(timeout=60))["type"] == "token"
+        ws.send(json.dumps({"type": "stop"}))
+        while True:
+            f = json.loads(ws.recv(timeout=10))
+            if f["type"] == "done":
+                break
+        assert f["finish_reason"] == "cancelled"
+        assert f["usage"]["completionTokens"] < 1500
+        server.wait_idle(within=1.0)
+
+
+def test_websocket_close_ends_generation(server):
+    with connect(server.ws_url, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "chat", **LONG}))
+        for _ in range(5):
+            ws.recv(timeout=60)
+    server.wait_idle(within=1.0)
+
+
+def test_sse_disconnect_ends_generation(server):
+    with httpx.stream("POST", server.url + "/api/chat", json={**LONG, "stream": True}, timeout=60) as r:
+        n = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                n += 1
+            if n >= 5:
+                break
+    server.wait_idle(within=1.0)
+
+
+def test_openai_stream_disconnect_ends_generation(server):
+    body = {"messages": [{"role": "user", "content": LONG["message"]}], "temperature": 0, "repeat_penalty": 1.0,
+            "max_tokens": 1500, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 8:
+                break
+    server.wait_idle(within=1.0)
+
+
+def test_non_stream_disconnect_ends_generation(server):
+    body = json.dumps(LONG).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    deadline = time.monotonic() + 30
+    while server.stats()["requests"]["generating"] == 0:
+        assert time.monotonic() < deadline, "generation never started"
+        time.sleep(0.02)
+    time.sleep(0.5)  # past the prompt: tokens are flowing
+    sock.close()
+    server.wait_idle(within=1.0)
+
+
+def test_health_answers_while_generating(server):
+    t = threading.Thread(target=lambda: post(server, "/api/chat", {**LONG, "max_tokens": 300}))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server.stats()["requests"]["generating"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        assert httpx.get(server.url + "/api/health", timeout=5).status_code == 200
+        assert time.perf_counter() - t0 < 0.5
+        assert server.stats()["requests"]["generating"] == 1
+    finally:
+        t.join(120)
+
+
+def test_concurrent_requests_queue_fairly(server):
+    results = {}
+
+    def ask(i):
+        results[i] = post(server, "/api/chat", {"message": f"Say the number {i}.", "max_tokens": 10}).json()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(results[i]["success"] for i in range(3))
+
+
+def test_stats_reflect_traffic(server):
+    before = server.stats()
+    post(server, "/api/chat", {"message": "Hi", "max_tokens": 5})
+    after = server.stats()
+    assert after["requests"]["total"] == before["requests"]["total"] + 1
+    assert after["tokens"]["completion"] > before["tokens"]["completion"]
+    assert after["latency_ms"]["p50"] > 0 and after["latency_ms"]["p99"] >= after["latency_ms"]["p50"]
+    assert after["ttft_ms"]["p95"] > 0
+    assert after["decode_tokens_per_s"]["mean"] > 0
+    assert after["memory"]["rss_bytes"] > 50_000_000
+    assert after["startup_ms"] > 0
