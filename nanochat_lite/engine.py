@@ -170,6 +170,23 @@ class Engine:
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self._tokens_of(self.template.render_parts(messages))
 
+    def warm_up(self) -> int:
+        """Evaluate the fixed start of every default conversation (the template's
+        system prefix) into the KV cache, so the first request only evaluates its own
+        message; also pays llama.cpp's first-decode set-up before anyone waits on it.
+        Returns the number of prefix tokens cached."""
+        parts = self.template.render_parts([{"role": "user", "content": "x"}])
+        prefix: list[Part] = []
+        for p in parts:
+            if p.is_content:
+                break
+            prefix.append(p)
+        tokens = self._tokens_of(prefix) if prefix else []
+        if tokens:
+            self.llm.reset()
+            self.llm.eval(tokens)
+        return len(tokens)
+
     # -- context fitting ----------------------------------------------------------
     def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> Prepared:
         """Tokenize the conversation, dropping the oldest turns until it fits.

@@ -91,6 +91,12 @@ class Scheduler:
             self._cv.notify_all()
 
     def _run(self) -> None:
+        warm_up = getattr(self.engine, "warm_up", None)
+        if warm_up is not None:
+            try:
+                warm_up()
+            except Exception:  # an optimisation only; requests still work without it
+                pass
         while True:
             with self._cv:
                 while not self._queue and not self._stopping:

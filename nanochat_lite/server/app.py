@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import chat_api, openai_api, ws
+from . import chat_api, conversations_api, openai_api, ws
 from .http import json_response
 from .runtime import Runtime
 
@@ -72,6 +72,12 @@ def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models),
         WebSocketRoute("/ws", ws.websocket_chat),
+        Route("/api/conversations", conversations_api.list_conversations),
+        Route("/api/conversations/{cid}", conversations_api.get_conversation),
+        Route("/api/conversations/{cid}", conversations_api.rename_conversation, methods=["PATCH"]),
+        Route("/api/conversations/{cid}", conversations_api.delete_conversation, methods=["DELETE"]),
+        Route("/api/conversations/{cid}/export", conversations_api.export_conversation),
+        Route("/api/search", conversations_api.search),
         *(extra_routes or []),
     ]
     if WEB_DIR.is_dir():
