@@ -38,6 +38,9 @@ _TYPE_SIZE = {
 }
 
 
+_U64 = struct.Struct("<Q")
+
+
 class GGUFError(ValueError):
     """The file is not a readable GGUF file; the message says why."""
 
@@ -74,6 +77,24 @@ class _Reader:
             raise GGUFError(f"{self.path}: a metadata string claims {n} bytes; the file is corrupt")
         return self.take(n).decode("utf-8", errors="replace")
 
+    def strings(self, n: int) -> list[str]:
+        # string() inlined: vocabularies hold ~10^5 strings, and the calls dominated.
+        out = []
+        read = self.f.read
+        u64 = _U64.unpack
+        for _ in range(n):
+            head = read(8)
+            if len(head) != 8:
+                self.take(8)  # raises the truncation error
+            (size,) = u64(head)
+            if size > 1 << 30:
+                raise GGUFError(f"{self.path}: a metadata string claims {size} bytes; the file is corrupt")
+            data = read(size)
+            if len(data) != size:
+                raise GGUFError(f"{self.path}: the file ends inside its header (truncated download?)")
+            out.append(data.decode("utf-8", errors="replace"))
+        return out
+
     def value(self, vtype: int) -> Any:
         if vtype in _SCALAR:
             return self.unpack(_SCALAR[vtype])
@@ -87,6 +108,8 @@ class _Reader:
                 size = struct.calcsize(fmt)
                 raw = self.take(size * n)
                 return list(struct.unpack(f"<{n}{fmt[1]}", raw))
+            if itype == _STRING:
+                return self.strings(n)
             return [self.value(itype) for _ in range(n)]
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype}; the file is corrupt")
 

@@ -1,0 +1,166 @@
+"""Tokenizer benchmarks: our encoder against llama.cpp's and Hugging Face ``tokenizers``.
+
+``run(quick)`` measures, on one thread, the generated mixed-script text of the parity
+tests: encoding throughput (MB/s over whole lines) and tokenizations per second of a
+chat-sized message (~60 words). Every contender is built from the same GGUF vocabulary
+and merges, and the ids each one gives are compared with ours (``ids_equal``).
+``run_train(quick)`` times ``train()`` next to rustbpe called directly.
+
+Both return plain dicts (JSON-ready); ``bench/tokenizer_bench.py`` prints them.
+llama.cpp is timed twice: through ``Llama.tokenize`` (what llama-cpp-python users
+call; with a vocab-only model it tokenizes every text twice, because its first
+buffer is sized by the training context, which is 0 there) and through
+``llama_tokenize`` with a buffer sized once (llama.cpp's own speed).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any, Callable
+
+CHAT_MESSAGE = (
+    "Hi! Could you help me plan a three-day trip to Lisbon in early May? I'd like to see "
+    "the old town, eat pastéis de nata, and maybe take a day trip to Sintra. My budget is "
+    "about 600 euros, not counting flights. What should I book first, and which "
+    "neighbourhood is best to stay in? Also, is the 28 tram worth it?"
+)
+
+
+def _best_of(repeats: int, fn: Callable[[], Any]) -> float:
+    """Fastest of ``repeats`` runs, in seconds (other processes share these cores)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _default_model() -> str:
+    from nanochat_lite import models
+    from nanochat_lite.config import default_home
+
+    return str(models.ensure(default_home(os.environ), models.DEFAULT_CHAT))
+
+
+def _hf_tokenizer(model_path: str) -> Any:
+    """A Hugging Face tokenizer from the GGUF's vocabulary: BPE, digits split, byte-level."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from nanochat_lite import gguf
+
+    md = gguf.read(model_path).metadata
+    vocab = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
+    merges = [tuple(m.split(" ", 1)) for m in md["tokenizer.ggml.merges"]]
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
+    """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers."""
+    import llama_cpp
+
+    from nanochat_lite.tokenizer import Tokenizer
+    from nanochat_lite.tokenizer._corpus import lines as corpus_lines
+
+    path = model_path or _default_model()
+    n_bytes = (512 if quick else 4096) * 1024
+    repeats = 2 if quick else 3
+    chat_reps = 300 if quick else 2000
+    lines = corpus_lines(n_bytes, seed=7)
+    raw = [line.encode("utf-8") for line in lines]
+    total = sum(map(len, raw))
+
+    ours = Tokenizer.from_gguf(path)
+    llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    try:
+        hf = _hf_tokenizer(path)
+    except ImportError:  # `tokenizers` is a test extra, not a dependency
+        hf = None
+
+    buf_len = max(max(map(len, raw)), len(CHAT_MESSAGE.encode("utf-8"))) + 1  # a token is >= 1 byte
+    buf = (llama_cpp.llama_token * buf_len)()
+
+    def llama_direct(data: bytes) -> list[int]:
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, buf_len, False, False)
+        return buf[:n]
+
+    contenders: dict[str, tuple[Callable[[str, bytes], list[int]], str]] = {
+        "nanochat-lite": (lambda s, b: ours.encode(s), ours.engine),
+        "llama.cpp llama_tokenize": (lambda s, b: llama_direct(b), "sized buffer"),
+        "llama.cpp Llama.tokenize": (lambda s, b: llm.tokenize(b, add_bos=False, special=False), "llama-cpp-python"),
+    }
+    if hf is not None:
+        contenders["HF tokenizers"] = (lambda s, b: hf.encode(s, add_special_tokens=False).ids, "BPE+Digits+ByteLevel")
+    reference = [ours.encode(s) for s in lines]
+    chat_bytes = CHAT_MESSAGE.encode("utf-8")
+    results: dict[str, dict[str, Any]] = {}
+    for name, (fn, note) in contenders.items():
+        mismatched = sum(fn(s, b) != want for s, b, want in zip(lines, raw, reference))
+        seconds = _best_of(repeats, lambda: [fn(s, b) for s, b in zip(lines, raw)])
+        chat_seconds = _best_of(repeats, lambda: [fn(CHAT_MESSAGE, chat_bytes) for _ in range(chat_reps)])
+        results[name] = {
+            "note": note,
+            "encode_mb_s": total / seconds / 1e6,
+            "chat_per_s": chat_reps / chat_seconds,
+            "ids_equal": mismatched == 0,
+            "mismatched_lines": mismatched,
+        }
+    mine = results["nanochat-lite"]
+    for name, r in results.items():
+        r["our_speedup_encode"] = mine["encode_mb_s"] / r["encode_mb_s"]
+        r["our_speedup_chat"] = mine["chat_per_s"] / r["chat_per_s"]
+    return {
+        "model": os.path.basename(path),
+        "text_bytes": total,
+        "lines": len(lines),
+        "chat_message_words": len(CHAT_MESSAGE.split()),
+        "chat_message_tokens": len(ours.encode(CHAT_MESSAGE)),
+        "threads": 1,
+        "results": results,
+    }
+
+
+def run_train(quick: bool) -> dict[str, Any]:
+    """Seconds to train vocab 4,096 on 10 MB of generated text: ``train()`` and rustbpe itself."""
+    import rustbpe
+
+    from nanochat_lite.tokenizer import train
+    from nanochat_lite.tokenizer._corpus import generate
+    from nanochat_lite.tokenizer._train import DEFAULT_SPECIAL_TOKENS, _file_chunks
+
+    n_bytes = (2 if quick else 10) * 1024 * 1024
+    vocab_size = 4096
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.write(generate(n_bytes, seed=11))
+        start = time.perf_counter()
+        tok = train(corpus, vocab_size)
+        ours = time.perf_counter() - start
+
+        start = time.perf_counter()
+        direct = rustbpe.Tokenizer()
+        # Same chunks, same number of merges (ours also reserves ids for special tokens).
+        direct.train_from_iterator(_file_chunks(corpus), vocab_size=vocab_size - len(DEFAULT_SPECIAL_TOKENS))
+        rust = time.perf_counter() - start
+    same = sorted(bytes(b) for b, _ in direct.get_mergeable_ranks()) == sorted(
+        tok.piece(i) for i in range(tok.vocab_size) if i not in tok.special_tokens.values()
+    )
+    return {
+        "corpus_bytes": n_bytes,
+        "vocab_size": vocab_size,
+        "cpu_threads": os.cpu_count(),
+        "train_seconds": ours,
+        "rustbpe_seconds": rust,
+        "same_vocabulary": same,
+    }
