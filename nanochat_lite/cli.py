@@ -118,7 +118,13 @@ def cmd_serve(config: Config) -> int:
 
     from .server import Runtime, create_app
 
-    runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config))
+    def make_tokenizer():
+        from .tokenizer import Tokenizer
+
+        return Tokenizer.from_gguf(path)
+
+    runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
+                      tokenizer_factory=make_tokenizer)
     if config.seed is not None:
         from .engine import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
@@ -148,6 +154,13 @@ def cmd_serve(config: Config) -> int:
               f"  Environment:  {config.environment} · {engine.threads} threads · context {engine.n_ctx} tokens\n"
               f"  Startup time: {startup_ms:.0f} ms (from process start)\n"
               f"  Ready at:     http://{host}:{port}", flush=True)
+        # After the first token is possible: the project's tokenizer (same ids, faster),
+        # used for counting and /api/tokenize. A model it cannot read keeps llama.cpp's.
+        time.sleep(0.5)
+        try:
+            runtime.load_tokenizer()
+        except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
+            _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
 
     threading.Thread(target=load, name="nanochat-load", daemon=True).start()
     try:

@@ -271,3 +271,30 @@ def test_stats_reflect_traffic(server):
     assert after["decode_tokens_per_s"]["mean"] > 0
     assert after["memory"]["rss_bytes"] > 50_000_000
     assert after["startup_ms"] > 0
+
+
+def test_tokenize_matches_llama_cpp_and_usage(server, chat_model_path):
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(chat_model_path), vocab_only=True, verbose=False)
+    text = "Héllo wörld! 12345 <|im_start|> 🙂 こんにちは"
+    r = httpx.post(server.url + "/api/tokenize", json={"text": text, "with_pieces": True}).json()
+    ids = [t["id"] for t in r["tokens"]]
+    assert ids == vocab.tokenize(text.encode(), add_bos=False, special=False)
+    assert r["count"] == len(ids)
+    assert "".join(t["text"] for t in r["tokens"][:2]).startswith("H")
+    special = httpx.post(server.url + "/api/tokenize", json={"text": "<|im_start|>", "special": True,
+                                                             "with_pieces": False}).json()
+    assert special == {"tokens": [1], "count": 1}
+    back = httpx.post(server.url + "/api/detokenize", json={"tokens": ids}).json()
+    assert back == {"text": text}
+    bad = httpx.post(server.url + "/api/detokenize", json={"tokens": [10**9]})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_token"
+    # The chat's promptTokens equal llama.cpp's count of the rendered prompt.
+    d = post(server, "/api/chat", {"message": text, "max_tokens": 1}).json()["data"]
+    prompt = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+              "<|im_start|>user\n")
+    expected = (len(vocab.tokenize(prompt.encode(), add_bos=False, special=True))
+                + len(vocab.tokenize(text.encode(), add_bos=False, special=False))
+                + len(vocab.tokenize(b"<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True)))
+    assert d["usage"]["promptTokens"] == expected

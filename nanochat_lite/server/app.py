@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import chat_api, conversations_api, openai_api, ws
+from . import chat_api, conversations_api, openai_api, tokenize_api, ws
 from .http import json_response
 from .runtime import Runtime
 
@@ -78,6 +78,8 @@ def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
         Route("/api/conversations/{cid}", conversations_api.delete_conversation, methods=["DELETE"]),
         Route("/api/conversations/{cid}/export", conversations_api.export_conversation),
         Route("/api/search", conversations_api.search),
+        Route("/api/tokenize", tokenize_api.tokenize, methods=["POST"]),
+        Route("/api/detokenize", tokenize_api.detokenize, methods=["POST"]),
         *(extra_routes or []),
     ]
     if WEB_DIR.is_dir():

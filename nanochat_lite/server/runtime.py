@@ -36,7 +36,8 @@ class Turn:
 
 class Runtime:
     def __init__(self, *, store: ConversationStore, model_name: str, startup_ms: float | None = None,
-                 defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None) -> None:
+                 defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None,
+                 tokenizer_factory: Callable[[], Any] | None = None) -> None:
         self.store = store
         self.model_name = model_name
         self.state = "loading"  # -> "ready" | "error"
@@ -47,10 +48,15 @@ class Runtime:
         self.defaults = defaults or SamplingParams()
         self._embedder_factory = embedder_factory
         self._embedder: Any = None
+        self._tokenizer_factory = tokenizer_factory
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------
     def set_engine(self, engine: Any) -> None:
         self.engine = engine
+        if self._tokenizer is not None:
+            engine.tokenizer = self._tokenizer
         self.model_name = engine.name
         self.scheduler = Scheduler(engine)
         self.state = "ready"
@@ -187,6 +193,28 @@ class Runtime:
             kwargs.update(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                           ttft_ms=round(done.ttft_ms, 2), duration_ms=round(done.total_ms, 2))
         await asyncio.to_thread(self.store.add_message, conversation_id, "assistant", text, **kwargs)
+
+    # -- tokenizer ----------------------------------------------------------------
+    def load_tokenizer(self) -> Any:
+        """Load the BPE tokenizer once (blocking, ~0.4 s) and hand it to the engine."""
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                if self._tokenizer_factory is None:
+                    raise RequestError("no tokenizer is available on this server", code="not_available",
+                                       status=404)
+                try:
+                    self._tokenizer = self._tokenizer_factory()
+                except (ValueError, OSError) as e:
+                    raise RequestError(f"the built-in tokenizer cannot read this model: {e}",
+                                       code="tokenizer_unsupported", status=422) from None
+                if self.engine is not None:
+                    self.engine.tokenizer = self._tokenizer
+        return self._tokenizer
+
+    async def tokenizer(self) -> Any:
+        if self._tokenizer is not None:
+            return self._tokenizer
+        return await asyncio.to_thread(self.load_tokenizer)
 
     # -- embeddings ---------------------------------------------------------------
     async def embedder(self) -> Any:
