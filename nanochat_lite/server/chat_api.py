@@ -6,6 +6,7 @@ Response shape: `{"success": true, "data": {...}}`; errors:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from starlette.responses import Response
 from ..engine import Delta, Done
 from .http import api_error, event_stream, json_response, read_body, sse, until_disconnect
 from .limits import RequestError
-from .runtime import Runtime
+from .runtime import Runtime, Turn
 from .schemas import ChatRequest, decode
 
 
@@ -29,6 +30,24 @@ def timings(done: Done) -> dict:
             "tokens_per_second": round(done.decode_tokens_per_s, 2)}
 
 
+async def turn_frames(rt: Runtime, turn: Turn, stop: threading.Event | None = None) -> AsyncIterator[dict]:
+    """One chat turn as the frames SSE and the WebSocket share: start, token…, done.
+
+    "done" comes once the stream has ended, so the answer is stored when it arrives.
+    """
+    yield {"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name}
+    final = None
+    async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id, stop):
+        if isinstance(ev, Delta):
+            yield {"type": "token", "text": ev.text}
+        else:
+            final = ev
+    if final is not None:
+        yield {"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
+               "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
+               "timings": timings(final)}
+
+
 async def chat(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     started = time.perf_counter()
@@ -40,19 +59,10 @@ async def chat(request: Request) -> Response:
 
     if req.stream:
         async def body() -> AsyncIterator[bytes]:
-            yield sse({"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name})
-            final = None
-            async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id):
-                if isinstance(ev, Delta):
-                    yield sse({"type": "token", "text": ev.text})
-                else:
-                    final = ev
-            # After the stream ends, so the answer is stored when "done" arrives.
-            if final is not None:
-                yield sse({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
-                           "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
-                           "timings": timings(final),
-                           "processingTime": round((time.perf_counter() - started) * 1000, 2)})
+            async for frame in turn_frames(rt, turn):
+                if frame["type"] == "done":
+                    frame["processingTime"] = round((time.perf_counter() - started) * 1000, 2)
+                yield sse(frame)
 
         def on_error(e: RequestError) -> bytes:
             return sse({"type": "error", "code": e.code, "message": e.message})

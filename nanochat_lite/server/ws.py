@@ -19,8 +19,7 @@ import threading
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..engine import Delta
-from .chat_api import timings, usage
+from .chat_api import turn_frames
 from .limits import MAX_WS_FRAME_BYTES, RequestError
 from .runtime import Runtime
 from .schemas import WSChat, WSFrame, decode
@@ -45,18 +44,8 @@ async def websocket_chat(ws: WebSocket) -> None:
     async def run_chat(req: WSChat, stop_event: threading.Event) -> None:
         try:
             turn = await rt.begin_turn(req)
-            await send({"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name})
-            final = None
-            async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id, stop_event):
-                if isinstance(ev, Delta):
-                    await send({"type": "token", "text": ev.text})
-                else:
-                    final = ev
-            # Sent once the stream has ended, so the answer is stored when "done" arrives.
-            if final is not None:
-                await send({"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
-                            "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
-                            "timings": timings(final)})
+            async for frame in turn_frames(rt, turn, stop_event):
+                await send(frame)
         except RequestError as e:
             with contextlib.suppress(Exception):
                 await error(e.code, e.message)
