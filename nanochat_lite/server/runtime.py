@@ -48,6 +48,8 @@ class Runtime:
         self.defaults = defaults or SamplingParams()
         self._embedder_factory = embedder_factory
         self._embedder: Any = None
+        self._embedder_lock = threading.Lock()
+        self.embed_lock = asyncio.Lock()  # one embedding batch at a time
         self._tokenizer_factory = tokenizer_factory
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
@@ -162,7 +164,9 @@ class Runtime:
             ticket.cancel()
             if done is None:
                 self.stats.end(t0, ok=True, cancelled=True)
-                await asyncio.shield(self._store_answer(conversation_id, "".join(text), "stopped", None, params))
+                # The client went away mid-answer (a stop button gives a Done instead).
+                await asyncio.shield(self._store_answer(conversation_id, "".join(text), "interrupted", None,
+                                                        params))
             raise
         finally:
             ticket.cancel()  # no-op when finished; stops the worker when we leave early
@@ -217,12 +221,26 @@ class Runtime:
         return await asyncio.to_thread(self.load_tokenizer)
 
     # -- embeddings ---------------------------------------------------------------
-    async def embedder(self) -> Any:
-        if self._embedder is None:
-            if self._embedder_factory is None:
-                raise RequestError("embeddings are not enabled on this server", code="not_available", status=404)
-            self._embedder = await asyncio.to_thread(self._embedder_factory)
+    def _load_embedder(self) -> Any:
+        with self._embedder_lock:
+            if self._embedder is None:
+                if self._embedder_factory is None:
+                    raise RequestError("embeddings are not enabled on this server", code="not_available",
+                                       status=404)
+                try:
+                    self._embedder = self._embedder_factory()
+                except RequestError:
+                    raise
+                except Exception as e:  # the model store could not fetch it, a bad file, ...
+                    raise RequestError(f"the embeddings model is not available: {e}", code="model_error",
+                                       status=503) from None
         return self._embedder
+
+    async def embedder(self) -> Any:
+        """The embeddings engine, loaded (once) on first use."""
+        if self._embedder is not None:
+            return self._embedder
+        return await asyncio.to_thread(self._load_embedder)
 
 
 def _params_dict(p: SamplingParams) -> dict:

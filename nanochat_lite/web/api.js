@@ -1,0 +1,48 @@
+// The REST calls the page makes. Each returns the `data` of a `{success, data}` body
+// or throws an ApiError carrying the server's error code and message.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function call(method, path, body) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, "network", "the server cannot be reached");
+  }
+  let json = null;
+  try {
+    json = await res.json();
+  } catch {
+    // Not JSON (a proxy error page, say): reported below by status.
+  }
+  if (!res.ok || (json && json.success === false)) {
+    const err = (json && json.error) || {};
+    throw new ApiError(res.status, err.code || "http_" + res.status, err.message || `HTTP ${res.status}`);
+  }
+  return json && "data" in json ? json.data : json;
+}
+
+const enc = encodeURIComponent;
+
+export const api = {
+  health: () => call("GET", "/api/health"),
+  stats: () => call("GET", "/api/stats"),
+  conversations: (limit, offset) => call("GET", `/api/conversations?limit=${limit}&offset=${offset}`),
+  conversation: (id) => call("GET", `/api/conversations/${enc(id)}`),
+  rename: (id, title) => call("PATCH", `/api/conversations/${enc(id)}`, { title }),
+  remove: (id) => call("DELETE", `/api/conversations/${enc(id)}`),
+  search: (q) => call("GET", `/api/search?q=${enc(q)}`),
+  exportUrl: (id, format) => `/api/conversations/${enc(id)}/export?format=${format}`,
+};

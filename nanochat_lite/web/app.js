@@ -1,0 +1,304 @@
+// The page's wiring: connection state, tabs, composer, which conversation is open.
+//
+// The modules under it each own one thing: ws.js (reconnecting socket), chat.js
+// (the message queue and frames), transcript.js (messages on screen), markdown.js,
+// sidebar.js, settings.js + store.js, dashboard.js + charts.js, api.js (REST).
+// The open conversation lives in the URL hash (#c=<id>) and in localStorage, so a
+// reload comes back to it.
+
+import { api } from "./api.js";
+import { ChatSession } from "./chat.js";
+import { Dashboard } from "./dashboard.js";
+import { SettingsPanel } from "./settings.js";
+import { Sidebar } from "./sidebar.js";
+import { loadConversationId, saveConversationId } from "./store.js";
+import { Transcript } from "./transcript.js";
+import { ReconnectingSocket } from "./ws.js";
+
+const $ = (sel) => document.querySelector(sel);
+const MAX_MESSAGE_CHARS = 8000;
+
+// -- connection -----------------------------------------------------------------
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+const socket = new ReconnectingSocket(wsUrl);
+const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
+const session = new ChatSession(socket, (thread) => settings.chatFields(!thread.id));
+const transcript = new Transcript($("#transcript"), $("#scroller"), (text) => send(text));
+
+let countdown = 0;
+function showConnection() {
+  const state = socket.state;
+  const box = $("#conn");
+  clearInterval(countdown);
+  box.dataset.state = state === "open" ? "connected" : state === "connecting" ? "connecting" : "disconnected";
+  $("#conn-retry").hidden = state !== "closed";
+  const text = $("#conn-text");
+  if (state === "open") text.textContent = "connected";
+  else if (state === "connecting") text.textContent = "connecting…";
+  else {
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((socket.retryAt - Date.now()) / 1000));
+      text.textContent = `disconnected · retrying in ${s} s`;
+    };
+    tick();
+    countdown = setInterval(tick, 1000);
+  }
+}
+socket.addEventListener("state", showConnection);
+socket.addEventListener("state", () => {
+  if (socket.state !== "open") return;
+  // Back after an outage (or a server restart): the list may have changed, and a
+  // conversation that could not load then can load now.
+  sidebar.refresh();
+  if (failedLoad && failedLoad === thread.id) openConversation(failedLoad);
+});
+$("#conn-retry").addEventListener("click", () => socket.connect());
+window.addEventListener("online", () => socket.state === "closed" && socket.connect());
+
+function showModel(name) {
+  if (name) $("#model-name").textContent = name;
+}
+
+// -- the open conversation ------------------------------------------------------
+let thread = { id: null };
+let loadSeq = 0;
+let failedLoad = null; // a conversation id whose messages could not be fetched
+
+function setHash(id) {
+  const hash = id ? `#c=${encodeURIComponent(id)}` : "";
+  if (location.hash !== hash) history.replaceState(null, "", location.pathname + location.search + hash);
+  saveConversationId(id);
+}
+
+function hashId() {
+  const m = /^#c=([^&]+)$/.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function showHeader(conv) {
+  const title = conv ? conv.title || "Untitled" : "New chat";
+  $("#conv-title").textContent = title;
+  document.title = `${title} · Nanochat-Lite`;
+  $("#conv-export").hidden = !conv;
+  if (conv) {
+    $("#export-md").href = api.exportUrl(conv.id, "markdown");
+    $("#export-json").href = api.exportUrl(conv.id, "json");
+  }
+  const sys = $("#conv-system");
+  sys.hidden = !(conv && conv.system);
+  sys.textContent = conv && conv.system ? `System prompt: ${conv.system}` : "";
+}
+
+function showEmptyHint() {
+  $("#empty-hint").hidden = !transcript.empty;
+}
+
+function newChat() {
+  loadSeq++;
+  thread = { id: null };
+  transcript.clear();
+  setHash(null);
+  showHeader(null);
+  showEmptyHint();
+  sidebar.highlight();
+  closeSidebar();
+  $("#composer-input").focus();
+}
+
+async function openConversation(id, messageId) {
+  const seq = ++loadSeq;
+  const pending = session.pending().filter((t) => t.thread.id === id);
+  thread = pending.length ? pending[0].thread : { id };
+  setHash(id);
+  sidebar.highlight();
+  closeSidebar();
+  transcript.clear();
+  $("#conv-title").textContent = "Loading…";
+  let data;
+  failedLoad = null;
+  try {
+    data = await api.conversation(id);
+  } catch (err) {
+    if (seq !== loadSeq) return;
+    if (err.status === 404) {
+      note("That conversation no longer exists; starting a new chat.");
+      newChat();
+    } else {
+      failedLoad = id;
+      $("#conv-title").textContent = "Could not load this conversation";
+      note(`${err.message}; it loads again when the server is back.`);
+    }
+    return;
+  }
+  if (seq !== loadSeq) return;
+  let messages = data.messages;
+  // The turn on the wire has its question stored already; its view shows it.
+  const live = session.current;
+  if (live && live.thread === thread && messages.length && messages[messages.length - 1].role === "user"
+      && messages[messages.length - 1].content === live.text) {
+    messages = messages.slice(0, -1);
+  }
+  transcript.showHistory(messages);
+  for (const t of pending) transcript.attach(t.view);
+  showHeader(data.conversation);
+  showEmptyHint();
+  if (messageId) {
+    const target = document.getElementById("m-" + messageId);
+    if (target) {
+      target.scrollIntoView({ block: "center" });
+      target.classList.add("flash");
+    }
+  }
+}
+
+// -- sending ----------------------------------------------------------------------
+function send(text) {
+  if (!text.trim()) return false;
+  if (text.length > MAX_MESSAGE_CHARS) {
+    note(`Messages are limited to ${MAX_MESSAGE_CHARS.toLocaleString("en-US")} characters.`);
+    return false;
+  }
+  const view = transcript.addTurn(text);
+  session.send(thread, text, view);
+  showEmptyHint();
+  return true;
+}
+
+let noteTimer = 0;
+function note(text) {
+  const box = $("#composer-note");
+  box.textContent = text;
+  clearTimeout(noteTimer);
+  noteTimer = setTimeout(() => (box.textContent = ""), 8000);
+}
+
+session.addEventListener("notice", (ev) => note(ev.detail));
+session.addEventListener("busy", (ev) => {
+  $("#stop").hidden = !ev.detail;
+});
+session.addEventListener("conversation", (ev) => {
+  if (ev.detail === thread) setHash(thread.id);
+  sidebar.refresh().then(() => syncTitle());
+});
+session.addEventListener("answered", () => sidebar.refresh().then(() => syncTitle()));
+
+function syncTitle() {
+  const conv = sidebar.items.find((c) => c.id === thread.id);
+  if (conv && conv.id === thread.id) showHeader(conv);
+}
+
+const input = $("#composer-input");
+function autosize() {
+  input.style.height = "auto"; // CSSOM writes are allowed by the CSP; style="" attributes are not
+  input.style.height = Math.min(input.scrollHeight + 2, 220) + "px";
+}
+input.addEventListener("input", autosize);
+input.addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+    ev.preventDefault();
+    submit();
+  } else if (ev.key === "Escape" && session.busy) {
+    session.stop();
+  }
+});
+$("#composer").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  submit();
+});
+function submit() {
+  if (send(input.value)) {
+    input.value = "";
+    autosize();
+  }
+}
+$("#stop").addEventListener("click", () => session.stop());
+$(".skip-link").addEventListener("click", (ev) => {
+  ev.preventDefault(); // the URL hash names the conversation; keep it
+  input.focus();
+});
+$("#new-chat").addEventListener("click", newChat);
+
+// -- sidebar, settings, tabs --------------------------------------------------------
+const sidebar = new Sidebar($("#sidebar"), {
+  open: (id, messageId) => openConversation(id, messageId),
+  renamed: (id, title) => {
+    if (id === thread.id) showHeader(sidebar.items.find((c) => c.id === id) || { id, title });
+  },
+  deleted: (id) => {
+    if (id === thread.id) newChat();
+  },
+  currentId: () => thread.id,
+});
+
+function closeSidebar() {
+  $("#sidebar").classList.remove("open");
+  $("#sidebar-backdrop").hidden = true;
+  $("#sidebar-toggle").setAttribute("aria-expanded", "false");
+}
+$("#sidebar-toggle").addEventListener("click", () => {
+  const open = !$("#sidebar").classList.contains("open");
+  $("#sidebar").classList.toggle("open", open);
+  $("#sidebar-backdrop").hidden = !open;
+  $("#sidebar-toggle").setAttribute("aria-expanded", String(open));
+});
+$("#sidebar-backdrop").addEventListener("click", closeSidebar);
+
+function toggleSettings(open) {
+  $("#settings").hidden = !open;
+  $("#settings-toggle").setAttribute("aria-expanded", String(open));
+  if (open) $("#set-system").focus();
+  else $("#settings-toggle").focus();
+}
+$("#settings-toggle").addEventListener("click", () => toggleSettings($("#settings").hidden));
+$("#settings-close").addEventListener("click", () => toggleSettings(false));
+$("#settings-reset").addEventListener("click", () => settings.reset());
+document.addEventListener("keydown", (ev) => {
+  if (ev.key !== "Escape" || ev.defaultPrevented) return;
+  if (!$("#settings").hidden && $("#settings").contains(document.activeElement)) toggleSettings(false);
+  else if ($("#sidebar").classList.contains("open")) {
+    closeSidebar();
+    $("#sidebar-toggle").focus();
+  }
+});
+
+const dashboard = new Dashboard($("#panel-dashboard"), (stats) => showModel(stats.model));
+const tabs = [...document.querySelectorAll("[role=tab]")];
+function showTab(name) {
+  for (const tab of tabs) {
+    const on = tab.dataset.tab === name;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    document.querySelector(`[data-panel=${tab.dataset.tab}]`).hidden = !on;
+  }
+  if (name === "dashboard") dashboard.redraw();
+}
+for (const tab of tabs) {
+  tab.addEventListener("click", () => showTab(tab.dataset.tab));
+  tab.addEventListener("keydown", (ev) => {
+    const k = tabs.indexOf(tab);
+    const next = ev.key === "ArrowRight" ? tabs[(k + 1) % tabs.length]
+      : ev.key === "ArrowLeft" ? tabs[(k - 1 + tabs.length) % tabs.length] : null;
+    if (next) {
+      next.focus();
+      showTab(next.dataset.tab);
+    }
+  });
+}
+
+// -- start --------------------------------------------------------------------------
+window.addEventListener("hashchange", () => {
+  if (location.hash && !location.hash.startsWith("#c=")) return; // not ours
+  const id = hashId();
+  if (id && id !== thread.id) openConversation(id);
+  else if (!id && thread.id) newChat();
+});
+
+showConnection();
+autosize();
+socket.connect();
+dashboard.start();
+api.health().then((h) => showModel(h.model), () => {});
+sidebar.refresh();
+const startId = hashId() || loadConversationId();
+if (startId) openConversation(startId);
+else newChat();
