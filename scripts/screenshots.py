@@ -8,7 +8,9 @@ throw-away database) on a free loopback port and stops it afterwards. It needs
 Debian's Chromium at /usr/bin/chromium and the `playwright` package.
 
 Writes chat-desktop.png (1280x800), chat-phone.png (375x812), dashboard-desktop.png
-(1280x800), all in the light scheme, and chat-desktop-dark.png.
+(1280x800), all in the light scheme, chat-desktop-dark.png, and tokens-desktop.png
+(1280x800, the Tokens tab on a multi-script sample). `--only tokens` takes just that
+one (no answers are generated, so it takes seconds).
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ import time
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 812}
+TOKENS_SAMPLE = (
+    "Tokenizers split text into pieces: common words are one token, rare ones several.\n"
+    "def greet(name: str) -> str:\n"
+    "    return f\"Hello, {name}!\"  # code keeps its indentation\n"
+    "Emoji: 🚀🎉👍🏽 and CJK: 你好，世界！こんにちは 안녕하세요\n"
+    "Digits: 3.14159, 2025-06-01, 1,234,567 and 0xDEADBEEF"
+)
 QUESTIONS = [
     "What is the capital of France?",
     "Give me three tips for learning Python, as a numbered list, then a one-line code example.",
@@ -65,10 +74,31 @@ def ask(page: Page, text: str, answered: int) -> None:
                            arg=answered, timeout=180_000)
 
 
-def shoot(url: str, out: Path) -> None:
+def shoot_tokens(browser: Browser, url: str, out: Path) -> None:
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#conn[data-state=connected]")
+    page.click("#tab-tokens")
+    page.fill("#tok-input", TOKENS_SAMPLE)
+    page.check("#tok-ids")
+    page.wait_for_function("""() => Number(document.getElementById('tok-count').dataset.value) > 0
+                               && !document.getElementById('tok-output').hasAttribute('aria-busy')""")
+    page.locator("#tok-input").blur()
+    time.sleep(0.3)
+    page.screenshot(path=str(out / "tokens-desktop.png"))
+    context.close()
+
+
+def shoot(url: str, out: Path, only: str = "all") -> None:
     out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        if only in ("all", "tokens"):
+            shoot_tokens(browser, url, out)
+        if only == "tokens":
+            browser.close()
+            return
         context = browser.new_context(viewport=DESKTOP, color_scheme="light")
         page = context.new_page()
         page.goto(url)
@@ -112,14 +142,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="output folder")
+    parser.add_argument("--only", choices=["all", "chat", "tokens"], default="all",
+                        help="which screenshots: chat = the chat, dashboard and phone ones")
     args = parser.parse_args()
     if args.url:
-        shoot(args.url.rstrip("/") + "/", args.out)
+        shoot(args.url.rstrip("/") + "/", args.out, args.only)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp))
         try:
-            shoot(url + "/", args.out)
+            shoot(url + "/", args.out, args.only)
         finally:
             proc.terminate()
             proc.wait(10)

@@ -44,5 +44,6 @@ export const api = {
   rename: (id, title) => call("PATCH", `/api/conversations/${enc(id)}`, { title }),
   remove: (id) => call("DELETE", `/api/conversations/${enc(id)}`),
   search: (q) => call("GET", `/api/search?q=${enc(q)}`),
+  tokenize: (text, special) => call("POST", "/api/tokenize", { text, with_pieces: true, special }),
   exportUrl: (id, format) => `/api/conversations/${enc(id)}/export?format=${format}`,
 };

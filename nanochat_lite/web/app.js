@@ -2,7 +2,8 @@
 //
 // The modules under it each own one thing: ws.js (reconnecting socket), chat.js
 // (the message queue and frames), transcript.js (messages on screen), markdown.js,
-// sidebar.js, settings.js + store.js, dashboard.js + charts.js, api.js (REST).
+// sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
+// tokenizer view), api.js (REST).
 // The open conversation lives in the URL hash (#c=<id>) and in localStorage, so a
 // reload comes back to it.
 
@@ -12,6 +13,7 @@ import { Dashboard } from "./dashboard.js";
 import { SettingsPanel } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
 import { loadConversationId, saveConversationId } from "./store.js";
+import { TokenView } from "./tokens.js";
 import { Transcript } from "./transcript.js";
 import { ReconnectingSocket } from "./ws.js";
 
@@ -262,6 +264,7 @@ document.addEventListener("keydown", (ev) => {
 });
 
 const dashboard = new Dashboard($("#panel-dashboard"), (stats) => showModel(stats.model));
+new TokenView($("#panel-tokens"));
 const tabs = [...document.querySelectorAll("[role=tab]")];
 function showTab(name) {
   for (const tab of tabs) {
