@@ -26,7 +26,6 @@ import re
 import sqlite3
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,15 +33,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .history_text import (  # noqa: F401  (re-exported: part of this module's API)
+    MAX_QUERY_TERMS,
+    MAX_TITLE_CHARS,
+    TITLE_CHARS,
+    _clean,
+    _clean_title,
+    _match_expression,
+    make_title,
+)
+
 ROLES = ("system", "user", "assistant")
 STATUSES = ("complete", "stopped", "failed", "interrupted")
-TITLE_CHARS = 60  # auto-titles are cut near here, at a word boundary, then "…" is added
-MAX_TITLE_CHARS = 200  # rename() refuses longer titles
-MAX_QUERY_TERMS = 32  # search() ignores words past this many
 BUSY_TIMEOUT_MS = 5000  # another process (a CLI export) may hold the write lock briefly
 MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
 
-_CONTROL_TO_SPACE = {code: " " for code in (*range(0x20), *range(0x7F, 0xA0))}  # category Cc
 _ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 # unicode61 with "So" added so emoji are words; remove_diacritics 2 lets "cafe" find "café".
 _TOKENIZE = "unicode61 remove_diacritics 2 categories 'L* N* Co So'"
@@ -116,6 +121,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
         "INSERT INTO conversations_fts(conversations_fts) VALUES ('rebuild')",
     ),
+    # 3: embedding vectors of messages, for semantic search (filled lazily, per model).
+    (
+        """CREATE TABLE message_vectors (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            vector BLOB NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -172,25 +185,6 @@ class AlreadyExists(ValueError):
 
 class StoreError(RuntimeError):
     """The database file cannot be used; the message names the file and the fix."""
-
-
-def make_title(text: str) -> str:
-    """A one-line title from a message: its first non-blank line, whitespace collapsed,
-    cut at a word boundary near TITLE_CHARS with "…".
-
-    `"\\n  How do I   bake\\tbread?\\nI have flour."` -> `"How do I bake bread?"`
-    """
-    for line in _clean(text).splitlines():
-        line = _one_line(line)
-        if line:
-            break
-    else:
-        return ""
-    if len(line) <= TITLE_CHARS:
-        return line
-    space = line.rfind(" ", 0, TITLE_CHARS + 1)
-    head = line[:space] if space >= TITLE_CHARS // 2 else line[: _cluster_cut(line, TITLE_CHARS)]
-    return (head.rstrip(" ,.;:-–—") or head) + "…"
 
 
 class ConversationStore:
@@ -419,6 +413,37 @@ class ConversationStore:
         hits.sort(key=lambda hit: -hit["score"])
         return hits[:limit]
 
+    def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]:
+        """(message id, content) of messages with no vector from `model` yet, oldest first."""
+        with self._read() as conn:
+            return conn.execute(
+                """SELECT m.id, m.content FROM messages m
+                   LEFT JOIN message_vectors v ON v.message_id = m.id AND v.model = ?
+                   WHERE v.message_id IS NULL AND m.content != '' ORDER BY m.id LIMIT ?""",
+                (model, limit),
+            ).fetchall()
+
+    def put_vectors(self, model: str, vectors: builtins.list[tuple[int, bytes]]) -> None:
+        """Store embedding vectors (raw float32 bytes) for messages; ids deleted since are skipped."""
+        with self._write() as conn:
+            conn.executemany(
+                """INSERT OR REPLACE INTO message_vectors (message_id, model, vector)
+                   SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE id = ?)""",
+                [(mid, model, blob, mid) for mid, blob in vectors],
+            )
+
+    def vectors(self, model: str) -> builtins.list[tuple[dict[str, Any], bytes]]:
+        """Every stored vector of `model`, with its message as a search hit (no score yet)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                """SELECT m.conversation_id, c.title, m.id, m.role, m.content, m.created_at, v.vector
+                   FROM message_vectors v JOIN messages m ON m.id = v.message_id
+                   JOIN conversations c ON c.id = m.conversation_id WHERE v.model = ?""",
+                (model,),
+            ).fetchall()
+        keys = ("conversation_id", "title", "message_id", "role", "snippet", "created_at")
+        return [(dict(zip(keys, row[:6])), row[6]) for row in rows]
+
     def export(self, conversation_id: str, fmt: str) -> str:
         """The conversation as "json" ({"conversation": ..., "messages": [...]}, indented)
         or "markdown" (title, then one bold-labelled section per message; a message that
@@ -539,62 +564,3 @@ def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSIO
 def _message(row: tuple[Any, ...]) -> Message:
     *fields, params = row
     return Message(*fields, params=None if params is None else json.loads(params))
-
-
-def _clean(text: str) -> str:
-    """Text SQLite can store: lone surrogates (possible from JSON "\\ud800") become U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def _one_line(text: str) -> str:
-    """Whitespace runs and control characters (NUL, ESC: no place in a title shown in a
-    terminal) collapse to single spaces: `" a\x1b[2J \t b "` -> `"a [2J b"`."""
-    return " ".join(text.translate(_CONTROL_TO_SPACE).split())
-
-
-def _clean_title(title: str) -> str:
-    clean = _one_line(_clean(title))
-    if len(clean) > MAX_TITLE_CHARS:
-        raise ValueError(f"title has {len(clean)} characters; at most {MAX_TITLE_CHARS} allowed")
-    return clean
-
-
-def _cluster_cut(text: str, n: int) -> int:
-    """An index <= n that does not split a character from its combining marks, a
-    ZWJ emoji sequence or a flag (two regional indicators); n if none is found."""
-
-    def joins(before: str, after: str) -> bool:
-        return (
-            unicodedata.category(after) in ("Mn", "Mc", "Me", "Sk")
-            or after in "\u200d\ufe0e\ufe0f"
-            or before == "\u200d"
-        )
-
-    def regional(ch: str) -> bool:
-        return "\U0001f1e6" <= ch <= "\U0001f1ff"
-
-    cut = n
-    while cut > 0 and joins(text[cut - 1], text[cut]):
-        cut -= 1
-    if cut > 0 and regional(text[cut - 1]) and regional(text[cut]):
-        run = 0
-        while cut - run > 0 and regional(text[cut - run - 1]):
-            run += 1
-        cut -= run % 2  # an odd run before the cut ends in half a flag
-    return cut or n
-
-
-def _match_expression(query: str) -> str | None:
-    """An FTS5 expression that cannot be a syntax error: each whitespace-separated word
-    quoted (inner quotes doubled) and prefix-matched, all required. None if empty."""
-    # say "hi   ->   "say" * """hi" *
-    words = _clean(query).replace("\x00", " ").split()[:MAX_QUERY_TERMS]
-    if not words:
-        return None
-    # A word with no letters, digits or symbols (")--") yields an empty phrase, which
-    # FTS5 ignores; a query of nothing else matches nothing.
-    return " ".join('"' + word.replace('"', '""') + '" *' for word in words)
