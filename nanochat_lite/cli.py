@@ -178,7 +178,7 @@ def _embedder_factory(config: Config):
         from . import models
         from .embeddings import Embedder
 
-        return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say))
+        return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say), threads=config.threads)
 
     return make
 

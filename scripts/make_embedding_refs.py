@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     vectors = np.stack(
         [model.encode([t], convert_to_numpy=True, normalize_embeddings=False)[0] for t in texts]
     ).astype(np.float32)
-    counts = [int(model.tokenize([t])["attention_mask"].sum()) for t in texts]
+    tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in sentence-transformers 6
+    counts = [int(tokenize([t])["attention_mask"].sum()) for t in texts]
     meta = {
         "sentence_transformers": sentence_transformers.__version__,
         "torch": torch.__version__,
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     fd, tmp = tempfile.mkstemp(dir=args.output.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(buf.getvalue())
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
     os.replace(tmp, args.output)
     norms = np.linalg.norm(vectors, axis=1)
     print(f"wrote {args.output}: {len(texts)} vectors, norms {norms.min():.6f}..{norms.max():.6f}, {meta}")

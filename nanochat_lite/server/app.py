@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from . import chat_api, conversations_api, openai_api, tokenize_api, ws
+from . import chat_api, conversations_api, embeddings_api, openai_api, tokenize_api, ws
 from .http import json_response
 from .runtime import Runtime
 
@@ -79,6 +79,8 @@ def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
         Route("/api/conversations/{cid}/export", conversations_api.export_conversation),
         Route("/api/search", conversations_api.search),
         Route("/api/tokenize", tokenize_api.tokenize, methods=["POST"]),
+        Route("/v1/embeddings", embeddings_api.openai_embeddings, methods=["POST"]),
+        Route("/api/embeddings", embeddings_api.api_embeddings, methods=["POST"]),
         Route("/api/detokenize", tokenize_api.detokenize, methods=["POST"]),
         *(extra_routes or []),
     ]
