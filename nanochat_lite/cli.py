@@ -154,9 +154,15 @@ def cmd_serve(config: Config) -> int:
               f"  Environment:  {config.environment} · {engine.threads} threads · context {engine.n_ctx} tokens\n"
               f"  Startup time: {startup_ms:.0f} ms (from process start)\n"
               f"  Ready at:     http://{host}:{port}", flush=True)
-        # After the first token is possible: the project's tokenizer (same ids, faster),
-        # used for counting and /api/tokenize. A model it cannot read keeps llama.cpp's.
-        time.sleep(0.5)
+        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens and
+        # serves /api/tokenize. Loading it is ~0.4 s of Python holding the GIL, so it
+        # waits until the first answer is done (or 5 s of quiet) rather than slowing
+        # the first token. A model it cannot read keeps llama.cpp's tokenizer.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not server.should_exit:
+            if runtime.stats.requests_total and not runtime.generating and not runtime.queued:
+                break
+            time.sleep(0.05)
         try:
             runtime.load_tokenizer()
         except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
