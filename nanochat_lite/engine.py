@@ -147,6 +147,7 @@ class Engine:
         # loads it, in the background. Until then llama.cpp's own tokenizer is used.
         self.tokenizer: object | None = None
         self.busy = threading.Event()  # set while a generation runs (tests read it)
+        self.warmed = False
 
     # -- tokens -------------------------------------------------------------------
     def piece_bytes(self, token: int, *, special: bool = False) -> bytes:
@@ -206,6 +207,7 @@ class Engine:
         if tokens:
             self.llm.reset()
             self.llm.eval(tokens)
+        self.warmed = True
         return len(tokens)
 
     # -- context fitting ----------------------------------------------------------

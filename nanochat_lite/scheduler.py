@@ -92,7 +92,7 @@ class Scheduler:
 
     def _run(self) -> None:
         warm_up = getattr(self.engine, "warm_up", None)
-        if warm_up is not None:
+        if warm_up is not None and not getattr(self.engine, "warmed", False):
             try:
                 warm_up()
             except Exception:  # an optimisation only; requests still work without it
