@@ -3,12 +3,15 @@
     .venv/bin/python bench/embeddings_bench.py [--quick] [--threads N] [--json]
     HF_HUB_OFFLINE=1 /work/refvenv/bin/python bench/embeddings_bench.py   # side by side
 
-Prints sentences per second for calls of 1, 32 and 256 texts, and the cold load: from a
-fresh process wanting its first embedding (before `import numpy`) to having it. Each
-engine runs in its own child process (torch's OpenMP threads keep spinning after a call
-and would slow OpenBLAS in the same process), the children alternate ours / theirs for
-several rounds, and the table shows the best round and the median. This machine's cores
-may be shared, so the best round is the fairer comparison; both are printed.
+Prints sentences per second for calls of 1 text (the corpus' first 64, one by one), 32
+and 256 texts (the whole 256-text corpus), and the cold load: from a fresh process
+wanting its first embedding (clock started before `import numpy`) to having it;
+"+exec" adds the interpreter's own start-up. Each engine runs in its own child process
+(torch's OpenMP threads spin after a call and would slow OpenBLAS in the same process);
+the parent asks the two children for one measurement at a time, alternating, so a load
+spike from elsewhere on the machine hits both alike. The table shows the best and the
+median of the repeats; on a machine whose cores are shared, the best is the fairer
+comparison.
 
 `run(quick=False) -> dict` is the entry point for other code (a later `nanochat-lite
 bench`); importing this file measures nothing.
@@ -69,21 +72,21 @@ def _blas_info() -> list[dict[str, Any]]:
     return [{k: v for k, v in lib.items() if k in keep} for lib in threadpool_info()]
 
 
-def _time_calls(fn: Any, chunks: list[list[str]], repeats: int) -> float:
-    """Best sentences/s over `repeats` passes of fn over every chunk."""
-    fn(chunks[0])  # warm caches and lazy paths
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for chunk in chunks:
-            fn(chunk)
-        best = min(best, time.perf_counter() - start)
-    return sum(len(c) for c in chunks) / best
-
-
-def _worker(engine: str, model_dir: Path, threads: int | None, quick: bool) -> dict[str, Any]:
-    """Runs in a child process; the first statement it executes is the cold-load clock."""
+def _time_chunks(embed: Any, chunks: list[list[str]]) -> float:
+    """Sentences per second for one pass of `embed` over every chunk."""
     start = time.perf_counter()
+    for chunk in chunks:
+        embed(chunk)
+    return sum(len(c) for c in chunks) / (time.perf_counter() - start)
+
+
+def _worker(engine: str, model_dir: Path, threads: int | None) -> None:
+    """Child process: report the cold load, then time one scenario per request on stdin.
+
+    Protocol, one JSON object per line: it prints {"cold_load_s", "ready_at", "engine",
+    "blas"} once ready, then for each line "batch_N" it reads, {"batch_N": sentences/s}.
+    """
+    start = time.perf_counter()  # the cold-load clock starts before numpy is imported
     if engine == "ours":
         sys.path.insert(0, str(_REPO))
         from nanochat_lite.embeddings import Embedder
@@ -113,30 +116,50 @@ def _worker(engine: str, model_dir: Path, threads: int | None, quick: bool) -> d
 
         version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"
 
+    ready = {"engine": version, "cold_load_s": cold, "ready_at": time.time(), "blas": _blas_info()}
+    print(json.dumps(ready), flush=True)
     texts = corpus()
-    repeats = 1 if quick else 3
-    result: dict[str, Any] = {"engine": version, "cold_load_s": cold, "ready_at": time.time()}
-    for size in _BATCH_SIZES:
-        pool = texts[:64] if (size == 1 and quick) else texts
+    embed(texts[:32])  # warm caches and lazy paths
+    for line in sys.stdin:
+        scenario = line.strip()
+        size = int(scenario.removeprefix("batch_"))
+        pool = texts[:64] if size == 1 else texts
         chunks = [pool[i : i + size] for i in range(0, len(pool), size)]
-        result[f"batch_{size}"] = _time_calls(embed, chunks, repeats)
-    result["blas"] = _blas_info()
-    return result
+        print(json.dumps({scenario: _time_chunks(embed, chunks)}), flush=True)
 
 
-def _spawn(engine: str, model_dir: Path, threads: int | None, quick: bool) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model-dir", str(model_dir)]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    if quick:
-        cmd.append("--quick")
-    spawned = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {engine!r} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["cold_from_exec_s"] = result.pop("ready_at") - spawned
-    return result
+class _Child:
+    """A worker process of one engine, driven line by line."""
+
+    def __init__(self, engine: str, model_dir: Path, threads: int | None) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model-dir", str(model_dir)]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        spawned = time.time()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.ready = self._read()
+        self.ready["cold_from_exec_s"] = self.ready.pop("ready_at") - spawned
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"benchmark worker exited early (code {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def measure(self, scenario: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(scenario + "\n")
+        self.proc.stdin.flush()
+        return float(self._read()[scenario])
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def _have_sentence_transformers() -> bool:
@@ -154,33 +177,62 @@ def _default_model_dir() -> Path:
 
 
 def run(quick: bool = False, *, threads: int | None = None, model_dir: Path | None = None) -> dict[str, Any]:
-    """Measure; returns {"engines": {name: {"best": {...}, "median": {...}, "rounds": [...]}}, ...}."""
+    """Measure; returns {"engines": {name: {"best": {...}, "median": {...}, ...}}, ...}.
+
+    Cold loads: `rounds` fresh processes per engine. Throughput: one process per engine,
+    measurements alternating between them, `repeats` per scenario.
+    """
     model_dir = model_dir or _default_model_dir()
-    engines = ["ours"] + (["sentence-transformers"] if _have_sentence_transformers() else [])
-    rounds = 1 if quick else 3
-    raw: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
-    for _ in range(rounds):
-        for engine in engines:  # alternate, so machine load hits both alike
-            raw[engine].append(_spawn("ours" if engine == "ours" else "st", model_dir, threads, quick))
-    metrics = [f"batch_{s}" for s in _BATCH_SIZES]
+    engines = {"ours": "ours"}
+    if _have_sentence_transformers():
+        engines["sentence-transformers"] = "st"
+    rounds, repeats = (1, 2) if quick else (3, 5)
+    cold: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    for _ in range(rounds - 1):  # the last round's processes stay for the throughput runs
+        for name, engine in engines.items():
+            child = _Child(engine, model_dir, threads)
+            cold[name].append(child.ready)
+            child.close()
+    children = {name: _Child(engine, model_dir, threads) for name, engine in engines.items()}
+    for name, child in children.items():
+        cold[name].append(child.ready)
+    speeds: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
+    try:
+        for size in _BATCH_SIZES:
+            scenario = f"batch_{size}"
+            for _ in range(repeats):
+                for name, child in children.items():  # alternate: machine load hits both alike
+                    speeds[name].setdefault(scenario, []).append(child.measure(scenario))
+    finally:
+        for child in children.values():
+            child.close()
+
     out: dict[str, Any] = {
         "threads": threads,
         "rounds": rounds,
+        "repeats": repeats,
         "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
         "engines": {},
     }
-    for engine, runs in raw.items():
-        best = {m: max(r[m] for r in runs) for m in metrics}
-        median = {m: statistics.median(r[m] for r in runs) for m in metrics}
+    for name in engines:
+        best = {m: max(v) for m, v in speeds[name].items()}
+        median = {m: statistics.median(v) for m, v in speeds[name].items()}
         for m in ("cold_load_s", "cold_from_exec_s"):
-            best[m] = min(r[m] for r in runs)
-            median[m] = statistics.median(r[m] for r in runs)
-        out["engines"][engine] = {
-            "version": runs[0]["engine"],
-            "blas": runs[0]["blas"],
+            values = [r[m] for r in cold[name]]
+            best[m], median[m] = min(values), statistics.median(values)
+        out["engines"][name] = {
+            "version": cold[name][0]["engine"],
+            "blas": cold[name][0]["blas"],
             "best": best,
             "median": median,
-            "rounds": runs,
+            "samples": {**speeds[name], "cold_load_s": [r["cold_load_s"] for r in cold[name]]},
+            # One dict per repeat (throughput) and per cold round, for callers that
+            # summarise samples themselves (nanochat_lite/bench/embedding.py).
+            "rounds": [
+                {k: v[i] for k, v in speeds[name].items() if i < len(v)}
+                | ({"cold_load_s": cold[name][i]["cold_load_s"]} if i < len(cold[name]) else {})
+                for i in range(max(repeats, len(cold[name])))
+            ],
         }
     return out
 
@@ -188,7 +240,8 @@ def run(quick: bool = False, *, threads: int | None = None, model_dir: Path | No
 def _table(result: dict[str, Any]) -> str:
     header = f"{'engine':<22} {'stat':<6} {'b=1 s/s':>9} {'b=32 s/s':>9} {'b=256 s/s':>10} {'cold s':>7} {'+exec s':>8}"
     lines = [
-        f"threads={result['threads'] or 'default'}  rounds={result['rounds']}  "
+        f"threads={result['threads'] or 'default'}  cold rounds={result['rounds']}  "
+        f"repeats={result['repeats']}  "
         f"OPENBLAS env: {result['openblas_env'] or 'none set'}",
         header,
         "-" * len(header),
@@ -216,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=("ours", "st"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker, args.model_dir, args.threads, args.quick)))
+        _worker(args.worker, args.model_dir, args.threads)
         return 0
     result = run(args.quick, threads=args.threads, model_dir=args.model_dir)
     print(json.dumps(result, indent=2) if args.json else _table(result))

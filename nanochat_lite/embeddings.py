@@ -6,6 +6,12 @@ inputs in tests/data/embedding_refs.npz): BERT WordPiece through Hugging Face
 `tokenizers`, a 6-layer BERT encoder in float32 numpy, mean pooling over the real
 tokens, then L2 normalisation. No torch.
 
+How it stays fast on a CPU: texts are sorted by length and packed one after another with
+no padding, so the matrix products (about half the time) see only real tokens and go to
+numpy's BLAS whole; attention runs per block of equal-length texts; the elementwise steps
+(GELU, LayerNorm, softmax) are cut into cache-sized pieces spread over a small thread
+pool. The weights are memory-mapped straight from model.safetensors (no copy).
+
 This module knows nothing about HTTP, JSON or the model store: it takes a folder that
 holds `model.safetensors`, `tokenizer.json` and `config.json` (what
 `models.ensure(home, "all-minilm-l6-v2")` returns) and gives arrays back.
@@ -19,6 +25,7 @@ Not handled here:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -35,12 +42,13 @@ from typing import Any
 import numpy as np
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model, [CLS]/[SEP] included
-_CHUNK_TOKENS = 8192  # pieces per forward pass at most (bounds memory: ~120 MB of temporaries)
+_FEW_TOKENS = 512  # calls with at most this many pieces keep BLAS on one thread (see Embedder)
+_CHUNK_TOKENS = 8192  # pieces per forward pass at most (bounds memory: ~130 MB of temporaries)
 _MIN_EXP_SUM = 1e-20  # a softmax row summing below this (all scores < -46) is redone with its max
 _ATTENTION_ELEMENTS = 1 << 17  # attention scores per block: 512 kB of float32
 _SMALL_GEMM = 1 << 18  # m*n*k at or below which OpenBLAS stays on the calling thread
 _MIN_SLICE_ROWS = 64  # rows per elementwise piece at least (pool overhead ~10 us a piece)
-_GELU_CHUNK = 32_768  # elements per GELU step: 14 float32 temporaries stay in L2 cache
+_GELU_CHUNK = 32_768  # elements per GELU step: the chunk and its 3 temporaries (512 kB) stay in L2
 _MAX_SAFETENSORS_HEADER = 100 << 20  # bytes; the format's own limit
 _REQUIRED_FILES = ("model.safetensors", "tokenizer.json", "config.json")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -96,10 +104,13 @@ class Embedder:
 
     `threads` is how many threads one `embed` computes on; None means every core this
     process may use. It sizes the embedder's own pool, which runs the elementwise steps
-    and the attention blocks. The big matrix products run in numpy's BLAS, whose thread
-    pool is process-wide: when threadpoolctl is installed, BLAS is capped at `threads`
-    for the duration of each `embed` call (and so, meanwhile, for any other thread's
-    numpy products); without it, BLAS keeps its own default (usually every core).
+    and the attention blocks. The matrix products run in numpy's BLAS, whose thread pool
+    is process-wide. When threadpoolctl is installed, each `embed` call sets it for its
+    own duration (and so, meanwhile, for any other thread's numpy products): to 1 thread
+    for calls of at most 512 pieces (_FEW_TOKENS; waking BLAS threads for small products costs
+    more than it saves, 6x more on a busy 2-core machine), else to `threads` (None: BLAS's
+    default). Without threadpoolctl, BLAS keeps its default (usually every core).
+    Calls on one embedder compute one at a time (they would only share the same cores).
     """
 
     max_tokens: int = MAX_TOKENS
@@ -121,7 +132,8 @@ class Embedder:
         self.load_seconds: float | None = None
         self._model: _Model | None = None
         self._load_lock = threading.Lock()
-        self._limiter: Any = None
+        self._compute_lock = threading.Lock()
+        self._blas: Any = None  # threadpoolctl.ThreadpoolController, when installed
         self._runner: _Runner | None = None
 
     def load(self) -> None:
@@ -142,10 +154,14 @@ class Embedder:
         model = self._loaded()
         if not texts:
             return EmbeddingResult(np.zeros((0, self.dim), np.float32), [], [])
-        if self._limiter is not None:
-            with self._limiter.limit(limits=self.threads, user_api="blas"):
-                return _embed(model, texts, self._runner)
-        return _embed(model, texts, self._runner)
+        with self._compute_lock:
+            return _embed(model, texts, self._runner, self._blas_threads)
+
+    def _blas_threads(self, tokens: int) -> contextlib.AbstractContextManager[object]:
+        threads = 1 if tokens <= _FEW_TOKENS else self.threads
+        if self._blas is None or threads is None:
+            return contextlib.nullcontext()
+        return self._blas.limit(limits=threads, user_api="blas")
 
     def _loaded(self) -> _Model:
         model = self._model
@@ -155,7 +171,7 @@ class Embedder:
             if self._model is None:
                 start = time.perf_counter()
                 self._model = _load(self.model_dir, self._config)
-                self._limiter = _thread_limiter(self.threads)
+                self._blas = _blas_controller()
                 self._runner = _Runner(self.threads or _usable_cores())
                 self.load_seconds = time.perf_counter() - start
             return self._model
@@ -193,13 +209,11 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _thread_limiter(threads: int | None) -> Any:
-    if threads is None:
-        return None
+def _blas_controller() -> Any:
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
-        return None  # documented: without threadpoolctl, `threads` is ignored
+        return None  # documented: without threadpoolctl, BLAS keeps its own thread count
     return ThreadpoolController()
 
 
@@ -328,7 +342,8 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in encodings]
 
 
-def _embed(model: _Model, texts: list[str], run: _Runner) -> EmbeddingResult:
+def _embed(model: _Model, texts: list[str], run: _Runner,
+           blas_threads: Callable[[int], contextlib.AbstractContextManager[object]]) -> EmbeddingResult:
     ids = _encode(model.tokenizer, texts)
     truncated = [len(x) > MAX_TOKENS for x in ids]
     # Keep [CLS] + the first MAX_TOKENS-2 pieces + [SEP], as tokenizers' own truncation does.
@@ -338,10 +353,11 @@ def _embed(model: _Model, texts: list[str], run: _Runner) -> EmbeddingResult:
     # Sorted by length, texts of equal length sit side by side and share attention blocks.
     order = sorted(range(len(ids)), key=counts.__getitem__)
     vectors = np.empty((len(ids), model.word_emb.shape[1]), np.float32)
-    for chunk in _chunks(order, counts):
-        lengths = [counts[i] for i in chunk]
-        token_ids = np.fromiter(itertools.chain.from_iterable(ids[i] for i in chunk), np.int64, sum(lengths))
-        vectors[chunk] = _forward(model, token_ids, lengths, run)
+    with blas_threads(sum(counts)):
+        for chunk in _chunks(order, counts):
+            lengths = [counts[i] for i in chunk]
+            token_ids = np.fromiter(itertools.chain.from_iterable(ids[i] for i in chunk), np.int64, sum(lengths))
+            vectors[chunk] = _forward(model, token_ids, lengths, run)
     return EmbeddingResult(vectors=vectors, token_counts=counts, truncated=truncated)
 
 
