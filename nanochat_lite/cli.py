@@ -106,37 +106,6 @@ def cmd_serve(config: Config) -> int:
     sock.listen(2048)
     port = sock.getsockname()[1]
 
-    # Start-up order, measured: `import llama_cpp` is ~0.25 s of GIL-bound Python, the
-    # model load and warm-up after it ~0.3 s of C that releases the GIL. So the loader
-    # imports llama_cpp first while this thread waits, and this thread's own imports
-    # (uvicorn, Starlette: ~0.2 s of Python) then run beside the C work.
-    imported = threading.Event()
-    wired = threading.Event()
-    shared: dict = {}
-
-    def load() -> None:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            pass  # load_engine reports it
-        finally:
-            imported.set()
-        try:
-            engine = load_engine(path, name, config)
-            engine.warm_up()  # more C work that overlaps the main thread's imports
-        except CLIError as e:
-            wired.wait()
-            failure.append(str(e))
-            shared["runtime"].set_error(str(e))
-            shared["server"].should_exit = True
-            return
-        wired.wait()
-        finish_start(engine, shared["runtime"], shared["server"])
-
-    failure: list[str] = []
-    threading.Thread(target=load, name="nanochat-load", daemon=True).start()
-    imported.wait(60)
-
     from .history import ConversationStore
 
     try:
@@ -164,8 +133,16 @@ def cmd_serve(config: Config) -> int:
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
         timeout_graceful_shutdown=2,
     ))
+    failure: list[str] = []
 
-    def finish_start(engine, runtime, server) -> None:
+    def load() -> None:
+        try:
+            engine = load_engine(path, name, config)
+        except CLIError as e:
+            failure.append(str(e))
+            runtime.set_error(str(e))
+            server.should_exit = True
+            return
         runtime.set_engine(engine)
         startup_ms = (time.time() - _PROCESS_START) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
@@ -191,8 +168,7 @@ def cmd_serve(config: Config) -> int:
         except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
             _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
 
-    shared.update(runtime=runtime, server=server)
-    wired.set()
+    threading.Thread(target=load, name="nanochat-load", daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
