@@ -41,10 +41,11 @@ def nanochat_cmd(port: int, model: str, threads: int, ctx: int, db: Path) -> lis
                    "--threads", str(threads), "--ctx-size", str(ctx), "--db", str(db)]
 
 
-def llama_cpp_server_cmd(port: int, model_path: Path, threads: int, ctx: int) -> list[str]:
+def llama_cpp_server_cmd(port: int, model_path: Path, threads: int, ctx: int,
+                         extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
             "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            "--n_ctx", str(ctx)]
+            "--n_ctx", str(ctx), *extra]
 
 
 def have_llama_cpp_server() -> bool:
@@ -69,6 +70,10 @@ class Proc:
         self.t0 = time.perf_counter()
         self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
 
     def wait_ready(self, path: str, timeout: float = 120.0) -> float:
         """Seconds from process start until GET path answers 200."""
@@ -139,3 +144,11 @@ def machine() -> dict:
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
             "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__,
             "load_average": os.getloadavg()[0]}
+
+
+def settle_nanochat(url: str) -> None:
+    """Make a started nanochat-lite load its own tokenizer now: it otherwise loads it
+    (~0.4 s holding the GIL) after the first answer or 5 s of quiet, in the middle of
+    whatever is being measured. POST /api/tokenize loads it and waits for it (a 422
+    means the model's vocabulary is not supported: llama.cpp's tokenizer stays)."""
+    httpx.post(url + "/api/tokenize", json={"text": "settle"}, timeout=60)

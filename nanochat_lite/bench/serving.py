@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from .common import (Proc, fmt, free_port, have_llama_cpp_server, llama_cpp_server_cmd, machine, nanochat_cmd,
-                     stream_openai, summary)
+                     settle_nanochat, stream_openai, summary)
 
 FIRST_MESSAGES = [{"role": "user", "content": "Hello! Who are you?"}]
 LONG_PROMPT = "Write the numbers from 1 to 500, separated by commas."
@@ -109,6 +109,7 @@ def decode_speed(model_path: Path, threads: int, ctx: int, runs: int, n_tokens: 
         port = free_port()
         with Proc(nanochat_cmd(port, str(model_path), threads, ctx, Path(tmp) / "db.sqlite3"), port) as p:
             p.wait_ready("/api/health")
+            settle_nanochat(p.url)
             _server_tps(p.url, 16)  # warm both
             _raw_generate_tps(llm, tokens, 16)
             for i in range(runs):

@@ -1,0 +1,84 @@
+"""Memory of benchmarked processes, read from `/proc/PID/status` (Linux only).
+
+VmRSS is resident memory now, VmHWM its peak since the process started. A sampler
+thread catches the highest VmRSS during a load the peak alone would not separate
+from start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .common import Proc
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    """{"rss_bytes", "peak_rss_bytes"} of a process, from /proc/PID/status (VmRSS, VmHWM)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key = "rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"
+                out[key] = int(line.split()[1]) * 1024  # kB -> bytes
+    return out
+
+
+class RssSampler:
+    """Highest VmRSS of a process seen while the `with` block runs (sampled every 20 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.max_rss = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.max_rss = max(self.max_rss, proc_memory(self.pid)["rss_bytes"])
+            except (OSError, KeyError):
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+_EMBEDDER_CHILD = """
+import json, sys
+from pathlib import Path
+from nanochat_lite.embeddings import Embedder
+e = Embedder(Path(sys.argv[1]), threads=int(sys.argv[2]))
+e.embed(json.loads(sys.argv[3]))
+st = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(('VmRSS', 'VmHWM'))}
+print(json.dumps({"rss_bytes": st["VmRSS"], "peak_rss_bytes": st["VmHWM"]}))
+"""
+
+
+def embeddings_memory(p: Proc, home: Path, threads: int, prompts: list[str]) -> dict[str, Any]:
+    """nanochat-lite's memory with the embedding model loaded: through the server's
+    /v1/embeddings when it has one, else an `Embedder` in a child process."""
+    from .. import models
+
+    texts = [prompts[i % len(prompts)] for i in range(32)]
+    r = httpx.post(p.url + "/v1/embeddings", json={"input": texts, "model": models.DEFAULT_EMBEDDING}, timeout=300)
+    if r.status_code == 200:
+        return {"how": "nanochat-lite server after POST /v1/embeddings (32 texts), same process as the chat model",
+                **proc_memory(p.pid)}
+    model_dir = models.ensure(home, models.DEFAULT_EMBEDDING)
+    child = subprocess.run([sys.executable, "-c", _EMBEDDER_CHILD, str(model_dir), str(threads), json.dumps(texts)],
+                           capture_output=True, text=True, check=True, timeout=300)
+    return {"how": f"the server has no /v1/embeddings (HTTP {r.status_code}); Embedder loaded in a separate "
+                   "Python process that embedded 32 texts (interpreter + numpy + model)",
+            **json.loads(child.stdout.strip().splitlines()[-1])}
