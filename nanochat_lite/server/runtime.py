@@ -160,7 +160,8 @@ class Runtime:
             raise RequestError("internal error during generation; see the server log",
                                code="internal_error", status=500) from None
         except BaseException:
-            # Cancelled (client went away) or the consumer stopped iterating.
+            # Cancelled (client went away) or the consumer stopped iterating: stop the
+            # worker now, before the (awaited) store write below.
             ticket.cancel()
             if done is None:
                 self.stats.end(t0, ok=True, cancelled=True)
