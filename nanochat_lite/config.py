@@ -17,6 +17,8 @@ ENV_VARS = {
     "model": "NANOCHAT_LITE_MODEL",
     "threads": "NANOCHAT_LITE_THREADS",
     "ctx_size": "NANOCHAT_LITE_CTX",
+    "parallel": "NANOCHAT_LITE_PARALLEL",
+    "max_queue": "NANOCHAT_LITE_MAX_QUEUE",
     "home": "NANOCHAT_LITE_HOME",
     "db": "NANOCHAT_LITE_DB",
     "environment": "NANOCHAT_LITE_ENV",
@@ -36,7 +38,14 @@ class Config:
     port: int = 8080
     model: str = "smollm2-135m-instruct"  # a known model name or a path to a .gguf file
     threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    ctx_size: int = 4096
+    ctx_size: int = 4096  # one conversation's context window, in tokens
+    # Slots generating at once. On 2 cores, 4 slots gave the best aggregate tokens/s
+    # that still kept one stream fast (see README, "Choosing --parallel"); more slots
+    # cost KV memory only when used, as the cache is one pool (kv_size).
+    parallel: int = 4
+    max_queue: int = 64  # requests waiting for a slot; past it 503 server_busy
+    kv_size: int | None = None  # KV cache shared by all slots; None = ctx_size × 2
+    batch_size: int = 256  # prefill chunk: between two chunks every other stream gets a token
     home: Path = field(default_factory=lambda: default_home(os.environ))
     db: Path | None = None  # conversation store; None = in the home folder
     environment: str = "production"
@@ -55,6 +64,10 @@ class Config:
             c.threads = _int(env["NANOCHAT_LITE_THREADS"], "NANOCHAT_LITE_THREADS")
         if env.get("NANOCHAT_LITE_CTX"):
             c.ctx_size = _int(env["NANOCHAT_LITE_CTX"], "NANOCHAT_LITE_CTX")
+        if env.get("NANOCHAT_LITE_PARALLEL"):
+            c.parallel = _int(env["NANOCHAT_LITE_PARALLEL"], "NANOCHAT_LITE_PARALLEL")
+        if env.get("NANOCHAT_LITE_MAX_QUEUE"):
+            c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
         if env.get("NANOCHAT_LITE_DB"):
             c.db = Path(env["NANOCHAT_LITE_DB"]).expanduser()
         if env.get("NANOCHAT_LITE_ENV"):

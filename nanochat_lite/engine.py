@@ -1,28 +1,45 @@
-"""The engine: one llama.cpp model, a chat template, and a streaming decode loop.
+"""The engine: llama.cpp's own server engine (through `xllamacpp`) in this process.
 
-It takes a conversation (role/content dicts) and sampling parameters and yields text
-deltas, then one `Done` with counts and timings. It knows nothing about HTTP, JSON or
-WebSockets, and it is not thread-safe: one scheduler thread owns it
-(see `scheduler.py`).
+llama.cpp's server engine gives us slots, continuous batching over them, a per-slot
+prompt cache and chunked prefill; this module gives it token ids and reads its
+stream. What stays ours, on purpose:
+  - the chat template renders in our Jinja sandbox (`template.py`), and message text
+    is tokenized apart from template text, so a user who types `<|im_start|>` never
+    produces a control token;
+  - context fitting (drop the oldest turns, keep the system prompt, a clear
+    `ContextOverflow` when the newest message cannot fit);
+  - stop strings (held back until they can no longer start a stop string) and
+    cancellation within one token (or one prefill chunk).
 
-What it handles: the GGUF's chat template (sandboxed, see `template.py`), keeping
-user text from becoming control tokens, fitting a conversation into the context by
-dropping the oldest turns, UTF-8-safe deltas, stop strings, cancellation between two
-tokens, and token counts.
+It knows nothing about HTTP, JSON bodies of our API or WebSockets. Which slot a
+request runs in, and when, is the scheduler's business (`scheduler.py`); `prepare`
+is safe to call from any thread (template + tokenizer only), `run` is called from
+one worker thread per running request.
+
+The engine's own HTTP listener (llama-server's API on a random loopback port, which
+xllamacpp always opens) is locked with a random per-process key and used only by
+this module, for tokenizing before our own tokenizer has loaded and for slot
+save/restore/erase.
 """
 
 from __future__ import annotations
 
-import codecs
+import http.client
+import json
 import os
+import queue
 import random
+import secrets
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from .template import ChatTemplate, Part, TemplateError
+from .template import ChatTemplate, Part
 
 
 class EngineError(Exception):
@@ -74,6 +91,7 @@ class Done:
     total_ms: float
     decode_tokens_per_s: float
     seed: int
+    cached_tokens: int = 0  # prompt tokens the slot's cache already held
     stats: dict = field(default_factory=dict)
 
     @property
@@ -83,9 +101,11 @@ class Done:
 
 @dataclass
 class Prepared:
+    """A conversation turned into the prompt's token ids, fitted to the context."""
+
     tokens: list[int]
-    dropped: int
-    max_new: int
+    dropped: int  # oldest turns left out
+    max_new: int  # tokens the answer may have
 
 
 # Answers need room: a prompt is only accepted when this many tokens (or max_tokens,
@@ -93,129 +113,173 @@ class Prepared:
 MIN_ANSWER_ROOM = 64
 
 
-class Engine:
-    def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, threads: int | None = None,
-                 name: str | None = None) -> None:
-        import llama_cpp  # ~0.1 s: imported by the loader thread, not at module import
+class _InternalAPI:
+    """The engine's own HTTP listener, for this module only: loopback, random key.
 
-        self._llama_cpp = llama_cpp
+    One keep-alive connection per thread (http.client connections are not thread-safe).
+    """
+
+    def __init__(self, address: str, key: str) -> None:
+        hostport = address.split("://", 1)[-1]
+        self.host, port = hostport.rsplit(":", 1)
+        self.port = int(port)
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self._local = threading.local()
+
+    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+        data = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                conn.request(method, path, data, self._headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise EngineError(f"the engine's internal API did not answer {method} {path}") from None
+        result = json.loads(payload) if payload else None
+        if resp.status != 200:
+            message = result.get("error", {}).get("message") if isinstance(result, dict) else None
+            raise EngineError(f"the engine refused {method} {path}: {message or resp.status}")
+        return result
+
+
+class Engine:
+    def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
+                 kv_size: int | None = None, threads: int | None = None, batch: int = 256,
+                 name: str | None = None) -> None:
+        """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
+        the KV cache shared by all `parallel` slots (default: n_ctx × min(parallel, 2))."""
+        import xllamacpp  # ~30 ms, no numpy
+
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
         self.threads = threads or os.cpu_count() or 1
-        # Weight repacking (llama.cpp's "extra buffer types") costs ~150 ms of load
-        # for this Q4_1 model and did not speed up decoding here (11-12 ms/token both
-        # ways on 2 cores), so load the mmapped weights as they are. Llama() exposes
-        # no switch for it: swap its default-params factory while it is built.
-        low = llama_cpp.llama_cpp
-        factory = low.llama_model_default_params
-
-        def params_without_repack():
-            p = factory()
-            p.use_extra_bufts = False
-            return p
-
-        low.llama_model_default_params = params_without_repack
+        self.parallel = max(1, parallel)
+        self.n_ctx = n_ctx
+        self.kv_size = max(kv_size or n_ctx * min(self.parallel, 2), n_ctx)
+        self.batch = batch
+        self._slot_dir = tempfile.mkdtemp(prefix="nanochat-slots-")
+        key = secrets.token_urlsafe(24)
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.model_path)
+        p.n_ctx = self.kv_size
+        p.n_parallel = self.parallel
+        p.kv_unified = True  # one pool: a long conversation may use what idle slots do not
+        p.n_batch = batch  # prefill chunk: other streams get a token between two chunks
+        p.n_ubatch = batch
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        # What the first token does not need: a warm-up decode (the shared-prefix
+        # computation replaces it), weight repacking (no faster here), fit trials.
+        p.warmup = False
+        p.no_extra_bufts = True
+        p.fit_params = False
+        # No RAM prompt cache: a slot's cache is reused only for an exact token prefix
+        # (llama.cpp #27148 restored one conversation's cache into another's request).
+        p.cache_ram_mib = 0
+        p.verbosity = -1
+        p.api_keys = [key]  # its HTTP listener is loopback-only and needs this key
+        p.slot_save_path = self._slot_dir
+        p.endpoint_metrics = False
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=n_ctx,
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                n_batch=512,
-                use_mmap=True,
-                verbose=False,
-                # We render templates ourselves (sandboxed); tell llama-cpp-python not
-                # to build its own chat handler from the GGUF.
-                chat_format="chatml",
-            )
-        except (ValueError, RuntimeError, OSError) as e:
+            self._server = xllamacpp.Server(p)
+        except (RuntimeError, ValueError, OSError) as e:
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {e}") from None
-        finally:
-            low.llama_model_default_params = factory
-        self.n_ctx = self.llm.n_ctx()
-        self._vocab = self.llm._model.vocab
-        self._pieces: dict[tuple[int, bool], bytes] = {}
-        meta = self.llm.metadata
-        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
-        bos_id = self.llm.token_bos()
-        eos_id = self.llm.token_eos()
-        bos = self._piece(bos_id, special=True) if bos_id >= 0 else ""
-        eos = self._piece(eos_id, special=True) if eos_id >= 0 else ""
-        self.template = ChatTemplate(meta.get("tokenizer.chat_template"), bos_token=bos, eos_token=eos)
-        self._bos_text = bos
-        # The project's BPE tokenizer (same ids as llama.cpp's, faster); set by whoever
-        # loads it, in the background. Until then llama.cpp's own tokenizer is used.
-        self.tokenizer: object | None = None
-        self.busy = threading.Event()  # set while a generation runs (tests read it)
-        self.warmed = False
+        self.internal_address = self._server.listening_address
+        self._api = _InternalAPI(self.internal_address, key)
+        props = self._api.call("GET", "/props")
+        self.add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
+        self._bos_text = props.get("bos_token") or ""
+        self.template = ChatTemplate(props.get("chat_template"), bos_token=self._bos_text,
+                                     eos_token=props.get("eos_token") or "")
+        self._bos_id = self._api.call("POST", "/tokenize", {"content": self._bos_text, "parse_special": True,
+                                                            "add_special": False})["tokens"][:1]
+        # The project's BPE tokenizer (same ids as llama.cpp's, much faster); handed
+        # over once it has loaded in the background. Until then llama.cpp tokenizes,
+        # through the internal API.
+        self.tokenizer: Any = None
+        self.kv_cache_bytes: int | None = None  # set by describe_cache()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.closed = False
+
+    def describe_cache(self) -> int | None:
+        """Bytes of the KV cache the engine allocated (f16 K and V), from the model's
+        hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s)."""
+        from .gguf import GGUFError, read
+
+        try:
+            meta = read(self.model_path).metadata
+            arch = meta["general.architecture"]
+            layers = int(meta[f"{arch}.block_count"])
+            heads = int(meta[f"{arch}.attention.head_count"])
+            kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+            head_dim = int(meta.get(f"{arch}.attention.key_length", int(meta[f"{arch}.embedding_length"]) // heads))
+        except (GGUFError, KeyError, ValueError, ZeroDivisionError, OSError):
+            return None
+        self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
+        return self.kv_cache_bytes
+
+    @property
+    def busy(self) -> bool:
+        """True while any generation runs (tests read it)."""
+        return self._active > 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._server = None  # xllamacpp stops its loop and joins its thread
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
 
     # -- tokens -------------------------------------------------------------------
-    def piece_bytes(self, token: int, *, special: bool = False) -> bytes:
-        """The bytes a token stands for (control tokens are b"" unless `special`)."""
-        key = (token, special)
-        cached = self._pieces.get(key)
-        if cached is None:
-            import ctypes
-
-            buf = ctypes.create_string_buffer(256)
-            n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            cached = buf.raw[: max(0, n)]
-            self._pieces[key] = cached
-        return cached
-
-    def _piece(self, token: int, *, special: bool = False) -> str:
-        return self.piece_bytes(token, special=special).decode("utf-8", "replace")
-
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of text; `special=True` lets control-token text become control tokens."""
         if not text:
             return []
         tok = self.tokenizer
         if tok is not None:
-            return tok.encode(text, allowed_special="all" if special else ())  # type: ignore[attr-defined]
-        return self.llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=special)
+            return tok.encode(text, allowed_special="all" if special else ())
+        body = {"content": text, "add_special": False, "parse_special": special}
+        return self._api.call("POST", "/tokenize", body)["tokens"]
 
-    def detokenize(self, ids: Sequence[int]) -> bytes:
-        return self.llm.detokenize(list(ids))
-
-    def is_eog(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._api.call("POST", "/detokenize", {"tokens": list(ids)})["content"]
 
     def _tokens_of(self, parts: list[Part]) -> list[int]:
         ids: list[int] = []
         for p in parts:
             ids.extend(self.tokenize(p.text, special=not p.is_content))
         if self.add_bos and not (parts and not parts[0].is_content and parts[0].text.startswith(self._bos_text)):
-            ids.insert(0, self.llm.token_bos())
+            ids[:0] = self._bos_id
         return ids
 
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self._tokens_of(self.template.render_parts(messages))
 
-    def warm_up(self) -> int:
-        """Evaluate the fixed start of every default conversation (the template's
-        system prefix) into the KV cache, so the first request only evaluates its own
-        message; also pays llama.cpp's first-decode set-up before anyone waits on it.
-        Returns the number of prefix tokens cached."""
-        parts = self.template.render_parts([{"role": "user", "content": "x"}])
+    def shared_prefix(self) -> list[int]:
+        """Tokens every default conversation starts with: the template's text before the
+        first message content (e.g. SmolLM2's default system prompt)."""
         prefix: list[Part] = []
-        for p in parts:
+        for p in self.template.render_parts([{"role": "user", "content": "x"}]):
             if p.is_content:
                 break
             prefix.append(p)
-        tokens = self._tokens_of(prefix) if prefix else []
-        if tokens:
-            self.llm.reset()
-            self.llm.eval(tokens)
-        self.warmed = True
-        return len(tokens)
+        return self._tokens_of(prefix) if prefix else []
 
     # -- context fitting ----------------------------------------------------------
     def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> Prepared:
         """Tokenize the conversation, dropping the oldest turns until it fits.
 
         The system message (if first) and the last message are always kept. Raises
-        ContextOverflow when even those do not fit with room for an answer.
+        ContextOverflow when even those do not fit with room for an answer. Safe to
+        call from any thread.
         """
         if not messages:
             raise EngineError("a conversation needs at least one message")
@@ -225,8 +289,7 @@ class Engine:
         body = list(messages[len(head):])
 
         def attempt(drop: int) -> list[int]:
-            kept = body[drop:]
-            return self.prompt_tokens(head + kept)
+            return self.prompt_tokens(head + body[drop:])
 
         tokens = attempt(0)
         dropped = 0
@@ -256,83 +319,160 @@ class Engine:
         max_new = min(params.max_tokens, self.n_ctx - len(tokens))
         return Prepared(tokens, dropped, max_new)
 
+    # -- slots --------------------------------------------------------------------
+    def fill_slot(self, slot: int, tokens: list[int]) -> None:
+        """Evaluate `tokens` into a slot's cache (one token is sampled and dropped)."""
+        self._complete({"prompt": tokens, "n_predict": 0, "id_slot": slot, "cache_prompt": True,
+                        "stream": True}, lambda chunk: False)
+
+    def save_slot(self, slot: int, name: str) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=save", {"filename": name})
+
+    def restore_slot(self, slot: int, name: str) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=restore", {"filename": name})
+
+    def erase_slot(self, slot: int) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=erase")
+
+    def _complete(self, body: dict, on_chunk: Callable[[dict], bool]) -> None:
+        import msgspec
+
+        server = self._server
+        if server is None:
+            raise EngineError("the engine has been shut down")
+        failure: list[BaseException] = []
+        decode = msgspec.json.decode
+
+        def callback(raw: bytes | str) -> bool:
+            # xllamacpp swallows exceptions raised here (and stops): keep them.
+            try:
+                chunk = decode(raw)
+                if "error" in chunk or ("code" in chunk and "message" in chunk and "choices" not in chunk):
+                    err = chunk.get("error", chunk)
+                    raise EngineError(f"llama.cpp: {err.get('message', err) if isinstance(err, dict) else err}")
+                return on_chunk(chunk)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in our thread
+                failure.append(e)
+                return True
+
+        server.handle_completions(msgspec.json.encode(body), callback)
+        if failure:
+            raise failure[0]
+
     # -- generation ---------------------------------------------------------------
-    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
-                 cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
-        """Yield text deltas, then one Done. Stops within one token of `cancel` being set."""
+    def run(self, prep: Prepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
+            cancel: threading.Event | None = None, slot: int = -1) -> Done:
+        """Generate an answer to a prepared prompt, calling `emit` with each text delta
+        and finally the Done (which is also returned). Blocks the calling thread; stops
+        within one token (or one prefill chunk) of `cancel` being set."""
         t0 = time.perf_counter()
-        prep = self.prepare(messages, params)
         seed = params.seed if params.seed is not None else random.getrandbits(31)
         cancel = cancel or threading.Event()
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = tuple(s for s in params.stop if s)
-        text_parts: list[str] = []
-        held = ""  # text not yet sent because it may be the start of a stop string
-        n = 0
-        t_first = t_last = None
-        finish = "length"
-        stop_hit = False
-        self.llm.set_seed(seed)
-        self.busy.set()
-        gen = self.llm.generate(
-            prep.tokens,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            min_p=params.min_p,
-            temp=params.temperature,
-            repeat_penalty=params.repeat_penalty,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-        )
+        st = _StreamState()
+        body = {
+            "prompt": prep.tokens, "stream": True, "n_predict": prep.max_new, "id_slot": slot,
+            "cache_prompt": True, "return_progress": True, "timings_per_token": True,
+            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+            "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
+            "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
+            "seed": seed,
+        }
+
+        def on_chunk(chunk: dict) -> bool:
+            timings = chunk.get("timings")
+            if timings:
+                st.completion = timings.get("predicted_n", st.completion)
+                st.cached = timings.get("cache_n", st.cached)
+            choices = chunk.get("choices") or ()
+            text = choices[0].get("text") if choices else None
+            if text:
+                now = time.perf_counter()
+                if st.t_first is None:
+                    st.t_first = now
+                st.t_last = now
+                st.held += text
+                out, st.held, hit = _split_stop(st.held, stops)
+                if out:
+                    st.parts.append(out)
+                    emit(Delta(out))
+                if hit:
+                    st.finish, st.stop_hit = "stop", True
+                    return True
+            finish = choices[0].get("finish_reason") if choices else None
+            if finish:
+                st.finish = "length" if finish == "length" else "stop"
+                return False
+            if cancel.is_set():
+                st.finish = "cancelled"
+                return True
+            return False
+
+        with self._active_lock:
+            self._active += 1
         try:
             if cancel.is_set():
-                finish = "cancelled"
+                st.finish = "cancelled"
             else:
-                for token in gen:
-                    now = time.perf_counter()
-                    if t_first is None:
-                        t_first = now
-                    t_last = now
-                    if self.is_eog(token):
-                        finish = "stop"
-                        break
-                    n += 1
-                    held += decoder.decode(self.piece_bytes(token))
-                    out, held, hit = _split_stop(held, stops)
-                    if out:
-                        text_parts.append(out)
-                        yield Delta(out)
-                    if hit:
-                        finish, stop_hit = "stop", True
-                        break
-                    if n >= prep.max_new:
-                        finish = "length"
-                        break
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
+                self._complete(body, on_chunk)
         finally:
-            gen.close()
-            self.busy.clear()
-        if not stop_hit:
-            # Text held back for a stop string that never came, and any last bytes.
-            tail = held + decoder.decode(b"", final=True)
-            if tail:
-                text_parts.append(tail)
-                yield Delta(tail)
+            with self._active_lock:
+                self._active -= 1
+        if not st.stop_hit and st.held:
+            # Text held back for a stop string that never came.
+            st.parts.append(st.held)
+            emit(Delta(st.held))
         t_end = time.perf_counter()
-        decode_s = (t_last - t_first) if (t_first and t_last and n > 1) else 0.0
-        yield Done(
-            text="".join(text_parts),
-            finish_reason=finish,
+        n = st.completion
+        decode_s = (st.t_last - st.t_first) if (st.t_first and st.t_last and n > 1) else 0.0
+        done = Done(
+            text="".join(st.parts),
+            finish_reason=st.finish,
             prompt_tokens=len(prep.tokens),
             completion_tokens=n,
             dropped_messages=prep.dropped,
-            ttft_ms=((t_first or t_end) - t0) * 1000.0,
+            ttft_ms=((st.t_first or t_end) - t0) * 1000.0,
             total_ms=(t_end - t0) * 1000.0,
             decode_tokens_per_s=((n - 1) / decode_s) if decode_s > 0 else 0.0,
             seed=seed,
+            cached_tokens=st.cached,
         )
+        emit(done)
+        return done
+
+    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
+                 cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
+        """Prepare and run in a helper thread, yielding deltas then one Done (for the
+        terminal chat and tests; the server goes through the scheduler)."""
+        prep = self.prepare(messages, params)
+        events: queue.SimpleQueue[Delta | Done | BaseException] = queue.SimpleQueue()
+
+        def work() -> None:
+            try:
+                self.run(prep, params, emit=events.put, cancel=cancel)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                events.put(e)
+
+        threading.Thread(target=work, name="nanochat-generate", daemon=True).start()
+        while True:
+            ev = events.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if isinstance(ev, Done):
+                return
+
+
+@dataclass
+class _StreamState:
+    parts: list[str] = field(default_factory=list)
+    held: str = ""  # text not yet sent because it may be the start of a stop string
+    completion: int = 0
+    cached: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    finish: str = "length"
+    stop_hit: bool = False
 
 
 def _split_stop(text: str, stops: tuple[str, ...], *, final: bool = False) -> tuple[str, str, bool]:

@@ -1,46 +1,76 @@
-"""The scheduler: requests enter a queue, one worker thread owns the engine.
+"""The scheduler: the one owner of the engine. A fair queue in front of its slots.
 
-Requests are served first come, first served. Each request gets a `Ticket`: the
-event loop reads the engine's events from it without blocking, and `cancel()` stops
-the request within one token (or drops it from the queue if it has not started).
-A later batching scheduler can replace this one behind the same `submit` call.
+Requests are served first come, first served, at most `parallel` at once (one per
+engine slot; llama.cpp batches the running ones together). Past `max_queue` waiting
+requests, `submit` raises `QueueFull` at once, before the caller stores anything.
 
-Not handled here: HTTP, validation, statistics (the server does those).
+Each running request has a slot, chosen here: the idle slot whose cached tokens share
+the longest start with the new prompt (so a conversation's next turn reuses its
+cache), else the least recently used one. The KV cache is one pool shared by all
+slots; before a request starts, idle slots' caches are erased (oldest first) until
+the pool has room for its prompt and answer.
+
+At start-up the shared start of every conversation (the template's system prefix)
+is evaluated once in one slot, saved, and restored into the others, so the first
+wave of simultaneous chats does not prefill it once per slot.
+
+Each request gets a `Ticket`: the event loop reads the engine's events from it
+without blocking, and `cancel()` stops the request within one token, or drops it
+from the queue if it has not started. Not handled here: HTTP, validation, stats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from .engine import Delta, Done, EngineError, SamplingParams
+from .engine import Delta, Done, EngineError, Prepared, SamplingParams
+
+log = logging.getLogger("nanochat_lite")
+
+PREFIX_FILE = "shared-prefix.bin"
+
+
+class QueueFull(EngineError):
+    code = "server_busy"
 
 
 class EngineLike(Protocol):
+    """What the scheduler needs of an engine (the real one, or a test's fake)."""
+
     name: str
     n_ctx: int
+    kv_size: int
+    parallel: int
 
-    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
-                 cancel: threading.Event | None = None) -> Any: ...
+    def run(self, prep: Prepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
+            cancel: threading.Event | None = None, slot: int = -1) -> Done: ...
 
 
 class Ticket:
     """One request's place in the queue and its stream of events."""
 
-    def __init__(self, messages: list[dict[str, str]], params: SamplingParams,
-                 loop: asyncio.AbstractEventLoop, cancel: threading.Event | None = None) -> None:
-        self.messages = messages
+    def __init__(self, prepared: Prepared, params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 scheduler: "Scheduler", cancel: threading.Event | None = None) -> None:
+        self.prepared = prepared
         self.params = params
         self.cancelled = cancel or threading.Event()
-        self._loop = loop
-        self._events: asyncio.Queue[Delta | Done | BaseException] = asyncio.Queue()
         self.started = False
+        self.finished = False
+        self._loop = loop
+        self._scheduler = scheduler
+        self._events: asyncio.Queue[Delta | Done | BaseException] = asyncio.Queue()
 
     def cancel(self) -> None:
+        """Stop within one token; a request still queued leaves the queue now."""
         self.cancelled.set()
+        self._scheduler._drop(self)
 
     def _put(self, item: Delta | Done | BaseException) -> None:
         try:
@@ -59,62 +89,217 @@ class Ticket:
                 return
 
 
+@dataclass
+class _Slot:
+    id: int
+    tokens: list[int] = field(default_factory=list)  # a prefix of what its cache holds
+    cached: int = 0  # tokens its cache holds (prompt + answer), for the pool's accounting
+    reserved: int = 0  # while running: prompt + the most the answer may add
+    ticket: Ticket | None = None
+    busy: bool = False  # running a request, or being filled/erased
+    erase: bool = False  # its cache must be erased before the next request starts
+    last_used: float = 0.0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the shared start of two token lists. common_prefix([1, 2, 3], [1, 2, 4]) -> 2."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _cancelled_done(ticket: Ticket) -> Done:
+    return Done(text="", finish_reason="cancelled", prompt_tokens=len(ticket.prepared.tokens),
+                completion_tokens=0, dropped_messages=ticket.prepared.dropped, ttft_ms=0.0, total_ms=0.0,
+                decode_tokens_per_s=0.0, seed=ticket.params.seed or 0)
+
+
 class Scheduler:
-    def __init__(self, engine: EngineLike, *, on_start: Callable[[Ticket], None] | None = None) -> None:
+    def __init__(self, engine: EngineLike, *, max_queue: int = 64,
+                 shared_prefix: Callable[[], list[int]] | None = None) -> None:
         self.engine = engine
+        self.max_queue = max_queue
+        self._slots = [_Slot(i) for i in range(max(1, engine.parallel))]
         self._queue: collections.deque[Ticket] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self.active = 0
-        self._on_start = on_start
-        self._thread = threading.Thread(target=self._run, name="nanochat-engine", daemon=True)
-        self._thread.start()
+        self.prefix_tokens = 0  # shared-prefix tokens restored into every slot
+        for slot in self._slots:
+            threading.Thread(target=self._work, args=(slot,), name=f"nanochat-slot-{slot.id}", daemon=True).start()
+        if shared_prefix is not None:
+            threading.Thread(target=self._share_prefix, args=(shared_prefix,), name="nanochat-prefix",
+                             daemon=True).start()
 
+    # -- what the server reads ----------------------------------------------------
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, messages: list[dict[str, str]], params: SamplingParams,
-               cancel: threading.Event | None = None) -> Ticket:
-        """Queue a request; setting `cancel` (or ticket.cancel()) stops it within one token."""
-        ticket = Ticket(messages, params, asyncio.get_running_loop(), cancel)
+    @property
+    def active(self) -> int:
+        """Requests generating now (slots in use by requests)."""
+        return sum(1 for s in self._slots if s.ticket is not None)
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    # -- requests -----------------------------------------------------------------
+    def submit(self, prepared: Prepared, params: SamplingParams, cancel: threading.Event | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Ticket:
+        """Queue a request, or raise QueueFull when `max_queue` requests already wait."""
+        ticket = Ticket(prepared, params, loop or asyncio.get_running_loop(), self, cancel)
         with self._cv:
+            if self._stopping:
+                raise EngineError("the server is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are already waiting (the limit is "
+                                f"{self.max_queue}); retry in a few seconds")
             self._queue.append(ticket)
-            self._cv.notify()
+            self._dispatch()
         return ticket
+
+    def _drop(self, ticket: Ticket) -> None:
+        with self._cv:
+            try:
+                self._queue.remove(ticket)
+            except ValueError:
+                return  # running (it sees the cancel flag) or already finished
+            self._dispatch()  # a place at the head may have opened
+        ticket.finished = True
+        ticket._put(_cancelled_done(ticket))
 
     def close(self) -> None:
         with self._cv:
             self._stopping = True
-            for t in self._queue:
-                t.cancel()
+            waiting = list(self._queue)
+            self._queue.clear()
+            for s in self._slots:
+                if s.ticket is not None:
+                    s.ticket.cancelled.set()
+            self._cv.notify_all()
+        for t in waiting:
+            t.cancelled.set()
+            t._put(_cancelled_done(t))
+
+    # -- slot choice (callers hold self._cv) ---------------------------------------
+    def _dispatch(self) -> None:
+        """Start queued requests, in order, while an idle slot and room in the pool exist."""
+        while self._queue:
+            idle = [s for s in self._slots if not s.busy]
+            if not idle:
+                return
+            ticket = self._queue[0]
+            tokens = ticket.prepared.tokens
+            slot = max(idle, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
+            need = len(tokens) + ticket.prepared.max_new
+            if not self._make_room(slot, need):
+                return  # running requests hold the pool; wait for one to end (keeps FIFO order)
+            self._queue.popleft()
+            slot.busy, slot.ticket, slot.reserved = True, ticket, need
             self._cv.notify_all()
 
-    def _run(self) -> None:
-        warm_up = getattr(self.engine, "warm_up", None)
-        if warm_up is not None and not getattr(self.engine, "warmed", False):
-            try:
-                warm_up()
-            except Exception:  # an optimisation only; requests still work without it
-                pass
+    def _make_room(self, chosen: _Slot, need: int) -> bool:
+        """True when `need` tokens fit the pool beside the others' use, after marking
+        idle slots' caches for erasure (least recently used first)."""
+        pool = self.engine.kv_size
+        running = sum(s.reserved for s in self._slots if s.ticket is not None)
+        if running + need > pool:
+            return False
+        idle = sorted((s for s in self._slots if not s.busy and s is not chosen and s.cached),
+                      key=lambda s: s.last_used)
+        used = running + sum(s.cached for s in self._slots if s.ticket is None and s is not chosen)
+        for s in idle:
+            if used + need <= pool:
+                break
+            used -= s.cached
+            s.tokens, s.cached, s.erase = [], 0, True  # erased by the chosen slot's worker
+        return used + need <= pool
+
+    # -- workers ------------------------------------------------------------------
+    def _work(self, slot: _Slot) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._stopping:
+                while slot.ticket is None and not self._stopping:
                     self._cv.wait()
-                if self._stopping and not self._queue:
+                if slot.ticket is None:
                     return
-                ticket = self._queue.popleft()
-                self.active = 1
+                ticket = slot.ticket
+                erase = [s for s in self._slots if s.erase]
+                for s in erase:
+                    s.erase, s.busy = False, True
+            for s in erase:
+                self._erase(s)
+            ticket.started = True
+            done: Done | None = None
             try:
-                ticket.started = True
-                if self._on_start:
-                    self._on_start(ticket)
-                for event in self.engine.generate(ticket.messages, ticket.params, ticket.cancelled):
-                    ticket._put(event)
+                done = self.engine.run(ticket.prepared, ticket.params, emit=ticket._put, cancel=ticket.cancelled,
+                                       slot=slot.id)
             except EngineError as e:
                 ticket._put(e)
             except Exception as e:  # a bug: report it to the request, keep serving others
+                log.error("generation failed in slot %d: %r", slot.id, e, exc_info=e)
                 ticket._put(e)
             finally:
+                ticket.finished = True
                 with self._cv:
-                    self.active = 0
+                    slot.tokens = list(ticket.prepared.tokens)
+                    slot.cached = len(slot.tokens) + (done.completion_tokens if done else ticket.prepared.max_new)
+                    slot.ticket, slot.busy, slot.reserved = None, False, 0
+                    slot.last_used = time.monotonic()
+                    self._dispatch()
+
+    def _erase(self, slot: _Slot) -> None:
+        try:
+            self.engine.erase_slot(slot.id)  # type: ignore[attr-defined]
+        except Exception as e:  # the pool then overflows into an engine error, reported per request
+            log.warning("could not erase slot %d: %r", slot.id, e)
+        with self._cv:
+            slot.busy = False
+            self._dispatch()
+
+    def _share_prefix(self, shared_prefix: Callable[[], list[int]]) -> None:
+        """Evaluate the shared prefix in one idle slot, then copy it into the others."""
+        engine = self.engine
+        try:
+            tokens = shared_prefix()
+            if not tokens:
+                return
+            first = self._claim_idle()
+            if first is None:
+                return
+            try:
+                engine.fill_slot(first.id, tokens)  # type: ignore[attr-defined]
+                engine.save_slot(first.id, PREFIX_FILE)  # type: ignore[attr-defined]
+                self._release(first, tokens)
+            except BaseException:
+                self._release(first, [])
+                raise
+            for _ in range(len(self._slots) - 1):
+                slot = self._claim_idle(empty_only=True)
+                if slot is None:
+                    break
+                try:
+                    engine.restore_slot(slot.id, PREFIX_FILE)  # type: ignore[attr-defined]
+                    self._release(slot, tokens)
+                except BaseException:
+                    self._release(slot, [])
+                    raise
+            self.prefix_tokens = len(tokens)
+        except Exception as e:  # an optimisation only: requests work without it
+            log.warning("could not share the prompt prefix between slots: %r", e)
+
+    def _claim_idle(self, *, empty_only: bool = False) -> _Slot | None:
+        with self._cv:
+            for s in self._slots:
+                if not s.busy and not (empty_only and s.tokens):
+                    s.busy = True
+                    return s
+        return None
+
+    def _release(self, slot: _Slot, tokens: list[int]) -> None:
+        with self._cv:
+            slot.tokens, slot.cached, slot.busy = list(tokens), len(tokens) + 1, False
+            self._dispatch()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install nanochat-lite into it, editable, with the extras
 # named as arguments (e.g. `test`). Idempotent: a second run installs nothing new.
-# The first run compiles llama-cpp-python from source (about 9 minutes on 2 cores);
-# pip caches the wheel, so later set-ups take seconds.
+# Every dependency comes as a prebuilt wheel (llama.cpp through xllamacpp): nothing
+# compiles, and a fresh set-up takes well under a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -16,5 +16,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=""
 if [ "$#" -gt 0 ]; then extras="[$(IFS=,; echo "$*")]"; fi
-echo "Installing nanochat-lite${extras} into .venv (the first time compiles llama.cpp: ~9 min) ..." >&2
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+echo "Installing nanochat-lite${extras} into .venv ..." >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check --only-binary=xllamacpp -e ".${extras}"

@@ -1,18 +1,20 @@
 """A stand-in for `nanochat_lite.engine.Engine` for server tests: same `prepare` /
-`generate` surface, no model, behaviour chosen by markers in the last message.
+`run` surface (and the slot calls the scheduler makes), no model, behaviour chosen by
+markers in the last message.
 
 Markers (anywhere in the last message's content):
-  OVERFLOW  `prepare` (and so `generate`) raises ContextOverflow, as the real engine
-            does for a message that cannot fit the context.
-  FAIL      `generate` raises EngineError after FAIL_AFTER deltas.
-  CRASH     `generate` raises RuntimeError after FAIL_AFTER deltas (an engine bug,
+  OVERFLOW  `prepare` raises ContextOverflow, as the real engine does for a message
+            that cannot fit the context.
+  FAIL      `run` raises EngineError after FAIL_AFTER deltas.
+  CRASH     `run` raises RuntimeError after FAIL_AFTER deltas (an engine bug,
             not an EngineError).
-  SLOW      `generate` yields SLOW_TOKENS deltas, sleeping SLOW_DELAY_S before each,
+  SLOW      `run` emits SLOW_TOKENS deltas, sleeping SLOW_DELAY_S before each,
             so a stop or a disconnect lands mid-way. It checks `cancel` before every
             token, so it ends within one token of being cancelled.
 
-Without a marker it yields the deltas of REPLY (at most `params.max_tokens` of them)
-and a Done, in well under a millisecond.
+Without a marker it emits the deltas of REPLY (at most `params.max_tokens` of them)
+and a Done, in well under a millisecond. The prompt's "tokens" are fake: one per
+word, and the messages themselves ride along for the tests to inspect.
 
 Not handled: tokenization, templates, stop strings (no test here needs them).
 """
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nanochat_lite.engine import ContextOverflow, Delta, Done, EngineError, SamplingParams
+from nanochat_lite.engine import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
 
 OVERFLOW = "<<overflow>>"
 FAIL = "<<engine-error>>"
@@ -38,8 +40,13 @@ SLOW_DELAY_S = 0.01  # seconds per token: 500 tokens take ~5 s unless stopped
 
 
 @dataclass
+class FakePrepared(Prepared):
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
 class Call:
-    """One `generate` call as the scheduler made it."""
+    """One `run` call as the scheduler made it."""
 
     messages: list[dict[str, str]]
     params: SamplingParams
@@ -51,26 +58,32 @@ class Call:
 class FakeEngine:
     name: str = "fake"
     n_ctx: int = 2048
+    parallel: int = 1
+    kv_size: int = 1 << 20
     calls: list[Call] = field(default_factory=list)
     prepared: list[list[dict[str, str]]] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)  # set when a SLOW generation began
 
-    def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> int:
-        """Check a conversation fits; returns its fake prompt token count."""
+    def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> FakePrepared:
+        """Check a conversation fits; its fake tokens are one per word, +1 for BOS."""
         if not messages:
             raise EngineError("a conversation needs at least one message")
         self.prepared.append([dict(m) for m in messages])
         if OVERFLOW in messages[-1]["content"]:
             raise ContextOverflow(f"the message needs {self.n_ctx + 1} tokens of prompt, "
                                   f"but the context window holds {self.n_ctx} tokens")
-        return 1 + sum(len(m["content"].split()) for m in messages)  # one "token" per word, +1 for BOS
+        n = 1 + sum(len(m["content"].split()) for m in messages)
+        return FakePrepared(list(range(n)), 0, params.max_tokens, [dict(m) for m in messages])
 
-    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
-                 cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
+    def erase_slot(self, slot: int) -> None:
+        pass
+
+    def run(self, prep: FakePrepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
+            cancel: threading.Event | None = None, slot: int = -1) -> Done:
         t0 = time.perf_counter()
+        messages = prep.messages
         call = Call([dict(m) for m in messages], params)
         self.calls.append(call)
-        prompt_tokens = self.prepare(messages, params)  # the real engine fits the context here too
         last = messages[-1]["content"]
         cancel = cancel or threading.Event()
         if SLOW in last:
@@ -98,13 +111,13 @@ class FakeEngine:
             t_first = t_first or time.perf_counter()
             text.append(piece)
             call.deltas += 1
-            yield Delta(piece)
+            emit(Delta(piece))
         t_end = time.perf_counter()
         call.finish_reason = finish
-        yield Done(
+        done = Done(
             text="".join(text),
             finish_reason=finish,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=len(prep.tokens),
             completion_tokens=len(text),
             dropped_messages=0,
             ttft_ms=((t_first or t_end) - t0) * 1000.0,
@@ -112,3 +125,5 @@ class FakeEngine:
             decode_tokens_per_s=0.0,
             seed=params.seed if params.seed is not None else 0,
         )
+        emit(done)
+        return done

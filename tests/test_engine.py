@@ -1,8 +1,11 @@
-"""The engine against the real model: determinism, limits, stop strings, cancellation,
-context fitting, and user text that looks like control tokens."""
+"""The engine against the real model (llama.cpp's server engine through xllamacpp):
+determinism, limits, stop strings, cancellation, context fitting, user text that
+looks like control tokens, and the engine's own HTTP listener staying locked."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
 
@@ -98,7 +101,7 @@ def test_cancel_stops_within_a_token(engine):
     assert done is not None and done.finish_reason == "cancelled"
     assert done.completion_tokens <= 7  # the token in flight when cancel was set, at most
     assert time.perf_counter() - t_cancel < 1.0
-    assert not engine.busy.is_set()
+    assert not engine.busy
 
 
 def test_cancel_before_start(engine):
@@ -135,7 +138,7 @@ def test_context_drops_oldest_turns_keeps_system(small_engine):
     prep = small_engine.prepare([system] + history, params)
     assert prep.dropped > 0
     assert len(prep.tokens) + 64 <= small_engine.n_ctx
-    kept_text = small_engine.detokenize(prep.tokens).decode()
+    kept_text = small_engine.detokenize(prep.tokens)
     assert "You are terse." in kept_text and "Thanks!" in kept_text
     assert "Turn 0:" not in kept_text
     _, done = run(small_engine, [system] + history, params)
@@ -157,3 +160,35 @@ def test_single_message_too_long_is_a_clear_error(small_engine):
 ])
 def test_split_stop(text, stops, expected):
     assert _split_stop(text, stops) == expected
+
+
+def _internal(engine: Engine, method: str, path: str, body: dict | None, headers: dict[str, str]) -> int:
+    host, port = engine.internal_address.split("://", 1)[-1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(method, path, json.dumps(body) if body is not None else None,
+                 {"Content-Type": "application/json", **headers})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_internal_listener_is_loopback_and_refuses_requests_without_its_key(engine):
+    assert engine.internal_address.startswith("http://127.0.0.1:")
+    prompt = {"prompt": "Hello", "n_predict": 2}
+    for path, body in (("/completion", prompt), ("/v1/chat/completions", {"messages": [{"role": "user",
+                                                                                          "content": "hi"}]}),
+                       ("/tokenize", {"content": "hi"}), ("/slots/0?action=erase", None)):
+        assert _internal(engine, "POST", path, body, {}) == 401, path
+        assert _internal(engine, "POST", path, body, {"Authorization": "Bearer wrong-key"}) == 401, path
+    assert _internal(engine, "GET", "/props", None, {}) == 401
+    assert _internal(engine, "GET", "/slots", None, {}) == 401
+    # ...while the engine itself, which holds the key, still uses it.
+    assert engine.tokenize("hi")
+
+
+def test_counts_come_from_the_engine(engine):
+    _, done = run(engine, user(LONG_PROMPT), LONG.with_overrides(max_tokens=12))
+    assert done.completion_tokens == 12 and done.finish_reason == "length"
+    # The same prompt again in the same slot: all but the last prompt token come from its cache.
+    _, again = run(engine, user(LONG_PROMPT), LONG.with_overrides(max_tokens=3))
+    assert again.cached_tokens == again.prompt_tokens - 1

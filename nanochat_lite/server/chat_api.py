@@ -6,7 +6,6 @@ Response shape: `{"success": true, "data": {...}}`; errors:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -30,14 +29,14 @@ def timings(done: Done) -> dict:
             "tokens_per_second": round(done.decode_tokens_per_s, 2)}
 
 
-async def turn_frames(rt: Runtime, turn: Turn, stop: threading.Event | None = None) -> AsyncIterator[dict]:
+async def turn_frames(rt: Runtime, turn: Turn) -> AsyncIterator[dict]:
     """One chat turn as the frames SSE and the WebSocket share: start, token…, done.
 
     "done" comes once the stream has ended, so the answer is stored when it arrives.
     """
     yield {"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name}
     final = None
-    async for ev in rt.stream(turn.messages, turn.params, turn.conversation_id, stop):
+    async for ev in rt.stream(turn.ticket, turn.params, turn.conversation_id):
         if isinstance(ev, Delta):
             yield {"type": "token", "text": ev.text}
         else:
@@ -70,7 +69,7 @@ async def chat(request: Request) -> Response:
         return event_stream(request, body(), on_error)
 
     try:
-        done = await until_disconnect(request, rt.complete(turn.messages, turn.params, turn.conversation_id))
+        done = await until_disconnect(request, rt.complete(turn.ticket, turn.params, turn.conversation_id))
     except RequestError as e:
         return api_error(e)
     except ClientDisconnect:
@@ -92,7 +91,8 @@ async def health(request: Request) -> Response:
     if rt.state == "ready":
         return json_response({"status": "ok", "model": rt.model_name,
                               "uptime": round(time.time() - rt.stats.started, 3),
-                              "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued})
+                              "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued,
+                              "slots": rt.scheduler.slots if rt.scheduler else None})
     if rt.state == "error":
         return json_response({"status": "error", "error": rt.error}, 503)
     return json_response({"status": "loading"}, 503)
@@ -100,4 +100,6 @@ async def health(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    return json_response(rt.stats.snapshot(queued=rt.queued, generating=rt.generating, model=rt.model_name))
+    body = rt.stats.snapshot(queued=rt.queued, generating=rt.generating, model=rt.model_name)
+    body["engine"] = rt.engine_info()
+    return json_response(body)

@@ -33,12 +33,13 @@ class RequestError(Exception):
     """A client mistake: becomes a 4xx JSON error with a stable code."""
 
     def __init__(self, message: str, *, code: str = "invalid_request", status: int = 400,
-                 param: str | None = None) -> None:
+                 param: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
         self.param = param
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
 def check_range(name: str, value: float | int | None, lo: float, hi: float) -> None:

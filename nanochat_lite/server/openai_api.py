@@ -79,6 +79,9 @@ async def chat_completions(request: Request) -> Response:
             repeat_penalty=req.repeat_penalty, frequency_penalty=req.frequency_penalty,
             presence_penalty=req.presence_penalty, seed=req.seed, max_tokens=max_tokens, stop=req.stop,
         )
+        # The prompt is built and queued before any byte is sent: a prompt that cannot
+        # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
+        ticket = await rt.start(messages, params)
     except RequestError as e:
         return openai_error(e)
 
@@ -98,7 +101,7 @@ async def chat_completions(request: Request) -> Response:
 
         async def body() -> AsyncIterator[bytes]:
             yield chunk({"role": "assistant", "content": ""}, None)
-            async for ev in rt.stream(messages, params):
+            async for ev in rt.stream(ticket, params):
                 if isinstance(ev, Delta):
                     yield chunk({"content": ev.text}, None)
                 else:
@@ -114,7 +117,7 @@ async def chat_completions(request: Request) -> Response:
         return event_stream(request, body(), on_error)
 
     try:
-        done = await until_disconnect(request, rt.complete(messages, params))
+        done = await until_disconnect(request, rt.complete(ticket, params))
     except RequestError as e:
         return openai_error(e)
     except ClientDisconnect:

@@ -1,10 +1,12 @@
 """What the routes share: load state, scheduler, store, stats, and one chat turn.
 
 A chat turn is the same whichever door it came through (`/api/chat`, `/ws`):
-validate, find or create the conversation, check the new message fits the context,
-store it (acknowledged from here on), queue it, stream the engine's events, store
-the answer (complete, stopped or failed). The routes only translate events into
-their wire format.
+validate, find the conversation, build the prompt once (history fitted to the
+context: a message that cannot fit is refused here), take a place in the queue
+(refused with 503 when it is full), store the user's message (acknowledged from here
+on), stream the engine's events, store the answer (complete, stopped, interrupted or
+failed). `/v1/chat/completions` does the same without a conversation. The routes
+only translate events into their wire format.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import Delta, Done, EngineError, SamplingParams
+from ..engine import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
 from ..history import ConversationStore
-from ..scheduler import Scheduler
+from ..scheduler import QueueFull, Scheduler, Ticket
 from . import limits
 from .limits import RequestError
 from .schemas import ChatRequest
@@ -26,12 +28,15 @@ from .stats import Stats
 
 log = logging.getLogger("nanochat_lite")
 
+# Seconds a client is told to wait (Retry-After) when the queue is full.
+RETRY_AFTER_S = 2
+
 
 @dataclass
 class Turn:
     conversation_id: str
-    messages: list[dict[str, str]]
     params: SamplingParams
+    ticket: Ticket
 
 
 class Runtime:
@@ -55,12 +60,12 @@ class Runtime:
         self._tokenizer_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Any, scheduler: Scheduler | None = None) -> None:
         self.engine = engine
         if self._tokenizer is not None:
             engine.tokenizer = self._tokenizer
         self.model_name = engine.name
-        self.scheduler = Scheduler(engine)
+        self.scheduler = scheduler or Scheduler(engine)
         self.state = "ready"
 
     def set_error(self, message: str) -> None:
@@ -86,17 +91,64 @@ class Runtime:
     def queued(self) -> int:
         return self.scheduler.queued if self.scheduler else 0
 
+    def engine_info(self) -> dict:
+        """Slots and cache figures for /api/stats and /api/health."""
+        sch, eng = self.scheduler, self.engine
+        if sch is None or eng is None:
+            return {}
+        return {"slots": sch.slots, "slots_in_use": sch.active, "queued": sch.queued, "max_queue": sch.max_queue,
+                "ctx_size": eng.n_ctx, "kv_size": getattr(eng, "kv_size", None),
+                "kv_cache_bytes": getattr(eng, "kv_cache_bytes", None), "shared_prefix_tokens": sch.prefix_tokens,
+                "threads": getattr(eng, "threads", None)}
+
+    # -- starting a generation ----------------------------------------------------
+    def _prepare(self, messages: list[dict[str, str]], params: SamplingParams) -> Prepared:
+        try:
+            return self.engine.prepare(messages, params)
+        except ContextOverflow as e:
+            raise RequestError(str(e), code=e.code, param="messages") from None
+        except EngineError as e:
+            raise RequestError(str(e), code=e.code) from None
+
+    def _submit(self, prepared: Prepared, params: SamplingParams, stop: threading.Event | None) -> Ticket:
+        scheduler = self.require_ready()
+        try:
+            return scheduler.submit(prepared, params, stop)
+        except QueueFull as e:
+            self.stats.rejected += 1
+            raise RequestError(f"the server is busy: {e}", code="server_busy", status=503,
+                               retry_after=RETRY_AFTER_S) from None
+        except EngineError as e:
+            raise RequestError(str(e), code="unavailable", status=503) from None
+
+    async def start(self, messages: list[dict[str, str]], params: SamplingParams,
+                    stop: threading.Event | None = None) -> Ticket:
+        """Build the prompt (off the loop) and queue it. Raises RequestError (400 when it
+        cannot fit, 503 when the queue is full) before anything has been generated."""
+        self.require_ready()
+        prepared = await asyncio.to_thread(self._prepare, messages, params)
+        return self._submit(prepared, params, stop)
+
     # -- a chat turn --------------------------------------------------------------
-    async def begin_turn(self, req: ChatRequest) -> Turn:
-        """Validate, fit-check and store the user's message. Raises RequestError."""
+    async def begin_turn(self, req: ChatRequest, stop: threading.Event | None = None) -> Turn:
+        """Validate, build the prompt, queue it and store the user's message. Raises
+        RequestError; when it does, nothing was stored."""
         self.require_ready()
         limits.check_message(req.message)
         limits.check_system(req.system)
         limits.check_id(req.conversation_id)
         params = limits.sampling(self.defaults, **req.sampling_kwargs())
-        return await asyncio.to_thread(self._begin_turn_sync, req, params)
+        conv, system, prepared = await asyncio.to_thread(self._plan_turn, req, params)
+        ticket = self._submit(prepared, params, stop)
+        try:
+            cid = await asyncio.to_thread(self._store_user, req, conv, system, params)
+        except BaseException:
+            ticket.cancel()
+            raise
+        return Turn(cid, params, ticket)
 
-    def _begin_turn_sync(self, req: ChatRequest, params: SamplingParams) -> Turn:
+    def _plan_turn(self, req: ChatRequest, params: SamplingParams) -> tuple[Any, str | None, Prepared]:
+        """The conversation (None for a new one), its system prompt and the prompt to send."""
         store = self.store
         if req.conversation_id is not None:
             conv = store.get(req.conversation_id)
@@ -106,39 +158,32 @@ class Runtime:
             system = (req.system or None) if req.system is not None else conv.system
             history = [m for m in store.messages(conv.id) if m.status != "failed" and m.content]
         else:
-            conv = None
-            system = req.system or None
-            history = []
-        # Reject a message that cannot fit on its own before anything is stored.
-        alone = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": req.message}]
-        try:
-            self.engine.prepare(alone, params)
-        except EngineError as e:
-            raise RequestError(str(e), code=e.code) from None
-        if conv is None:
-            conv = store.create(system=system)
-        elif system != conv.system:
-            store.set_system(conv.id, system)
-        store.add_message(conv.id, "user", req.message, params=_params_dict(params))
+            conv, system, history = None, req.system or None, []
         messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
         messages.append({"role": "user", "content": req.message})
         messages = _window(messages)
         if system:
             messages.insert(0, {"role": "system", "content": system})
-        return Turn(conv.id, messages, params)
+        return conv, system, self._prepare(messages, params)
 
-    async def stream(self, messages: list[dict[str, str]], params: SamplingParams,
-                     conversation_id: str | None = None,
-                     stop: threading.Event | None = None) -> AsyncIterator[Delta | Done]:
-        """Queue a generation and yield its events; stores the answer when given a conversation.
+    def _store_user(self, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams) -> str:
+        store = self.store
+        if conv is None:
+            conv = store.create(system=system)
+        elif system != conv.system:
+            store.set_system(conv.id, system)
+        store.add_message(conv.id, "user", req.message, params=_params_dict(params))
+        return conv.id
 
-        Setting `stop` ends the generation within one token with a Done whose
-        finish_reason is "cancelled". Closing this iterator early (client gone) cancels
-        it too.
+    async def stream(self, ticket: Ticket, params: SamplingParams,
+                     conversation_id: str | None = None) -> AsyncIterator[Delta | Done]:
+        """Yield a queued generation's events; stores the answer when given a conversation.
+
+        Setting the ticket's stop event ends the generation within one token with a
+        Done whose finish_reason is "cancelled". Closing this iterator early (client
+        gone) cancels it too, and the partial answer is stored as interrupted.
         """
-        scheduler = self.require_ready()
         t0 = self.stats.begin()
-        ticket = scheduler.submit(messages, params, stop)
         done: Done | None = None
         text: list[str] = []
         try:
@@ -174,15 +219,14 @@ class Runtime:
         if done is not None:
             self.stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                            ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s,
-                           cancelled=done.finish_reason == "cancelled")
+                           cancelled=done.finish_reason == "cancelled", cached_tokens=done.cached_tokens)
             status = "stopped" if done.finish_reason == "cancelled" else "complete"
             await self._store_answer(conversation_id, done.text, status, done, params)
 
-    async def complete(self, messages: list[dict[str, str]], params: SamplingParams,
-                       conversation_id: str | None = None) -> Done:
-        """Run a generation to the end and return its Done (the text is in it)."""
+    async def complete(self, ticket: Ticket, params: SamplingParams, conversation_id: str | None = None) -> Done:
+        """Run a queued generation to the end and return its Done (the text is in it)."""
         done: Done | None = None
-        async for ev in self.stream(messages, params, conversation_id):
+        async for ev in self.stream(ticket, params, conversation_id):
             if isinstance(ev, Done):
                 done = ev
         if done is None:

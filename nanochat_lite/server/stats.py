@@ -48,6 +48,8 @@ class Stats:
         self.requests_total = 0
         self.requests_failed = 0
         self.requests_cancelled = 0
+        self.rejected = 0  # refused because the queue was full
+        self.tokens_cached = 0  # prompt tokens served from a slot's cache
         self.active = 0
         self.tokens_in = 0
         self.tokens_out = 0
@@ -61,7 +63,8 @@ class Stats:
         return time.perf_counter()
 
     def end(self, t0: float, *, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
-            ttft_ms: float | None = None, tokens_per_s: float | None = None, cancelled: bool = False) -> None:
+            ttft_ms: float | None = None, tokens_per_s: float | None = None, cancelled: bool = False,
+            cached_tokens: int = 0) -> None:
         self.active -= 1
         if not ok:
             self.requests_failed += 1
@@ -69,6 +72,7 @@ class Stats:
         if cancelled:
             self.requests_cancelled += 1
         self.tokens_in += prompt_tokens
+        self.tokens_cached += cached_tokens
         self.tokens_out += completion_tokens
         self._latency.append((time.perf_counter() - t0) * 1000.0)
         if ttft_ms is not None:
@@ -89,8 +93,9 @@ class Stats:
                 "queued": queued,
                 "failed": self.requests_failed,
                 "cancelled": self.requests_cancelled,
+                "rejected_busy": self.rejected,
             },
-            "tokens": {"prompt": self.tokens_in, "completion": self.tokens_out},
+            "tokens": {"prompt": self.tokens_in, "prompt_cached": self.tokens_cached, "completion": self.tokens_out},
             "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
                            "count": len(lat)},
             "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95), "count": len(ttft)},

@@ -43,8 +43,8 @@ async def websocket_chat(ws: WebSocket) -> None:
 
     async def run_chat(req: WSChat, stop_event: threading.Event) -> None:
         try:
-            turn = await rt.begin_turn(req)
-            async for frame in turn_frames(rt, turn, stop_event):
+            turn = await rt.begin_turn(req, stop_event)
+            async for frame in turn_frames(rt, turn):
                 await send(frame)
         except RequestError as e:
             with contextlib.suppress(Exception):
