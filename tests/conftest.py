@@ -1,13 +1,16 @@
 """Shared fixtures. Real models come through the model store into one cache for the
-whole run (NANOCHAT_LITE_HOME, else the user's cache folder), pulled once."""
+whole run (NANOCHAT_LITE_HOME, else the user's cache folder), pulled once.
+``llama_ref`` is llama.cpp's own tokenizer on the chat model (tests/llama_ref.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from llama_ref import LlamaRef
 from nanochat_lite import models
 from nanochat_lite.config import default_home
 
@@ -25,3 +28,10 @@ def chat_model_path(model_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def embedding_model_dir(model_home: Path) -> Path:
     return models.ensure(model_home, models.DEFAULT_EMBEDDING, progress=print)
+
+
+@pytest.fixture(scope="session")
+def llama_ref(chat_model_path: Path) -> Iterator[LlamaRef]:
+    """One in-process llama-server (xllamacpp) on the chat model, for the whole run."""
+    with LlamaRef(chat_model_path) as ref:
+        yield ref

@@ -1,8 +1,10 @@
 """GGUF vocabularies made to order, checked against llama.cpp: the odd cases.
 
-Each test writes a tensor-less GGUF whose vocabulary comes from a small trained
-tokenizer, bent into a shape the default model does not have, and compares our ids
-with llama.cpp's on a few thousand lines.
+Each test writes a GGUF whose vocabulary comes from a small trained tokenizer, bent
+into a shape the default model does not have, and compares our ids with llama.cpp's
+on a few thousand lines. llama.cpp is an in-process llama-server (tests/llama_ref.py),
+which loads no vocabulary-only file: the GGUF carries a tiny llama with zero weights
+(``write_model``), and both tokenizers read that same file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llama_ref import LlamaRef, write_model
 from nanochat_lite import gguf
 from nanochat_lite.tokenizer import Tokenizer, train
 from nanochat_lite.tokenizer._gguf import byte_encoder
@@ -22,7 +25,7 @@ CONTROL, USER_DEFINED = 3, 4
 
 @pytest.fixture(scope="module")
 def base(chat_model_path: Path) -> dict:
-    """Metadata llama.cpp needs besides the vocabulary, from the default model."""
+    """The default model's non-vocabulary metadata, for files that only we open."""
     md = gguf.read(chat_model_path).metadata
     return {k: md[k] for k in LLAMA_KEYS}
 
@@ -42,11 +45,10 @@ def _text(b: bytes) -> str:
     return "".join(enc[x] for x in b)
 
 
-def _gguf(path: Path, base: dict, tokens: list[str], types: list[int], merges: list[str], pre: str = "smollm") -> Path:
-    write_gguf(path, {**base, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
-                      "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
-                      "tokenizer.ggml.merges": merges})
-    return path
+def _gguf(path: Path, tokens: list[str], types: list[int], merges: list[str], pre: str = "smollm") -> Path:
+    return write_model(path, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+                              "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                              "tokenizer.ggml.merges": merges})
 
 
 def _vocab_of(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
@@ -57,38 +59,37 @@ def _vocab_of(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def _check(path: Path, sample: list[str], *, special: bool = False, engine: str | None = None) -> Tokenizer:
-    import llama_cpp
-
+def _check(path: Path, sample: list[str], *, specials: tuple[bool, ...] = (False,),
+           engine: str | None = None) -> Tokenizer:
+    """Our ids == llama.cpp's for every line, once per ``special`` setting."""
     tok = Tokenizer.from_gguf(path)
     if engine:
         assert tok.engine == engine, tok.slow_reason
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    bad = [s for s in sample
-           if tok.encode(s, allowed_special="all" if special else ()) != llm.tokenize(s.encode(), add_bos=False, special=special)]
-    assert not bad, f"{len(bad)} of {len(sample)} lines differ, e.g. {bad[0]!r:.120}"
+    with LlamaRef(path) as llama:
+        for special in specials:
+            want = llama.tokenize_all(sample, special=special)
+            assert len(want) == len(sample)
+            bad = [s for s, w in zip(sample, want) if tok.encode(s, allowed_special="all" if special else ()) != w]
+            assert not bad, f"special={special}: {len(bad)} of {len(sample)} lines differ, e.g. {bad[0]!r:.120}"
     return tok
 
 
-@pytest.mark.model
-def test_trained_vocabulary_as_gguf(tmp_path: Path, base: dict, trained: Tokenizer, sample: list[str]) -> None:
+def test_trained_vocabulary_as_gguf(tmp_path: Path, trained: Tokenizer, sample: list[str]) -> None:
     tokens, types, merges = _vocab_of(trained)
-    _check(_gguf(tmp_path / "t.gguf", base, tokens, types, merges), sample, engine="tiktoken")
+    _check(_gguf(tmp_path / "t.gguf", tokens, types, merges), sample, engine="tiktoken")
 
 
-@pytest.mark.model
-def test_ids_not_in_merge_order(tmp_path: Path, base: dict, trained: Tokenizer, sample: list[str]) -> None:
+def test_ids_not_in_merge_order(tmp_path: Path, trained: Tokenizer, sample: list[str]) -> None:
     """Shuffled ids: tiktoken runs on its own numbering, translated back."""
     tokens, types, merges = _vocab_of(trained)
     order = list(range(len(tokens)))
     random.Random(5).shuffle(order)
-    tok = _check(_gguf(tmp_path / "s.gguf", base, [tokens[i] for i in order], [types[i] for i in order], merges),
+    tok = _check(_gguf(tmp_path / "s.gguf", [tokens[i] for i in order], [types[i] for i in order], merges),
                  sample, engine="tiktoken")
     assert tok._remap is not None
 
 
-@pytest.mark.model
-def test_missing_bytes_and_merges_outside_the_vocabulary(tmp_path: Path, base: dict, trained: Tokenizer,
+def test_missing_bytes_and_merges_outside_the_vocabulary(tmp_path: Path, trained: Tokenizer,
                                                          sample: list[str]) -> None:
     """Drop some single-byte tokens and add merges whose results are not tokens:
     llama.cpp keeps the printable ASCII bytes of such a piece and drops the rest.
@@ -97,30 +98,27 @@ def test_missing_bytes_and_merges_outside_the_vocabulary(tmp_path: Path, base: d
     drop = {_text(bytes([b])) for b in (ord("q"), ord("Z"), 0xC3, 0xE4, 0x0A)}
     keep = [i for i, t in enumerate(tokens) if t not in drop]
     extra = [f"{_text(b'x')} {_text(b'y')}", f"{_text(bytes([0xC3]))} {_text(bytes([0xA9]))}"]
-    path = _gguf(tmp_path / "m.gguf", base, [tokens[i] for i in keep], [types[i] for i in keep], merges + extra)
+    path = _gguf(tmp_path / "m.gguf", [tokens[i] for i in keep], [types[i] for i in keep], merges + extra)
     _check(path, sample[:400] + ["xy xyz éé ä q Z\n\n"], engine="reference")
 
 
-@pytest.mark.model
-def test_missing_bytes_with_the_fast_path(tmp_path: Path, base: dict, trained: Tokenizer, sample: list[str]) -> None:
+def test_missing_bytes_with_the_fast_path(tmp_path: Path, trained: Tokenizer, sample: list[str]) -> None:
     tokens, types, merges = _vocab_of(trained)
     drop = {_text(bytes([b])) for b in (0x04, 0xF0, 0xE4)}
     keep = [i for i, t in enumerate(tokens) if t not in drop]
-    path = _gguf(tmp_path / "f.gguf", base, [tokens[i] for i in keep], [types[i] for i in keep], merges)
+    path = _gguf(tmp_path / "f.gguf", [tokens[i] for i in keep], [types[i] for i in keep], merges)
     _check(path, sample + ["\x04ä😀\n"], engine="tiktoken")
 
 
-@pytest.mark.model
-def test_user_defined_tokens_are_matched_in_any_text(tmp_path: Path, base: dict, trained: Tokenizer,
+def test_user_defined_tokens_are_matched_in_any_text(tmp_path: Path, trained: Tokenizer,
                                                      sample: list[str]) -> None:
     tokens, types, merges = _vocab_of(trained)
     tokens += ["<tool>", "</tool>", "<|im_start|>"]
     types += [USER_DEFINED, USER_DEFINED, CONTROL]
-    path = _gguf(tmp_path / "u.gguf", base, tokens, types, merges)
+    path = _gguf(tmp_path / "u.gguf", tokens, types, merges)
     texts = sample[:200] + ["call <tool>x</tool> then <|im_start|>\n", "<tool><tool></tool>\n"]
-    tok = _check(path, texts)
+    tok = _check(path, texts, specials=(False, True))
     assert tok.encode("<tool>")[0] == len(tokens) - 3
-    _check(path, texts, special=True)
 
 
 @pytest.mark.parametrize("change, message", [

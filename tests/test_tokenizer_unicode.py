@@ -1,30 +1,36 @@
 """Our character classes are llama.cpp's, for every code point.
 
-llama.cpp's library exports ``unicode_cpt_flags_from_cpt`` (C++ linkage; its result
-is a 16-bit flag word returned in a register), so we ask the installed libllama itself.
+llama.cpp exports ``unicode_cpt_flags_from_cpt`` (C++ linkage; its result is a 16-bit
+flag word returned in a register). xllamacpp links libllama into its extension
+module and exports it there, so we ask that library itself through ctypes.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
 import pytest
 
 from nanochat_lite.tokenizer import _unicode as U
 
 _NUMBER, _LETTER, _WHITESPACE = 0x0002, 0x0004, 0x0100  # unicode.h, struct unicode_cpt_flags
+_SYMBOL = "_Z26unicode_cpt_flags_from_cptj"  # unicode_cpt_flags_from_cpt(uint32_t)
 
 
 def _llama_flags():
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libllama.so"))
+    import xllamacpp.xllamacpp as ext  # the extension module; libllama is linked into it
+
+    lib = ctypes.CDLL(ext.__file__)  # already loaded by the import: same handle, no second copy
     try:
-        fn = lib._Z26unicode_cpt_flags_from_cptj  # unicode_cpt_flags_from_cpt(uint32_t)
+        fn = getattr(lib, _SYMBOL)
     except AttributeError:
-        pytest.skip("this libllama does not export unicode_cpt_flags_from_cpt")
+        pytest.fail(f"{ext.__file__} does not export {_SYMBOL}; check `nm -D --defined-only` "
+                    "for the new name of llama.cpp's unicode_cpt_flags_from_cpt")
     fn.restype = ctypes.c_uint16
     fn.argtypes = [ctypes.c_uint32]
+    # Known answers first: if the flag layout moved, say so instead of listing 1.1M code points.
+    got = {c: fn(ord(c)) & (_NUMBER | _LETTER | _WHITESPACE) for c in "A1 "}
+    assert got == {"A": _LETTER, "1": _NUMBER, " ": _WHITESPACE}, f"unexpected flag layout: {got}"
     return fn
 
 

@@ -1,7 +1,8 @@
 """The character classes llama.cpp's pre-tokenizers use: letters, numbers, white space.
 
-Copied from llama.cpp's ``unicode-data.cpp`` (the copy vendored in llama-cpp-python
-0.3.36, generated from UnicodeData.txt of Unicode 15.x). We carry our own copy because
+Taken from llama.cpp's ``unicode-data.cpp`` (generated from UnicodeData.txt of
+Unicode 15.x; first from the copy in llama-cpp-python 0.3.36, and still identical to
+the one compiled into xllamacpp 2026.10.11549). We carry our own copy because
 exactness depends on it: Python's ``unicodedata`` (3.11: Unicode 14) and the Rust regex
 crate inside tiktoken (Unicode 16) each classify a few thousand code points differently,
 and one such character in a prompt would split differently from llama.cpp.

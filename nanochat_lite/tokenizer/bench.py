@@ -7,18 +7,32 @@ and merges, and the ids each one gives are compared with ours (``ids_equal``).
 ``run_train(quick)`` times ``train()`` next to rustbpe called directly.
 
 Both return plain dicts (JSON-ready); ``bench/tokenizer_bench.py`` prints them.
-llama.cpp is timed twice: through ``Llama.tokenize`` (what llama-cpp-python users
-call; with a vocab-only model it tokenizes every text twice, because its first
-buffer is sized by the training context, which is 0 there) and through
-``llama_tokenize`` with a buffer sized once (llama.cpp's own speed).
+llama.cpp is timed up to three ways:
+
+- ``xllamacpp /tokenize``: llama-server's route, with the server running in this
+  process (xllamacpp, the engine's library). Each text is one HTTP request over a
+  kept-alive loopback connection, so this times the round-trip as much as llama.cpp.
+- through llama-cpp-python, when it is installed (it is optional): ``Llama.tokenize``
+  (what its users call; with a vocab-only model it tokenizes every text twice, because
+  its first buffer is sized by the training context, which is 0 there) and
+  ``llama_tokenize`` with a buffer sized once (llama.cpp's own speed).
+
+A contender whose package is missing is listed under ``"unavailable"`` with the
+reason ("not installed ..."), not in ``"results"``.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import secrets
+import signal
 import tempfile
+import threading
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 CHAT_MESSAGE = (
     "Hi! Could you help me plan a three-day trip to Lisbon in early May? I'd like to see "
@@ -64,44 +78,143 @@ def _hf_tokenizer(model_path: str) -> Any:
     return hf
 
 
-def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
-    """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers."""
+Contenders = dict[str, tuple[Callable[[str, bytes], list[int]], str]]  # name -> (fn(text, utf8), note)
+
+
+def _llama_cpp_python(path: str, buf_len: int) -> Contenders:
+    """llama-cpp-python's two ways in (see the module docstring); ImportError when it is absent."""
     import llama_cpp
 
-    from nanochat_lite.tokenizer import Tokenizer
-    from nanochat_lite.tokenizer._corpus import lines as corpus_lines
-
-    path = model_path or _default_model()
-    n_bytes = (512 if quick else 4096) * 1024
-    repeats = 2 if quick else 3
-    chat_reps = 300 if quick else 2000
-    lines = corpus_lines(n_bytes, seed=7)
-    raw = [line.encode("utf-8") for line in lines]
-    total = sum(map(len, raw))
-
-    ours = Tokenizer.from_gguf(path)
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
     vocab = llm._model.vocab
-    try:
-        hf = _hf_tokenizer(path)
-    except ImportError:  # `tokenizers` is a test extra, not a dependency
-        hf = None
-
-    buf_len = max(max(map(len, raw)), len(CHAT_MESSAGE.encode("utf-8"))) + 1  # a token is >= 1 byte
     buf = (llama_cpp.llama_token * buf_len)()
 
     def llama_direct(data: bytes) -> list[int]:
         n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, buf_len, False, False)
         return buf[:n]
 
-    contenders: dict[str, tuple[Callable[[str, bytes], list[int]], str]] = {
-        "nanochat-lite": (lambda s, b: ours.encode(s), ours.engine),
+    return {
         "llama.cpp llama_tokenize": (lambda s, b: llama_direct(b), "sized buffer"),
         "llama.cpp Llama.tokenize": (lambda s, b: llm.tokenize(b, add_bos=False, special=False), "llama-cpp-python"),
     }
-    if hf is not None:
+
+
+class _ServerTokenizer:
+    """llama.cpp's tokenizer behind llama-server's ``/tokenize``, in-process through xllamacpp.
+
+    One Server on a loopback port with a random API key; ``encode`` sends one request
+    per text on a single kept-alive connection. ``close`` (or dropping it) stops the Server.
+    """
+
+    def __init__(self, path: str) -> None:
+        import xllamacpp as xl
+
+        p = xl.CommonParams()
+        p.model.path = path
+        p.n_ctx = 512  # tokens; only the tokenizer is used
+        p.warmup = False
+        p.no_extra_bufts = True
+        p.fit_params = False
+        p.verbosity = -1
+        self._key = secrets.token_hex(16)
+        p.api_keys = [self._key]
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._server: Any = xl.Server(p)
+        finally:  # the Server installs its own handlers; keep Ctrl-C working for the caller
+            if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+                for sig, handler in saved.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
+        url = urlsplit(self._server.listening_address)
+        self._conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        self.version = xl.__version__
+
+    def encode(self, text: str) -> list[int]:
+        body = json.dumps({"content": text, "add_special": False, "parse_special": False}, ensure_ascii=False)
+        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
+        for attempt in (1, 2):
+            try:
+                self._conn.request("POST", "/tokenize", body.encode("utf-8"), headers)
+                resp = self._conn.getresponse()
+                payload = resp.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self._conn.close()  # the server drops idle kept-alive connections; a retry is safe
+                if attempt == 2:
+                    raise
+        if resp.status != 200:
+            raise RuntimeError(f"llama-server /tokenize answered {resp.status}: {payload[:300]!r}")
+        return json.loads(payload)["tokens"]
+
+    def close(self) -> None:
+        self._conn.close()
+        self._server = None
+
+
+def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
+    """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers."""
+    from nanochat_lite.tokenizer import Tokenizer
+    from nanochat_lite.tokenizer._corpus import lines as corpus_lines
+
+    path = model_path or _default_model()
+    n_bytes = (512 if quick else 4096) * 1024
+    lines = corpus_lines(n_bytes, seed=7)
+    raw = [line.encode("utf-8") for line in lines]
+    total = sum(map(len, raw))
+
+    ours = Tokenizer.from_gguf(path)
+    contenders: Contenders = {"nanochat-lite": (lambda s, b: ours.encode(s), ours.engine)}
+    unavailable: dict[str, str] = {}
+    buf_len = max(max(map(len, raw)), len(CHAT_MESSAGE.encode("utf-8"))) + 1  # a token is >= 1 byte
+    try:
+        contenders.update(_llama_cpp_python(path, buf_len))
+    except ImportError:  # optional since the engine moved to xllamacpp
+        for name in ("llama.cpp llama_tokenize", "llama.cpp Llama.tokenize"):
+            unavailable[name] = "not installed (pip install llama-cpp-python)"
+    server: _ServerTokenizer | None = None
+    try:
+        server = _ServerTokenizer(path)
+    except ImportError:
+        unavailable["xllamacpp /tokenize"] = "not installed (pip install xllamacpp)"
+    else:
+        contenders["xllamacpp /tokenize"] = (lambda s, b: server.encode(s),
+                                             f"llama-server in-process, xllamacpp {server.version}; "
+                                             "includes one HTTP round-trip per text")
+    try:
+        hf = _hf_tokenizer(path)
+    except ImportError:  # `tokenizers` is a test extra, not a dependency
+        unavailable["HF tokenizers"] = "not installed (pip install tokenizers)"
+    else:
         contenders["HF tokenizers"] = (lambda s, b: hf.encode(s, add_special_tokens=False).ids, "BPE+Digits+ByteLevel")
-    reference = [ours.encode(s) for s in lines]
+    try:
+        results = _measure(contenders, lines, raw, quick)
+    finally:
+        if server is not None:
+            server.close()
+    mine = results["nanochat-lite"]
+    for name, r in results.items():
+        r["our_speedup_encode"] = mine["encode_mb_s"] / r["encode_mb_s"]
+        r["our_speedup_chat"] = mine["chat_per_s"] / r["chat_per_s"]
+    return {
+        "model": os.path.basename(path),
+        "text_bytes": total,
+        "lines": len(lines),
+        "chat_message_words": len(CHAT_MESSAGE.split()),
+        "chat_message_tokens": len(ours.encode(CHAT_MESSAGE)),
+        "threads": 1,
+        "results": results,
+        "unavailable": unavailable,
+    }
+
+
+def _measure(contenders: Contenders, lines: list[str], raw: list[bytes], quick: bool) -> dict[str, dict[str, Any]]:
+    """Rates of each contender on ``lines`` and on CHAT_MESSAGE; ids compared with the first contender's."""
+    repeats = 2 if quick else 3
+    chat_reps = 300 if quick else 2000
+    total = sum(map(len, raw))
+    ours = next(iter(contenders.values()))[0]
+    reference = [ours(s, b) for s, b in zip(lines, raw)]
     chat_bytes = CHAT_MESSAGE.encode("utf-8")
     results: dict[str, dict[str, Any]] = {}
     for name, (fn, note) in contenders.items():
@@ -115,19 +228,7 @@ def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
             "ids_equal": mismatched == 0,
             "mismatched_lines": mismatched,
         }
-    mine = results["nanochat-lite"]
-    for name, r in results.items():
-        r["our_speedup_encode"] = mine["encode_mb_s"] / r["encode_mb_s"]
-        r["our_speedup_chat"] = mine["chat_per_s"] / r["chat_per_s"]
-    return {
-        "model": os.path.basename(path),
-        "text_bytes": total,
-        "lines": len(lines),
-        "chat_message_words": len(CHAT_MESSAGE.split()),
-        "chat_message_tokens": len(ours.encode(CHAT_MESSAGE)),
-        "threads": 1,
-        "results": results,
-    }
+    return results
 
 
 def run_train(quick: bool) -> dict[str, Any]:
