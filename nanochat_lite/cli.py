@@ -2,7 +2,8 @@
 
 Start-up is a feature: this module imports only the standard library at the top;
 llama.cpp, Starlette and uvicorn are imported where they are used, and the model
-loads in a thread while the socket is already answering `/api/health` with 503.
+loads in a thread beside the web-stack imports while the socket is already bound
+(requests wait in the listen backlog, then `/api/health` answers 503 until ready).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__
+from . import IMPORTED_AT, __version__
 from .config import Config, ConfigError
 
 
@@ -30,8 +31,18 @@ def process_age_s() -> float:
         return 0.0
 
 
-# Wall-clock instant the process started, taken as early as this module loads.
-_PROCESS_START = time.time() - process_age_s()
+def _interpreter_start() -> float:
+    """Wall-clock instant this Python interpreter started.
+
+    /proc gives the process's start, which includes the interpreter's own start-up
+    (~20-40 ms) — unless a shell `exec`'d us, when it is the shell's start, minutes
+    ago. Our first import is never more than a second after the interpreter starts,
+    so an older process start means "exec'd": then count from our first import."""
+    process_start = time.time() - process_age_s()
+    return process_start if IMPORTED_AT - process_start < 1.0 else IMPORTED_AT
+
+
+_INTERPRETER_START = _interpreter_start()
 
 
 class CLIError(Exception):
@@ -78,7 +89,8 @@ def load_engine(path: Path, name: str, config: Config):
     from .gguf import GGUFError, check
 
     try:
-        return Engine(path, n_ctx=config.ctx_size, threads=config.threads, name=name)
+        return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
+                      threads=config.threads, batch=config.batch_size, name=name)
     except ModelLoadError as e:
         try:
             check(path)
@@ -90,7 +102,7 @@ def load_engine(path: Path, name: str, config: Config):
 
 
 # -- serve ------------------------------------------------------------------------
-def cmd_serve(config: Config) -> int:
+def cmd_serve(config: Config, args: argparse.Namespace | None = None) -> int:
     import socket
 
     path, name = resolve_model(config)
@@ -116,6 +128,7 @@ def cmd_serve(config: Config) -> int:
 
     import uvicorn
 
+    from .security_config import SecurityConfig
     from .server import Runtime, create_app
 
     def make_tokenizer():
@@ -128,7 +141,7 @@ def cmd_serve(config: Config) -> int:
     if config.seed is not None:
         from .engine import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
-    app = create_app(runtime)
+    app = create_app(runtime, security=SecurityConfig.from_args(args, os.environ, host=config.host))
     server = uvicorn.Server(uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
         timeout_graceful_shutdown=2,
@@ -136,6 +149,8 @@ def cmd_serve(config: Config) -> int:
     failure: list[str] = []
 
     def load() -> None:
+        from .scheduler import Scheduler
+
         try:
             engine = load_engine(path, name, config)
         except CLIError as e:
@@ -143,21 +158,30 @@ def cmd_serve(config: Config) -> int:
             runtime.set_error(str(e))
             server.should_exit = True
             return
-        runtime.set_engine(engine)
-        startup_ms = (time.time() - _PROCESS_START) * 1000.0
-        runtime.stats.startup_ms = round(startup_ms, 1)
+        engines.append(engine)
+        # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
+        # starts (they would stop only the engine); give them back to uvicorn.
         while not server.started and not server.should_exit:
             time.sleep(0.002)
+        if server.servers:
+            server.servers[0].get_loop().call_soon_threadsafe(_reinstall_signal_handlers)
+        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.shared_prefix)
+        runtime.set_engine(engine, scheduler)
+        startup_ms = (time.time() - _INTERPRETER_START) * 1000.0
+        runtime.stats.startup_ms = round(startup_ms, 1)
         host = f"[{config.host}]" if ":" in config.host else config.host
         print(f"Nanochat-Lite {__version__}\n"
               f"  Model:        {name} ({path})\n"
-              f"  Environment:  {config.environment} · {engine.threads} threads · context {engine.n_ctx} tokens\n"
-              f"  Startup time: {startup_ms:.0f} ms (from process start)\n"
+              f"  Environment:  {config.environment} · {engine.threads} threads · {engine.parallel} slots · "
+              f"context {engine.n_ctx} tokens per chat, {engine.kv_size} shared\n"
+              f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
               f"  Ready at:     http://{host}:{port}", flush=True)
-        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens and
-        # serves /api/tokenize. Loading it is ~0.4 s of Python holding the GIL, so it
-        # waits until the first answer is done (or 5 s of quiet) rather than slowing
-        # the first token. A model it cannot read keeps llama.cpp's tokenizer.
+        if warning := app.state.security.exposure_warning():
+            print(f"  WARNING:      {warning}", flush=True)
+        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens,
+        # builds prompts and serves /api/tokenize. Loading it is ~0.4 s of Python
+        # holding the GIL, so it waits until the first answer is done (or 5 s of
+        # quiet) rather than slowing the first token; until then llama.cpp tokenizes.
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and not server.should_exit:
             if runtime.stats.requests_total and not runtime.generating and not runtime.queued:
@@ -167,16 +191,30 @@ def cmd_serve(config: Config) -> int:
             runtime.load_tokenizer()
         except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
             _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
+        engine.describe_cache()
 
+    engines: list = []
     threading.Thread(target=load, name="nanochat-load", daemon=True).start()
     try:
         server.run(sockets=[sock])
     finally:
         runtime.close()
+        for engine in engines:
+            engine.close()
         store.close()
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _reinstall_signal_handlers() -> None:
+    """Re-register Python's current SIGINT/SIGTERM handlers (main thread only)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _embedder_factory(config: Config):
@@ -193,6 +231,7 @@ def _embedder_factory(config: Config):
 def cmd_chat(config: Config, system: str | None) -> int:
     path, name = resolve_model(config)
     _say(f"Loading {name} ...")
+    config.parallel = 1  # one conversation: one slot
     engine = load_engine(path, name, config)
     from .engine import EngineError, SamplingParams
 
@@ -270,6 +309,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from .security_config import add_flags as add_security_flags
+
     parser = argparse.ArgumentParser(prog="nanochat-lite", description="A chat server for small language models on a CPU.")
     parser.add_argument("--version", action="version", version=f"nanochat-lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -279,6 +320,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (env HOST; default 127.0.0.1)")
     s.add_argument("--port", "-p", type=int, help="port (env PORT; default 8080; 0 = any free port)")
     s.add_argument("--db", help="conversation store file (env NANOCHAT_LITE_DB)")
+    add_security_flags(s)  # --api-key, --api-keys-file, --allowed-host, --cors-origin
+    s.add_argument("--parallel", "-np", type=int,
+                   help="slots: answers generated at once, batched by llama.cpp (env NANOCHAT_LITE_PARALLEL; 4)")
+    s.add_argument("--max-queue", type=int,
+                   help="requests that may wait for a slot; past it 503 server_busy (env NANOCHAT_LITE_MAX_QUEUE; 64)")
+    s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: ctx-size × 2)")
+    s.add_argument("--batch-size", "-b", type=int,
+                   help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (256)")
 
     c = sub.add_parser("chat", help="chat in the terminal")
     _add_model_flags(c)
@@ -324,7 +373,8 @@ def _extra_commands(argv: list[str] | None) -> list:
 def _config(args: argparse.Namespace) -> Config:
     config = Config.from_env(os.environ)
     for field, attr in (("model", "model"), ("threads", "threads"), ("ctx_size", "ctx_size"),
-                        ("host", "host"), ("port", "port"), ("seed", "seed")):
+                        ("host", "host"), ("port", "port"), ("seed", "seed"), ("parallel", "parallel"),
+                        ("max_queue", "max_queue"), ("kv_size", "kv_size"), ("batch_size", "batch_size")):
         value = getattr(args, attr, None)
         if value is not None:
             setattr(config, field, value)
@@ -336,6 +386,15 @@ def _config(args: argparse.Namespace) -> Config:
         raise CLIError(f"--threads must be at least 1, got {config.threads}")
     if not 16 <= config.ctx_size <= 131072:
         raise CLIError(f"--ctx-size must be between 16 and 131072 tokens, got {config.ctx_size}")
+    if not 1 <= config.parallel <= 64:
+        raise CLIError(f"--parallel must be between 1 and 64 slots, got {config.parallel}")
+    if not 0 <= config.max_queue <= 100_000:
+        raise CLIError(f"--max-queue must be between 0 and 100000, got {config.max_queue}")
+    if config.kv_size is not None and config.kv_size < config.ctx_size:
+        raise CLIError(f"--kv-size ({config.kv_size}) must be at least --ctx-size ({config.ctx_size}): "
+                       "one conversation must fit in the shared cache")
+    if not 16 <= config.batch_size <= 4096:
+        raise CLIError(f"--batch-size must be between 16 and 4096 tokens, got {config.batch_size}")
     if not 0 <= config.port <= 65535:
         raise CLIError(f"--port must be between 0 and 65535, got {config.port}")
     return config
@@ -347,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
         if args.command == "serve":
-            return cmd_serve(config)
+            return cmd_serve(config, args)
         if args.command == "chat":
             return cmd_chat(config, args.system)
         if args.command == "pull":

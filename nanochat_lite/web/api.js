@@ -1,5 +1,8 @@
 // The REST calls the page makes. Each returns the `data` of a `{success, data}` body
 // or throws an ApiError carrying the server's error code and message.
+// Fetches carry the API key (auth.js), which is asked for when the server answers 401.
+
+import { authFetch } from "./auth.js";
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -17,7 +20,7 @@ async function call(method, path, body) {
   }
   let res;
   try {
-    res = await fetch(path, init);
+    res = await authFetch(path, init);
   } catch {
     throw new ApiError(0, "network", "the server cannot be reached");
   }

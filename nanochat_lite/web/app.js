@@ -3,11 +3,12 @@
 // The modules under it each own one thing: ws.js (reconnecting socket), chat.js
 // (the message queue and frames), transcript.js (messages on screen), markdown.js,
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
-// tokenizer view), api.js (REST).
+// tokenizer view), api.js (REST), auth.js (the API key, when the server wants one).
 // The open conversation lives in the URL hash (#c=<id>) and in localStorage, so a
 // reload comes back to it.
 
 import { api } from "./api.js";
+import { authorizeDownloads, installKeyForm, onKeyChange, wsProtocols } from "./auth.js";
 import { ChatSession } from "./chat.js";
 import { Dashboard } from "./dashboard.js";
 import { SettingsPanel } from "./settings.js";
@@ -22,7 +23,11 @@ const MAX_MESSAGE_CHARS = 8000;
 
 // -- connection -----------------------------------------------------------------
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
-const socket = new ReconnectingSocket(wsUrl);
+installKeyForm($("#key-dialog"));
+authorizeDownloads(document);
+const socket = new ReconnectingSocket(wsUrl, wsProtocols);
+// A new key: try the socket now rather than after its backoff wait.
+onKeyChange(() => socket.state !== "open" && socket.connect());
 const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
 const session = new ChatSession(socket, (thread) => settings.chatFields(!thread.id));
 const transcript = new Transcript($("#transcript"), $("#scroller"), (text) => send(text));

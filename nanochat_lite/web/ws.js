@@ -24,9 +24,11 @@ export function backoffDelay(attempt, random = Math.random) {
 }
 
 export class ReconnectingSocket extends EventTarget {
-  constructor(url) {
+  /** protocols(): the subprotocols to offer on each attempt (auth.js puts the key there). */
+  constructor(url, protocols = () => []) {
     super();
     this.url = url;
+    this.protocols = protocols;
     this.state = "closed";
     this.retryAt = 0; // Date.now() of the next attempt while closed
     this._attempt = 0;
@@ -43,7 +45,7 @@ export class ReconnectingSocket extends EventTarget {
     this._setState("connecting");
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this.url, this.protocols());
     } catch (err) {
       this._scheduleRetry();
       return;

@@ -60,7 +60,7 @@ class InProcessServer:
     """The real app (create_app) with an in-memory store and the given engine, served by
     uvicorn on a free loopback port in a background thread."""
 
-    def __init__(self, engine: object) -> None:
+    def __init__(self, engine: object, *, security: object | None = None) -> None:
         import uvicorn
 
         from nanochat_lite.history import ConversationStore
@@ -71,7 +71,8 @@ class InProcessServer:
         self.runtime.set_engine(engine)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.runtime), host="127.0.0.1", port=self.port,
+        app = create_app(self.runtime, security=security)  # a SecurityConfig, or None: the defaults
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, name="browser-test-server", daemon=True)
 
