@@ -15,34 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import IMPORTED_AT, __version__
+from . import __version__
 from .config import Config, ConfigError
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (from /proc, 10 ms resolution)."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _interpreter_start() -> float:
-    """Wall-clock instant this Python interpreter started.
-
-    /proc gives the process's start, which includes the interpreter's own start-up
-    (~20-40 ms) — unless a shell `exec`'d us, when it is the shell's start, minutes
-    ago. Our first import is never more than a second after the interpreter starts,
-    so an older process start means "exec'd": then count from our first import."""
-    process_start = time.time() - process_age_s()
-    return process_start if IMPORTED_AT - process_start < 1.0 else IMPORTED_AT
-
-
-_INTERPRETER_START = _interpreter_start()
 
 
 class CLIError(Exception):
@@ -103,128 +77,9 @@ def load_engine(path: Path, name: str, config: Config):
 
 # -- serve ------------------------------------------------------------------------
 def cmd_serve(config: Config, args: argparse.Namespace | None = None) -> int:
-    import socket
+    from .startup import serve
 
-    path, name = resolve_model(config)
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((config.host, config.port))
-    except OSError as e:
-        sock.close()
-        raise CLIError(f"Cannot listen on {config.host}:{config.port}: {e.strerror}. "
-                       "Pick another port with --port N (or PORT=N), or stop what is using it.") from None
-    sock.listen(2048)
-    port = sock.getsockname()[1]
-
-    from .history import ConversationStore
-
-    try:
-        store = ConversationStore(config.db_path)
-    except Exception as e:  # sqlite3.Error, OSError, a newer schema
-        raise CLIError(f"Cannot open the conversation store {config.db_path}: {e}. "
-                       "Pass another file with --db PATH (or NANOCHAT_LITE_DB).") from None
-
-    import uvicorn
-
-    from .security_config import SecurityConfig
-    from .server import Runtime, create_app
-
-    def make_tokenizer():
-        from .tokenizer import Tokenizer
-
-        return Tokenizer.from_gguf(path)
-
-    runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=make_tokenizer)
-    if config.seed is not None:
-        from .engine import SamplingParams
-        runtime.defaults = SamplingParams(seed=config.seed)
-    app = create_app(runtime, security=SecurityConfig.from_args(args, os.environ, host=config.host))
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
-        timeout_graceful_shutdown=2,
-    ))
-    failure: list[str] = []
-
-    def load() -> None:
-        from .scheduler import Scheduler
-
-        try:
-            engine = load_engine(path, name, config)
-        except CLIError as e:
-            failure.append(str(e))
-            runtime.set_error(str(e))
-            server.should_exit = True
-            return
-        engines.append(engine)
-        # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
-        # starts (they would stop only the engine); give them back to uvicorn.
-        while not server.started and not server.should_exit:
-            time.sleep(0.002)
-        if server.servers:
-            server.servers[0].get_loop().call_soon_threadsafe(_reinstall_signal_handlers)
-        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.shared_prefix)
-        runtime.set_engine(engine, scheduler)
-        startup_ms = (time.time() - _INTERPRETER_START) * 1000.0
-        runtime.stats.startup_ms = round(startup_ms, 1)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"Nanochat-Lite {__version__}\n"
-              f"  Model:        {name} ({path})\n"
-              f"  Environment:  {config.environment} · {engine.threads} threads · {engine.parallel} slots · "
-              f"context {engine.n_ctx} tokens per chat, {engine.kv_size} shared\n"
-              f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
-              f"  Ready at:     http://{host}:{port}", flush=True)
-        if warning := app.state.security.exposure_warning():
-            print(f"  WARNING:      {warning}", flush=True)
-        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens,
-        # builds prompts and serves /api/tokenize. Loading it is ~0.4 s of Python
-        # holding the GIL, so it waits until the first answer is done (or 5 s of
-        # quiet) rather than slowing the first token; until then llama.cpp tokenizes.
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and not server.should_exit:
-            if runtime.stats.requests_total and not runtime.generating and not runtime.queued:
-                break
-            time.sleep(0.05)
-        try:
-            runtime.load_tokenizer()
-        except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
-            _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
-        engine.describe_cache()
-
-    engines: list = []
-    threading.Thread(target=load, name="nanochat-load", daemon=True).start()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        runtime.close()
-        for engine in engines:
-            engine.close()
-        store.close()
-    if failure:
-        raise CLIError(failure[0])
-    return 0
-
-
-def _reinstall_signal_handlers() -> None:
-    """Re-register Python's current SIGINT/SIGTERM handlers (main thread only)."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler is not None:
-            signal.signal(sig, handler)
-
-
-def _embedder_factory(config: Config):
-    def make():
-        from . import models
-        from .embeddings import Embedder
-
-        return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say), threads=config.threads)
-
-    return make
+    return serve(config, args)
 
 
 # -- chat -------------------------------------------------------------------------
