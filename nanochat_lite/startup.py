@@ -70,11 +70,13 @@ def _bind(config: Config):
 
 
 def _open_store(config: Config):
-    from .history import ConversationStore
+    from .history import is_postgres_url, open_store
 
     try:
-        return ConversationStore(config.db_path)
-    except Exception as e:  # sqlite3.Error, OSError, a newer schema
+        return open_store(config.db_path)
+    except Exception as e:  # sqlite3.Error, OSError, a newer schema, PostgreSQL unreachable
+        if is_postgres_url(config.db_path):  # the message names the (password-less) URL and the fix
+            raise CLIError(f"Cannot open the conversation store: {e}") from None
         raise CLIError(f"Cannot open the conversation store {config.db_path}: {e}. "
                        "Pass another file with --db PATH (or NANOCHAT_LITE_DB).") from None
 
@@ -133,6 +135,9 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
         timeout_graceful_shutdown=2,
     ))
+    from .server.metrics import enable_access_log
+
+    enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
     failure: list[str] = []
 
     def attach() -> None:

@@ -1,7 +1,8 @@
 """The Starlette application: routes, JSON errors for every failure, static page.
 
 `create_app` wraps it in the security middleware (security.py): Host, Origin, CORS,
-API keys and the headers every answer carries.
+API keys and the headers every answer carries; inside that, the metrics middleware
+(metrics.py): request ids, counters for `/metrics`, the access log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp
 
 from . import chat_api, conversations_api, embeddings_api, openai_api, tokenize_api, ws
 from .http import json_response
+from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .runtime import Runtime
 from .security import KeyUsage, SecurityConfig, SecurityMiddleware
 
@@ -81,16 +83,30 @@ async def stats(request: Request) -> Response:
     return json_response(body)
 
 
+async def openapi(request: Request) -> Response:
+    """`GET /openapi.json`, built on first request (openapi.py is not imported before)."""
+    doc = request.app.state.openapi
+    if doc is None:
+        from .openapi import document
+
+        doc = request.app.state.openapi = msgspec.json.encode(
+            document(request.app.routes, keys=bool(request.app.state.security.keys)))
+    return Response(doc, media_type="application/json")
+
+
 class _SecuredStarlette(Starlette):
     """Starlette with the security middleware outermost, so that even the 500 answers of
-    Starlette's ServerErrorMiddleware carry the security headers."""
+    Starlette's ServerErrorMiddleware carry the security headers; the metrics middleware
+    next, so that it sees the key's name and counts those 500s."""
 
-    def __init__(self, *args: Any, security: SecurityConfig, usage: KeyUsage, **kwargs: Any) -> None:
-        self._security, self._usage = security, usage
+    def __init__(self, *args: Any, security: SecurityConfig, usage: KeyUsage, metrics: Metrics,
+                 **kwargs: Any) -> None:
+        self._security, self._usage, self._metrics = security, usage, metrics
         super().__init__(*args, **kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityMiddleware(super().build_middleware_stack(), self._security, self._usage)
+        inner = MetricsMiddleware(super().build_middleware_stack(), self._metrics)
+        return SecurityMiddleware(inner, self._security, self._usage)
 
 
 def create_app(runtime: Runtime, extra_routes: list | None = None, *,
@@ -99,6 +115,7 @@ def create_app(runtime: Runtime, extra_routes: list | None = None, *,
     literals) only, no cross-origin writes, no CORS, no API key."""
     security = security if security is not None else SecurityConfig()
     usage = KeyUsage(security.keys)
+    metrics = Metrics(keys_configured=bool(security.keys))
     routes = [
         Route("/", index),
         Route("/api/health", chat_api.health),
@@ -118,13 +135,17 @@ def create_app(runtime: Runtime, extra_routes: list | None = None, *,
         Route("/v1/embeddings", embeddings_api.openai_embeddings, methods=["POST"]),
         Route("/api/embeddings", embeddings_api.api_embeddings, methods=["POST"]),
         Route("/api/detokenize", tokenize_api.detokenize, methods=["POST"]),
+        Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi),
         *(extra_routes or []),
     ]
     if WEB_DIR.is_dir():
         routes.append(Mount("/static", app=_StaticWithCSP(directory=WEB_DIR), name="static"))
     app = _SecuredStarlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
-                            security=security, usage=usage)
+                            security=security, usage=usage, metrics=metrics)
     app.state.runtime = runtime
     app.state.security = security
     app.state.key_usage = usage if security.keys else None
+    app.state.metrics = metrics
+    app.state.openapi = None  # the encoded document, built on first request
     return app

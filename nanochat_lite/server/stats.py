@@ -1,16 +1,23 @@
 """Serving statistics for `/api/stats`: counters and recent-window percentiles.
 
 Percentiles cover the last `WINDOW` finished requests (a bounded deque, so memory
-stays flat however long the server runs). Times are in milliseconds.
+stays flat however long the server runs). Times are in milliseconds, except in the
+`Histogram`s (seconds, as Prometheus expects), which cover every request since start
+and feed `/metrics` (metrics.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import time
+from collections.abc import Sequence
 
 WINDOW = 1000
+# Upper bounds of the histogram buckets, in seconds (+Inf is implied).
+TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+GENERATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -41,6 +48,37 @@ def peak_rss_bytes() -> int:
     return 0
 
 
+class Histogram:
+    """Counts of observations per bucket, plus their sum: Prometheus's histogram.
+
+    h = Histogram((0.1, 1.0)); h.observe(0.05); h.observe(0.5); h.observe(7)
+    h.cumulative() -> [(0.1, 1), (1.0, 2), (inf, 3)]; h.sum -> 7.55
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"histogram bounds must be strictly increasing, got {bounds!r}")
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound falls in that bucket (Prometheus's `le`).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
 class Stats:
     def __init__(self, startup_ms: float | None = None) -> None:
         self.started = time.time()
@@ -56,6 +94,8 @@ class Stats:
         self._latency: collections.deque[float] = collections.deque(maxlen=WINDOW)
         self._ttft: collections.deque[float] = collections.deque(maxlen=WINDOW)
         self._tps: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self.ttft_hist = Histogram(TTFT_BUCKETS_S)  # seconds
+        self.latency_hist = Histogram(GENERATION_BUCKETS_S)  # seconds, queue wait included
 
     def begin(self) -> float:
         self.requests_total += 1
@@ -74,9 +114,12 @@ class Stats:
         self.tokens_in += prompt_tokens
         self.tokens_cached += cached_tokens
         self.tokens_out += completion_tokens
-        self._latency.append((time.perf_counter() - t0) * 1000.0)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        self._latency.append(latency_ms)
+        self.latency_hist.observe(latency_ms / 1000.0)
         if ttft_ms is not None:
             self._ttft.append(ttft_ms)
+            self.ttft_hist.observe(ttft_ms / 1000.0)
         if tokens_per_s:
             self._tps.append(tokens_per_s)
 
