@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 
 from fakes import SLOW, FakeEngine
 from nanochat_lite.engine import Delta, Done, SamplingParams
@@ -98,9 +98,9 @@ class EchoEngine(FakeEngine):
 
     SLOW_DELAY_S = 0.02
 
-    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
-                 cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
-        payload = messages[-1]["content"]
+    def run(self, prep, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
+            cancel: threading.Event | None = None, slot: int = -1) -> Done:
+        payload = prep.messages[-1]["content"]
         text = payload
         if "\n" not in payload:
             text += f"\n\n- {payload}\n\n> {payload}\n\n| col |\n|---|\n| {payload} |\n"
@@ -117,7 +117,9 @@ class EchoEngine(FakeEngine):
             if slow:
                 time.sleep(self.SLOW_DELAY_S)
             sent.append(piece)
-            yield Delta(piece)
-        yield Done(text="".join(sent), finish_reason=finish, prompt_tokens=len(payload.split()) + 1,
-                   completion_tokens=len(sent), dropped_messages=0, ttft_ms=1.0, total_ms=2.0,
-                   decode_tokens_per_s=1000.0, seed=0)
+            emit(Delta(piece))
+        done = Done(text="".join(sent), finish_reason=finish, prompt_tokens=len(payload.split()) + 1,
+                    completion_tokens=len(sent), dropped_messages=0, ttft_ms=1.0, total_ms=2.0,
+                    decode_tokens_per_s=1000.0, seed=0)
+        emit(done)
+        return done
