@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import Config, ConfigError
+from .config import Config, ConfigError, db_setting
 
 
 class CLIError(Exception):
@@ -236,7 +236,7 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "home", None):
         config.home = Path(args.home).expanduser()
     if getattr(args, "db", None):
-        config.db = Path(args.db).expanduser()
+        config.db = db_setting(args.db)
     if config.threads < 1:
         raise CLIError(f"--threads must be at least 1, got {config.threads}")
     if not 16 <= config.ctx_size <= 131072:

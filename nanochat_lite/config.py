@@ -47,7 +47,9 @@ class Config:
     kv_size: int | None = None  # KV cache shared by all slots; None = ctx_size × 2
     batch_size: int = 256  # prefill chunk: between two chunks every other stream gets a token
     home: Path = field(default_factory=lambda: default_home(os.environ))
-    db: Path | None = None  # conversation store; None = in the home folder
+    # Conversation store: a SQLite file, or a postgresql:// URL (kept as text: a Path would
+    # fold its "//"); None = a SQLite file in the home folder.
+    db: Path | str | None = None
     environment: str = "production"
     seed: int | None = None  # server-wide default seed; None = random per request
 
@@ -69,14 +71,22 @@ class Config:
         if env.get("NANOCHAT_LITE_MAX_QUEUE"):
             c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
         if env.get("NANOCHAT_LITE_DB"):
-            c.db = Path(env["NANOCHAT_LITE_DB"]).expanduser()
+            c.db = db_setting(env["NANOCHAT_LITE_DB"])
         if env.get("NANOCHAT_LITE_ENV"):
             c.environment = env["NANOCHAT_LITE_ENV"]
         return c
 
     @property
-    def db_path(self) -> Path:
+    def db_path(self) -> Path | str:
+        """The store to open: a SQLite file path, or a postgresql:// URL."""
         return self.db if self.db is not None else self.home / "conversations.sqlite3"
+
+
+def db_setting(value: str) -> Path | str:
+    """--db / NANOCHAT_LITE_DB: a postgresql:// (or postgres://) URL as given, else a path."""
+    if value.lower().startswith(("postgresql://", "postgres://")):
+        return value
+    return Path(value).expanduser()
 
 
 class ConfigError(ValueError):

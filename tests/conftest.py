@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from llama_ref import LlamaRef
+from pgcluster import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from nanochat_lite import models
 from nanochat_lite.config import default_home
 

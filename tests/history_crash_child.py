@@ -1,6 +1,6 @@
 """Crash-test child: append messages to a conversation store until killed.
 
-    python tests/history_crash_child.py DB_PATH [--seed N] [--threads N] [--max-seconds S]
+    python tests/history_crash_child.py DB_PATH_OR_URL [--seed N] [--threads N] [--max-seconds S]
 
 Prints `ACK <conversation_id> <message_id> <content>` (one line, flushed) after each
 add_message returns, i.e. after the write committed. The parent SIGKILLs this process
@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanochat_lite.history import ConversationStore  # noqa: E402
+from nanochat_lite.history import Store, open_store  # noqa: E402
 
 _WORDS = ("alpha", "beta", "café", "naïve", "日本語", "🎉", "\"quoted\"", "NEAR(", "')--", "x" * 300)
 
 
-def _writer(store: ConversationStore, rng: random.Random, deadline: float, out: threading.Lock) -> None:
+def _writer(store: Store, rng: random.Random, deadline: float, out: threading.Lock) -> None:
     conversation_id = ""
     i = 0
     while time.monotonic() < deadline:
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=30.0)
     args = parser.parse_args()
     sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[attr-defined]
-    store = ConversationStore(args.path)
+    store = open_store(args.path)  # a SQLite path or a postgresql:// URL
     deadline = time.monotonic() + args.max_seconds
     out = threading.Lock()
     threads = [

@@ -1,4 +1,6 @@
-"""Behaviour of the conversation store (nanochat_lite.history)."""
+"""Behaviour of the conversation store (nanochat_lite.history): one suite for both
+backends (the `store` fixture runs each test on SQLite and on PostgreSQL), then the
+SQLite-only tests (pragmas, file migrations, SIGKILL of a writer)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanochat_lite import history
 from nanochat_lite.history import (
     MARK_END,
     MARK_START,
@@ -26,16 +27,28 @@ from nanochat_lite.history import (
     AlreadyExists,
     ConversationStore,
     NotFound,
+    Store,
     StoreError,
     make_title,
+    open_store,
 )
+from nanochat_lite.history import sqlite as history
 
 CHILD = Path(__file__).with_name("history_crash_child.py")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What open_store() takes: a SQLite file path, or the URL of a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "h.db")
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
-def store() -> Iterator[ConversationStore]:
-    s = ConversationStore(":memory:")
+def store(store_spec: str) -> Iterator[Store]:
+    s = open_store(store_spec)
+    assert isinstance(s, Store)
     yield s
     s.close()
 
@@ -48,7 +61,7 @@ def _message_rows(path: Path) -> int:
 # -- conversations -------------------------------------------------------------------
 
 
-def test_create_and_get(store: ConversationStore) -> None:
+def test_create_and_get(store: Store) -> None:
     c = store.create(system="be brief")
     assert len(c.id) == 32 and int(c.id, 16) >= 0
     assert (c.title, c.system, c.message_count) == ("", "be brief", 0)
@@ -60,7 +73,7 @@ def test_create_and_get(store: ConversationStore) -> None:
     assert store.get("chosen-id_1") == named
 
 
-def test_create_rejects_bad_or_taken_ids(store: ConversationStore) -> None:
+def test_create_rejects_bad_or_taken_ids(store: Store) -> None:
     store.create(conversation_id="abc")
     with pytest.raises(AlreadyExists):
         store.create(conversation_id="abc")
@@ -70,7 +83,7 @@ def test_create_rejects_bad_or_taken_ids(store: ConversationStore) -> None:
     assert store.list()[1] == 1
 
 
-def test_list_newest_activity_first_with_paging_and_total(store: ConversationStore) -> None:
+def test_list_newest_activity_first_with_paging_and_total(store: Store) -> None:
     ids = [store.create().id for _ in range(25)]
     store.add_message(ids[2], "user", "bump me to the top")
 
@@ -91,7 +104,7 @@ def test_list_newest_activity_first_with_paging_and_total(store: ConversationSto
         store.list(offset=-1)
 
 
-def test_rename(store: ConversationStore) -> None:
+def test_rename(store: Store) -> None:
     c = store.create()
     renamed = store.rename(c.id, "  Sourdough\nstarter  ")
     assert renamed.title == "Sourdough starter"
@@ -108,7 +121,7 @@ def test_rename(store: ConversationStore) -> None:
     assert store.get(c.id).title == "New name please"  # type: ignore[union-attr]
 
 
-def test_set_system(store: ConversationStore) -> None:
+def test_set_system(store: Store) -> None:
     c = store.create()
     store.set_system(c.id, "You are a pirate.")
     assert store.get(c.id).system == "You are a pirate."  # type: ignore[union-attr]
@@ -118,9 +131,8 @@ def test_set_system(store: ConversationStore) -> None:
         store.set_system("missing", "x")
 
 
-def test_delete_cascades_to_messages_and_search(tmp_path: Path) -> None:
-    path = tmp_path / "h.db"
-    with ConversationStore(path) as s:
+def test_delete_cascades_to_messages_and_search(store_spec: str) -> None:
+    with open_store(store_spec) as s:
         keep = s.create()
         gone = s.create()
         s.add_message(keep.id, "user", "keep this zebra")
@@ -139,10 +151,11 @@ def test_delete_cascades_to_messages_and_search(tmp_path: Path) -> None:
         assert [h["message_id"] for h in s.search("zebra")] == [1]
         assert s.list() == ([s.get(keep.id)], 1)
         assert s.integrity_check() == "ok"
-    assert _message_rows(path) == 1
+    if not store_spec.startswith("postgresql://"):
+        assert _message_rows(Path(store_spec)) == 1
 
 
-def test_unknown_ids(store: ConversationStore) -> None:
+def test_unknown_ids(store: Store) -> None:
     with pytest.raises(NotFound) as info:
         store.messages("no-such-id")
     assert isinstance(info.value, KeyError)
@@ -159,7 +172,7 @@ def test_unknown_ids(store: ConversationStore) -> None:
 # -- messages and titles -------------------------------------------------------------
 
 
-def test_messages_in_order_with_metadata(store: ConversationStore) -> None:
+def test_messages_in_order_with_metadata(store: Store) -> None:
     c = store.create()
     params = {"temperature": 0.7, "top_p": 0.9, "stop": ["\n\n"], "seed": None}
     a = store.add_message(c.id, "user", "first")
@@ -180,7 +193,7 @@ def test_messages_in_order_with_metadata(store: ConversationStore) -> None:
     assert store.messages(store.create().id) == []
 
 
-def test_add_message_validates_role_and_status(store: ConversationStore) -> None:
+def test_add_message_validates_role_and_status(store: Store) -> None:
     c = store.create()
     with pytest.raises(ValueError, match="role"):
         store.add_message(c.id, "tool", "x")
@@ -189,7 +202,7 @@ def test_add_message_validates_role_and_status(store: ConversationStore) -> None
     assert store.messages(c.id) == []
 
 
-def test_awkward_text_round_trips(store: ConversationStore) -> None:
+def test_awkward_text_round_trips(store: Store) -> None:
     c = store.create()
     odd = "nul\x00byte, emoji 👩‍👩‍👧, rtl שלום, " + "a" * 10_000
     assert store.add_message(c.id, "user", odd).content == odd
@@ -199,7 +212,7 @@ def test_awkward_text_round_trips(store: ConversationStore) -> None:
     assert m.content == "half \ufffd pair" == store.messages(c.id)[1].content
 
 
-def test_title_from_first_user_message(store: ConversationStore) -> None:
+def test_title_from_first_user_message(store: Store) -> None:
     c = store.create(system="sys")
     store.add_message(c.id, "assistant", "Hello! How can I help?")
     assert store.get(c.id).title == ""  # type: ignore[union-attr]
@@ -263,7 +276,7 @@ _CORPUS = {
 
 
 @pytest.fixture
-def corpus(store: ConversationStore) -> dict[str, int]:
+def corpus(store: Store) -> dict[str, int]:
     c = store.create(title="corpus")
     return {key: store.add_message(c.id, "user", text).id for key, text in _CORPUS.items()}
 
@@ -300,13 +313,13 @@ def corpus(store: ConversationStore) -> dict[str, int]:
     ],
 )
 def test_search_nasty_input_finds_the_right_message(
-    store: ConversationStore, corpus: dict[str, int], query: str, expected: set[str]
+    store: Store, corpus: dict[str, int], query: str, expected: set[str]
 ) -> None:
     hits = store.search(query)
     assert {h["message_id"] for h in hits} == {corpus[key] for key in expected}
 
 
-def test_search_never_raises(store: ConversationStore) -> None:
+def test_search_never_raises(store: Store) -> None:
     c = store.create()
     for text in _CORPUS.values():
         store.add_message(c.id, "assistant", text)
@@ -319,7 +332,7 @@ def test_search_never_raises(store: ConversationStore) -> None:
     check()
 
 
-def test_search_hits_shape_order_and_limit(store: ConversationStore) -> None:
+def test_search_hits_shape_order_and_limit(store: Store) -> None:
     a = store.create()
     b = store.create()
     store.add_message(a.id, "user", "Tell me about llamas")
@@ -345,10 +358,42 @@ def test_search_hits_shape_order_and_limit(store: ConversationStore) -> None:
     assert store.search("llamas", limit=0) == []
 
 
+def test_vectors_for_semantic_search(store: Store) -> None:
+    a = store.create(title="Vectors")
+    m1 = store.add_message(a.id, "user", "first \x00 text")
+    store.add_message(a.id, "assistant", "")  # empty messages are never embedded
+    m3 = store.add_message(a.id, "assistant", "third")
+    assert store.unembedded("mini", limit=10) == [(m1.id, "first \x00 text"), (m3.id, "third")]
+    assert store.unembedded("mini", limit=1) == [(m1.id, "first \x00 text")]
+    blob1, blob3 = bytes(range(256)) * 6, b"\x00\x01\x02\x03" * 384  # 384 float32s each
+    store.put_vectors("mini", [(m1.id, blob1), (m3.id, b"old"), (999_999, b"gone")])
+    store.put_vectors("mini", [(m3.id, blob3)])  # replaces
+    store.put_vectors("mini", [])
+    assert store.unembedded("mini", limit=10) == []
+    got = sorted(store.vectors("mini"), key=lambda pair: pair[0]["message_id"])
+    assert got == [
+        ({"conversation_id": a.id, "title": "Vectors", "message_id": m1.id, "role": "user",
+          "snippet": "first \x00 text", "created_at": m1.created_at}, blob1),
+        ({"conversation_id": a.id, "title": "Vectors", "message_id": m3.id, "role": "assistant",
+          "snippet": "third", "created_at": m3.created_at}, blob3),
+    ]
+    assert store.vectors("other-model") == []
+    store.delete(a.id)
+    assert store.vectors("mini") == [] and store.integrity_check() == "ok"
+
+
+def test_search_finds_text_around_a_nul(store: Store) -> None:
+    c = store.create()
+    m = store.add_message(c.id, "user", "nul\x00byte here")
+    hits = store.search("byte")
+    assert [h["message_id"] for h in hits] == [m.id]
+    assert MARK_START + "byte" + MARK_END in hits[0]["snippet"]
+
+
 # -- export --------------------------------------------------------------------------
 
 
-def test_export_json_round_trips(store: ConversationStore) -> None:
+def test_export_json_round_trips(store: Store) -> None:
     c = store.create(system="Be kind.")
     store.add_message(c.id, "user", "Hi 👋\nsecond line")
     store.add_message(c.id, "assistant", "Hello", params={"temperature": 0.2}, ttft_ms=12.5)
@@ -360,7 +405,7 @@ def test_export_json_round_trips(store: ConversationStore) -> None:
     assert "\n  " in store.export(c.id, "json")  # indented
 
 
-def test_export_markdown(store: ConversationStore) -> None:
+def test_export_markdown(store: Store) -> None:
     c = store.create(system="Be kind.")
     store.add_message(c.id, "user", "What is 2+2?")
     store.add_message(c.id, "assistant", "It is 4.")
@@ -382,18 +427,27 @@ def test_export_markdown(store: ConversationStore) -> None:
 # -- durability, schema, concurrency -------------------------------------------------
 
 
-def test_persists_across_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "er" / "history.db"  # parent folders are created
-    with ConversationStore(path) as s:
-        c = s.create(system="sys")
+def test_persists_across_close_and_reopen(store_spec: str, tmp_path: Path) -> None:
+    if not store_spec.startswith("postgresql://"):
+        store_spec = str(tmp_path / "deep" / "er" / "history.db")  # parent folders are created
+    with open_store(store_spec) as s:
+        c = s.create(system="sys\x00nul")
         s.add_message(c.id, "user", "remember the walrus")
         s.add_message(c.id, "assistant", "noted", params={"top_k": 40})
         before = (s.get(c.id), s.messages(c.id))
-    with ConversationStore(path) as s:
+    with open_store(store_spec) as s:
         assert (s.get(c.id), s.messages(c.id)) == before
         assert [h["message_id"] for h in s.search("walrus")] == [before[1][0].id]
         assert s.integrity_check() == "ok"
         assert s.add_message(c.id, "user", "more").id > before[1][-1].id
+
+
+def test_sqlite_users_do_not_import_psycopg(tmp_path: Path) -> None:
+    code = ("import sys; from nanochat_lite.history import open_store; "
+            f"s = open_store({str(tmp_path / 'h.db')!r}); s.create(); s.close(); "
+            "print(type(s).__name__, 'psycopg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["SQLiteStore", "False"]
 
 
 def test_every_write_is_committed_when_it_returns(tmp_path: Path) -> None:
@@ -409,7 +463,7 @@ def test_every_write_is_committed_when_it_returns(tmp_path: Path) -> None:
     s.close()
 
 
-def test_pragmas(store: ConversationStore, tmp_path: Path) -> None:
+def test_pragmas(tmp_path: Path) -> None:
     with ConversationStore(tmp_path / "p.db") as s:
         conn = s._conn
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -464,9 +518,9 @@ def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
         ConversationStore(path)
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+def test_concurrent_writers_lose_nothing(store_spec: str) -> None:
     threads_n, per_thread = 8, 30
-    with ConversationStore(tmp_path / "h.db") as s:
+    with open_store(store_spec) as s:
         shared = s.create().id
         own = [s.create().id for _ in range(threads_n)]
         barrier = threading.Barrier(threads_n)
@@ -505,13 +559,13 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         assert s.integrity_check() == "ok"
 
 
-def test_two_stores_on_one_file(tmp_path: Path) -> None:
-    """Two processes' worth of connections (a server and a CLI) wait for each other."""
-    path = tmp_path / "h.db"
-    a, b = ConversationStore(path), ConversationStore(path)
+def test_two_stores_on_one_database(store_spec: str) -> None:
+    """Two processes' worth of connections (two replicas, or a server and a CLI) wait for
+    each other; each sees the other's writes."""
+    a, b = open_store(store_spec), open_store(store_spec)
     c = a.create().id
 
-    def work(s: ConversationStore, tag: str) -> None:
+    def work(s: Store, tag: str) -> None:
         for i in range(40):
             s.add_message(c, "user", f"{tag}{i}")
 
@@ -523,6 +577,8 @@ def test_two_stores_on_one_file(tmp_path: Path) -> None:
     assert sorted(m.content for m in b.messages(c)) == sorted(
         [f"a{i}" for i in range(40)] + [f"b{i}" for i in range(40)])
     assert a.integrity_check() == b.integrity_check() == "ok"
+    assert b.get(c).title == "a0" or b.get(c).title == "b0"  # type: ignore[union-attr]
+    assert a.list() == b.list()
     a.close()
     b.close()
 

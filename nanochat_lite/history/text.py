@@ -1,7 +1,7 @@
 """Text rules of the conversation store: titles made from a first message, text
-SQLite can store, and FTS5 query expressions that can never be a syntax error.
+SQLite and PostgreSQL can store, and FTS5 query expressions that can never be a syntax error.
 
-Stdlib only; no database access here (see `history.py`).
+Stdlib only; no database access here (see `sqlite.py`, `postgres.py`).
 """
 
 from __future__ import annotations

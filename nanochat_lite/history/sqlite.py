@@ -1,6 +1,7 @@
-"""The conversation store: conversations and their messages in one SQLite file.
+"""The SQLite conversation store (the embedded default): conversations and their
+messages in one file.
 
-One `ConversationStore` owns one connection, used under a lock, so the server may call
+One `SQLiteStore` owns one connection, used under a lock, so the server may call
 it from any worker thread (never from the event loop: every method blocks, and every
 write waits for an fsync). Each write is one `BEGIN IMMEDIATE ... COMMIT` that has
 finished before the method returns, so whatever the server acknowledged survives a
@@ -14,7 +15,8 @@ The schema moves forward only, through `_MIGRATIONS`; a file written by a newer
 Nanochat-Lite is refused rather than guessed at.
 
 Not handled here: limits on message size (the server checks them), the model,
-embeddings and semantic search (later), reading configuration (the caller passes a path).
+computing embeddings (the server does; vectors are stored here), reading configuration
+(the caller passes a path). The interface and records are in `store.py`.
 """
 
 from __future__ import annotations
@@ -22,33 +24,34 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .history_text import (  # noqa: F401  (re-exported: part of this module's API)
-    MAX_QUERY_TERMS,
-    MAX_TITLE_CHARS,
-    TITLE_CHARS,
-    _clean,
-    _clean_title,
-    _match_expression,
-    make_title,
+from .store import (
+    HIT_KEYS,
+    MARK_END,
+    MARK_START,
+    AlreadyExists,
+    Conversation,
+    Message,
+    NotFound,
+    StoreError,
+    check_conversation_id,
+    check_export_format,
+    check_message,
+    check_page,
+    merge_hits,
+    render_export,
 )
+from .text import _clean, _clean_title, _match_expression, make_title
 
-ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "stopped", "failed", "interrupted")
 BUSY_TIMEOUT_MS = 5000  # another process (a CLI export) may hold the write lock briefly
-MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
-
-_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 # unicode61 with "So" added so emoji are words; remove_diacritics 2 lets "cafe" find "café".
 _TOKENIZE = "unicode61 remove_diacritics 2 categories 'L* N* Co So'"
 
@@ -140,54 +143,7 @@ _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
     prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params"""
 
 
-@dataclass
-class Message:
-    id: int
-    conversation_id: str
-    role: str  # "system" | "user" | "assistant"
-    content: str
-    status: str  # "complete" | "stopped" | "failed" | "interrupted"
-    created_at: float  # unix seconds
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttft_ms: float | None = None  # milliseconds, request start to first token
-    duration_ms: float | None = None  # milliseconds, whole generation
-    model: str | None = None
-    params: dict[str, Any] | None = None  # sampling parameters as given
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Conversation:
-    id: str  # uuid4 hex unless the caller chose one
-    title: str  # "" until set by rename() or by the first user message
-    system: str | None
-    created_at: float  # unix seconds
-    updated_at: float  # unix seconds of the last message (or creation)
-    message_count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class NotFound(KeyError):
-    """No conversation with this id."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0]) if self.args else "not found"
-
-
-class AlreadyExists(ValueError):
-    """create() was given a conversation_id that is already taken."""
-
-
-class StoreError(RuntimeError):
-    """The database file cannot be used; the message names the file and the fix."""
-
-
-class ConversationStore:
+class SQLiteStore:
     """Conversations and messages in the SQLite file at `path` (":memory:" for tests).
 
     Creates the file and its folder if needed and migrates the schema forward.
@@ -228,7 +184,7 @@ class ConversationStore:
         with self._lock:
             self._conn.close()
 
-    def __enter__(self) -> ConversationStore:
+    def __enter__(self) -> SQLiteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -245,11 +201,7 @@ class ConversationStore:
     ) -> Conversation:
         """A new, empty conversation. Raises AlreadyExists if conversation_id is taken,
         ValueError if it is not 1-64 characters of [0-9A-Za-z_-]."""
-        cid = uuid.uuid4().hex if conversation_id is None else conversation_id
-        if not isinstance(cid, str) or not _ID_RE.fullmatch(cid):
-            raise ValueError(
-                f"conversation_id {cid!r}: expected 1-64 characters of 0-9, A-Z, a-z, _ or -"
-            )
+        cid = check_conversation_id(uuid.uuid4().hex if conversation_id is None else conversation_id)
         clean_title = _clean_title(title or "")
         clean_system = None if system is None else _clean(system)
         with self._write() as conn:
@@ -270,8 +222,7 @@ class ConversationStore:
 
     def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]:
         """One page of conversations, most recently updated first, and the total count."""
-        if limit < 0 or offset < 0:
-            raise ValueError(f"limit={limit}, offset={offset}: both must be >= 0")
+        check_page(limit, offset)
         with self._read() as conn:
             rows = conn.execute(
                 _CONVERSATION_SELECT + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT ? OFFSET ?",
@@ -337,12 +288,7 @@ class ConversationStore:
         """Append a message and commit. Raises NotFound, or ValueError for an unknown
         role/status. Bumps updated_at; an untitled conversation takes its title from
         its first user message (see make_title). Lone surrogates become U+FFFD."""
-        if role not in ROLES:
-            raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-        if status not in STATUSES:
-            raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
-        if not isinstance(content, str):
-            raise TypeError(f"content must be str, got {type(content).__name__}")
+        check_message(role, status, content)
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
         with self._write() as conn:
@@ -404,14 +350,8 @@ class ConversationStore:
                    WHERE conversations_fts MATCH ? ORDER BY rank LIMIT ?""",
                 (MARK_START, MARK_END, expression, limit),
             ).fetchall()
-        keys = ("conversation_id", "title", "message_id", "role", "snippet", "created_at", "score")
-        hits = [dict(zip(keys, row)) for row in message_rows]
-        # Auto-titles repeat the first message; a title hit only adds conversations
-        # that no message hit already shows.
-        seen = {hit["conversation_id"] for hit in hits}
-        hits += [dict(zip(keys, row)) for row in title_rows if row[0] not in seen]
-        hits.sort(key=lambda hit: -hit["score"])
-        return hits[:limit]
+        return merge_hits([dict(zip(HIT_KEYS, row)) for row in message_rows],
+                          [dict(zip(HIT_KEYS, row)) for row in title_rows], limit)
 
     def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]:
         """(message id, content) of messages with no vector from `model` yet, oldest first."""
@@ -449,28 +389,13 @@ class ConversationStore:
         or "markdown" (title, then one bold-labelled section per message; a message that
         did not complete is marked, e.g. "**Assistant** _(stopped)_"). Raises NotFound,
         or ValueError for another fmt."""
-        if fmt not in ("json", "markdown"):
-            raise ValueError(f"export format {fmt!r}: expected 'json' or 'markdown'")
+        check_export_format(fmt)
         with self._read() as conn:
             conversation = self._get(conn, conversation_id)
             if conversation is None:
                 raise NotFound(f"no conversation {conversation_id}")
             messages = self._messages(conn, conversation_id)
-        if fmt == "json":
-            return json.dumps(
-                {"conversation": conversation.to_dict(), "messages": [m.to_dict() for m in messages]},
-                indent=2,
-                ensure_ascii=False,
-            )
-        parts = [f"# {conversation.title or 'Untitled conversation'}"]
-        if conversation.system:
-            parts.append(f"**System prompt**\n\n{conversation.system}")
-        for m in messages:
-            label = f"**{m.role.capitalize()}**"
-            if m.status != "complete":
-                label += f" _({m.status})_"
-            parts.append(f"{label}\n\n{m.content or '_(empty)_'}")
-        return "\n\n".join(parts) + "\n"
+        return render_export(conversation, messages, fmt)
 
     def integrity_check(self) -> str:
         """"ok", or what is wrong: SQLite's integrity_check, then foreign keys and the

@@ -1,0 +1,166 @@
+"""What every conversation store is: the `Store` protocol, the records it returns, its
+errors, and the rules both backends share (argument checks, export rendering).
+
+The backends (`sqlite.py`, `postgres.py`) give the same answers to the same calls: the
+same ids, order, paging, titles, statuses and search-hit shape. The server depends on
+this module's names only, never on a backend.
+
+Stdlib only; no database access here.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+ROLES = ("system", "user", "assistant")
+STATUSES = ("complete", "stopped", "failed", "interrupted")
+MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
+EXPORT_FORMATS = ("json", "markdown")
+
+_ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+@dataclass
+class Message:
+    id: int
+    conversation_id: str
+    role: str  # "system" | "user" | "assistant"
+    content: str
+    status: str  # "complete" | "stopped" | "failed" | "interrupted"
+    created_at: float  # unix seconds
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None  # milliseconds, request start to first token
+    duration_ms: float | None = None  # milliseconds, whole generation
+    model: str | None = None
+    params: dict[str, Any] | None = None  # sampling parameters as given
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Conversation:
+    id: str  # uuid4 hex unless the caller chose one
+    title: str  # "" until set by rename() or by the first user message
+    system: str | None
+    created_at: float  # unix seconds
+    updated_at: float  # unix seconds of the last message (or creation)
+    message_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NotFound(KeyError):
+    """No conversation with this id."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else "not found"
+
+
+class AlreadyExists(ValueError):
+    """create() was given a conversation_id that is already taken."""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message names it and the fix."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A conversation store. Every method blocks (call it from a worker thread, never
+    from the event loop) and is safe to call from several threads at once. Every write
+    has been committed durably when the method returns."""
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Store: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    def create(self, *, system: str | None = None, title: str | None = None,
+               conversation_id: str | None = None) -> Conversation: ...
+    def get(self, conversation_id: str) -> Conversation | None: ...
+    def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]: ...
+    def rename(self, conversation_id: str, title: str) -> Conversation: ...
+    def set_system(self, conversation_id: str, system: str | None) -> None: ...
+    def delete(self, conversation_id: str) -> bool: ...
+
+    def messages(self, conversation_id: str) -> builtins.list[Message]: ...
+    def add_message(self, conversation_id: str, role: str, content: str, *, status: str = "complete",
+                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                    ttft_ms: float | None = None, duration_ms: float | None = None,
+                    model: str | None = None, params: dict[str, Any] | None = None) -> Message: ...
+
+    def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]: ...
+    def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]: ...
+    def put_vectors(self, model: str, vectors: builtins.list[tuple[int, bytes]]) -> None: ...
+    def vectors(self, model: str) -> builtins.list[tuple[dict[str, Any], bytes]]: ...
+    def export(self, conversation_id: str, fmt: str) -> str: ...
+    def integrity_check(self) -> str: ...
+
+
+# -- rules shared by the backends ------------------------------------------------------
+
+HIT_KEYS = ("conversation_id", "title", "message_id", "role", "snippet", "created_at", "score")
+
+
+def check_conversation_id(cid: object) -> str:
+    if not isinstance(cid, str) or not _ID_RE.fullmatch(cid):
+        raise ValueError(
+            f"conversation_id {cid!r}: expected 1-64 characters of 0-9, A-Z, a-z, _ or -"
+        )
+    return cid
+
+
+def check_message(role: str, status: str, content: object) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+    if not isinstance(content, str):
+        raise TypeError(f"content must be str, got {type(content).__name__}")
+
+
+def check_page(limit: int, offset: int) -> None:
+    if limit < 0 or offset < 0:
+        raise ValueError(f"limit={limit}, offset={offset}: both must be >= 0")
+
+
+def check_export_format(fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt!r}: expected 'json' or 'markdown'")
+
+
+def merge_hits(message_hits: builtins.list[dict[str, Any]], title_hits: builtins.list[dict[str, Any]],
+               limit: int) -> builtins.list[dict[str, Any]]:
+    """Message hits plus title hits of conversations no message hit shows, best first.
+    (Auto-titles repeat the first message: a title hit must not show it twice.)"""
+    seen = {hit["conversation_id"] for hit in message_hits}
+    hits = message_hits + [hit for hit in title_hits if hit["conversation_id"] not in seen]
+    hits.sort(key=lambda hit: -hit["score"])
+    return hits[:limit]
+
+
+def render_export(conversation: Conversation, messages: builtins.list[Message], fmt: str) -> str:
+    """See Store.export: "json" ({"conversation": ..., "messages": [...]}, indented) or
+    "markdown" (title, then one bold-labelled section per message; a message that did not
+    complete is marked, e.g. "**Assistant** _(stopped)_")."""
+    if fmt == "json":
+        return json.dumps(
+            {"conversation": conversation.to_dict(), "messages": [m.to_dict() for m in messages]},
+            indent=2,
+            ensure_ascii=False,
+        )
+    parts = [f"# {conversation.title or 'Untitled conversation'}"]
+    if conversation.system:
+        parts.append(f"**System prompt**\n\n{conversation.system}")
+    for m in messages:
+        label = f"**{m.role.capitalize()}**"
+        if m.status != "complete":
+            label += f" _({m.status})_"
+        parts.append(f"{label}\n\n{m.content or '_(empty)_'}")
+    return "\n\n".join(parts) + "\n"
