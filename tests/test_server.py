@@ -63,8 +63,10 @@ def test_api_chat_returns_a_real_answer(server):
 def test_conversation_continues_with_its_history(server):
     first = post(server, "/api/chat", {"message": "My name is Zorblax.", "max_tokens": 20, "temperature": 0}).json()
     cid = first["data"]["conversation_id"]
+    # No repeat penalty here: llama.cpp counts the prompt in its window, and the name
+    # the model must repeat is in the prompt.
     second = post(server, "/api/chat", {"message": "What is my name?", "conversation_id": cid,
-                                        "max_tokens": 20, "temperature": 0}).json()
+                                        "max_tokens": 20, "temperature": 0, "repeat_penalty": 1.0}).json()
     assert second["data"]["conversation_id"] == cid
     # The second prompt holds the first turn (question and answer) plus the new message.
     u1, u2 = first["data"]["usage"], second["data"]["usage"]
