@@ -6,6 +6,7 @@ not depend on what other conversations did in the slot before it)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -20,6 +21,27 @@ COUNT = "Write the numbers from 1 to 500, separated by commas."
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
+
+
+def run_async(coro_fn):
+    """asyncio.run(coro_fn()) in a thread of its own: the browser tests' Playwright keeps
+    an event loop running in the main thread for the whole session."""
+    out: list = []
+
+    def target() -> None:
+        try:
+            out.append(("ok", asyncio.run(coro_fn())))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            out.append(("err", e))
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(300)
+    assert out, "the test's event loop did not finish within 300 s"
+    kind, value = out[0]
+    if kind == "err":
+        raise value
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +92,7 @@ def test_two_chats_stream_at_the_same_time_and_both_finish(engine2):
         finally:
             sch.close()
 
-    da, done_a, db, done_b = asyncio.run(main())
+    da, done_a, db, done_b = run_async(main)
     assert done_a.finish_reason in ("stop", "length") and done_b.finish_reason in ("stop", "length")
     assert done_a.completion_tokens > 10 and done_b.completion_tokens > 10
     # Interleaved, not one after the other: each got tokens before the other finished.
@@ -96,7 +118,7 @@ def test_cancel_frees_the_slot_for_the_next_queued_request(engine1):
         finally:
             sch.close()
 
-    t_cancel, d1, done1, d2, done2 = asyncio.run(main())
+    t_cancel, d1, done1, d2, done2 = run_async(main)
     assert done1.finish_reason == "cancelled" and len(d1) <= 7
     assert done2.finish_reason in ("stop", "length") and d2
     # The queued request started as soon as the slot was freed: its first token came
@@ -119,7 +141,7 @@ def test_a_cancelled_queued_request_leaves_the_queue_at_once(engine1):
         finally:
             sch.close()
 
-    done1, done2 = asyncio.run(main())
+    done1, done2 = run_async(main)
     assert done2.finish_reason == "cancelled" and done2.completion_tokens == 0
     assert done1.finish_reason == "cancelled"
 
@@ -139,7 +161,7 @@ def test_queue_cap_refuses_at_once(engine1):
         finally:
             sch.close()
 
-    asyncio.run(main())
+    run_async(main)
 
 
 def test_shared_prefix_is_computed_once_and_restored_into_every_slot(chat_model_path):
@@ -161,7 +183,7 @@ def test_shared_prefix_is_computed_once_and_restored_into_every_slot(chat_model_
             finally:
                 sch.close()
 
-        dones = asyncio.run(main())
+        dones = run_async(main)
         # Three new conversations in three slots: every one found the prefix cached.
         assert [d.cached_tokens >= len(prefix) for d in dones] == [True, True, True]
     finally:
@@ -185,7 +207,7 @@ def test_next_turn_goes_to_the_slot_holding_its_conversation(engine2):
         finally:
             sch.close()
 
-    prep, done = asyncio.run(main())
+    prep, done = run_async(main)
     # The whole earlier turn (prompt and answer) was reused from that slot's cache.
     assert done.cached_tokens > len(prep.tokens) // 2
 
@@ -214,5 +236,5 @@ def test_an_answer_does_not_depend_on_what_ran_in_the_slot_before(engine1):
         finally:
             sch.close()
 
-    first, again = asyncio.run(main())
+    first, again = run_async(main)
     assert first.text and again.text == first.text
