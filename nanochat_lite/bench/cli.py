@@ -1,12 +1,13 @@
 """`nanochat-lite bench`: every benchmark in one run, written to a folder.
 
     nanochat-lite bench [--quick] [--out DIR] [--threads N] [--sections cold,latency,...]
+                        [--llama-server PATH] [--llama-bench PATH] [--baseline-cmd '...'] [--serve-args '...']
 
 Writes `results.json`, `report.md` and PNG plots into DIR (default ./bench-out) and
 prints the same tables. Sections run in a fixed order; one that fails is reported
-with its error and the others still run. Run sizes are fixed per mode so a run ends
-in about 10 minutes on 2 cores (--quick: about 2, with 32-token answers instead of 64);
-nothing is extrapolated.
+with its error and the others still run. Run sizes are fixed per mode (--quick: fewer
+runs, 32-token answers instead of 64); nothing is extrapolated. Peers that were not
+given or are not installed are reported as such (see `peers.py`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,21 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "embeddings")
-CTX = 2048  # llama_cpp.server's default context; both servers get the same
+if TYPE_CHECKING:  # the module stays importable for --help without the bench extra
+    from .peers import PeerOptions
+
+SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings")
+CTX = 2048  # context per conversation, the same for every server (llama_cpp.server's default)
+# llama-server in the serving sections: 10 slots sharing one KV cache of 8192 cells when the
+# build has --kv-unified (else CTX per slot), so 10 simultaneous chats all get a slot.
+LLAMA_SERVER_PARALLEL, LLAMA_SERVER_UNIFIED_CTX = 10, 8192
 # Run sizes: (full, quick).
 COLD_RUNS = (5, 2)
 DECODE_RUNS, DECODE_TOKENS = (5, 2), (256, 128)
@@ -32,21 +40,38 @@ MAX_TOKENS = (64, 32)  # per answer in the latency and concurrency sections
 # No new latency request after this many seconds; a quiet machine needs about half.
 LATENCY_BUDGET_S = (240.0, 30.0)
 LEVELS = [1, 4, 10]
-REQUESTS_PER_CLIENT = (3, 1)
-TIME_BOX_S = (60.0, 10.0)  # per (server, transport, level) run of the concurrency section
-VERSIONS = ("nanochat-lite", "llama_cpp_python", "tiktoken", "tokenizers", "numpy", "starlette", "uvicorn",
-            "httpx", "websockets", "matplotlib")
+REQUESTS_PER_CLIENT = (1, 1)  # each a new conversation
+TIME_BOX_S = (120.0, 60.0)  # per (server, transport, level) run of the concurrency section
+# Fairness: a prompt of this many tokens while 3 streams of up to this many tokens run.
+FAIR_PROMPT_TOKENS, FAIR_STREAM_TOKENS = (3000, 1500), (1024, 256)
+FAIR_CTX = 8192  # the long prompt and three answers fit; 4 slots for llama-server
+FAIR_START_WAIT_S, FAIR_TIME_BOX_S = (30.0, 15.0), (240.0, 90.0)
+VERSIONS = ("nanochat-lite", "xllamacpp", "llama_cpp_python", "tiktoken", "tokenizers", "numpy", "starlette",
+            "uvicorn", "httpx", "websockets", "matplotlib")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark against llama_cpp.server and other peers; write a report",
+    p = sub.add_parser("bench", help="benchmark against llama-server and other peers; write a report",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer runs and requests (about 2 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer runs and requests, shorter answers (a smoke run, not for figures)")
     p.add_argument("--out", default="bench-out", help="output folder (default ./bench-out)")
     p.add_argument("--threads", "-t", type=int, help="CPU threads for every engine (default: all cores)")
     p.add_argument("--sections", help=f"comma-separated subset of: {','.join(SECTIONS)} (default: all)")
     p.add_argument("--model", "-m", help="a known model name or a .gguf path (default smollm2-135m-instruct)")
     p.add_argument("--home", help="model cache folder (env NANOCHAT_LITE_HOME)")
+    peers = p.add_argument_group("peers", "servers to compare with; each one left out is reported as such")
+    peers.add_argument("--llama-server", metavar="PATH", help="a llama.cpp llama-server binary (cold start, "
+                       f"concurrency with --parallel {LLAMA_SERVER_PARALLEL}, latency, memory, fairness)")
+    peers.add_argument("--llama-bench", metavar="PATH", help="a llama.cpp llama-bench binary: decode speed "
+                       "compared with its `-p 0 -n 128` figure")
+    peers.add_argument("--baseline-cmd", metavar="CMD", help="command template of another nanochat-lite build, "
+                       "labelled 'nanochat-lite (serial baseline)'; placeholders {port} (required), {db}, "
+                       "{threads}, {model}, {ctx}; e.g. '/tmp/old/.venv/bin/nanochat-lite serve --host 127.0.0.1 "
+                       "--port {port} --db {db} --threads {threads}'")
+    peers.add_argument("--serve-args", metavar="ARGS", default="", help="extra `nanochat-lite serve` flags for "
+                       "this checkout's server, one quoted string (e.g. '--parallel 10 --max-queue 64'; "
+                       "a single flag needs the = form: --serve-args=--parallel=4)")
 
 
 def _say(msg: str) -> None:
@@ -86,12 +111,15 @@ def _model_info(path: Path, home: Path) -> dict[str, Any]:
             "sha256_source": source}
 
 
-def build_header(model: Path, home: Path, threads: int, quick: bool, sections: list[str]) -> dict[str, Any]:
-    """Date, machine, versions and model identity; `duration_s`/`load_average_end` come at the end."""
+def build_header(model: Path, home: Path, threads: int, quick: bool, sections: list[str],
+                 peers: PeerOptions | None = None) -> dict[str, Any]:
+    """Date, machine, versions, peers and model identity; `duration_s`/`load_average_end` come at the end."""
+    from .peers import PeerOptions, peer_info
+
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "cores": os.cpu_count(),
             "threads": threads, "ctx": CTX, "python": platform.python_version(), "versions": _versions(),
-            "model": _model_info(model, home), "quick": quick, "sections": sections,
-            "load_average_start": os.getloadavg()[0]}
+            "peers": peer_info(peers or PeerOptions()), "model": _model_info(model, home), "quick": quick,
+            "sections": sections, "load_average_start": os.getloadavg()[0]}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -112,15 +140,42 @@ def _sections_arg(value: str | None) -> list[str]:
     return [s for s in SECTIONS if s in wanted]
 
 
-def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: list[str]) -> dict[str, Callable[[], Any]]:
-    """Section name -> a call that measures it. Sections 3-5 share one start of the servers."""
-    from . import embedding, latency, serving, tokenization
+def _peer_options(args: argparse.Namespace) -> PeerOptions:
+    """--llama-server/--llama-bench/--baseline-cmd/--serve-args, checked before anything runs."""
+    from ..cli import CLIError
+    from .peers import PeerOptions, parse_baseline
+
+    binaries: dict[str, Path | None] = {}
+    for flag in ("llama_server", "llama_bench"):
+        value = getattr(args, flag, None)
+        path = Path(value).expanduser() if value else None
+        if path is not None and not (path.is_file() and os.access(path, os.X_OK)):
+            raise CLIError(f"--{flag.replace('_', '-')} {value}: not an executable file; build it from llama.cpp "
+                           f"(README, Benchmarks) and give its path")
+        binaries[flag] = path
+    try:
+        serve_args = tuple(shlex.split(getattr(args, "serve_args", "") or ""))
+        baseline = getattr(args, "baseline_cmd", None)
+        if baseline:
+            parse_baseline(baseline)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    return PeerOptions(llama_server=binaries["llama_server"], llama_bench=binaries["llama_bench"],
+                       serve_args=serve_args, baseline_cmd=baseline or None)
+
+
+def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: list[str],
+                 opts: PeerOptions) -> dict[str, Callable[[], Any]]:
+    """Section name -> a call that measures it. latency/concurrency/memory share one start of the servers."""
+    from ..tokenizer import Tokenizer
+    from . import embedding, fairness, latency, peers, serving, tokenization
 
     q = 1 if quick else 0
     serving_results: dict[str, Any] = {}
 
     def cold() -> dict:
-        r = serving.cold_start(model, threads, CTX, COLD_RUNS[q], log=_say)
+        ps, absent = peers.serving_peers(opts, model, threads, CTX)  # llama-server with its own defaults
+        r = serving.cold_start(ps, absent, COLD_RUNS[q], log=_say)
         try:
             import transformers  # noqa: F401
             hf = "installed, not measured: needs this model in transformers format, which the model store lacks"
@@ -129,15 +184,19 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
         return {**r, "runs": COLD_RUNS[q], "transformers": hf}
 
     def decode() -> dict:
-        r = serving.decode_speed(model, threads, CTX, DECODE_RUNS[q], DECODE_TOKENS[q], log=_say)
+        r = serving.decode_speed(model, threads, CTX, DECODE_RUNS[q], DECODE_TOKENS[q], serve_args=opts.serve_args,
+                                 llama_bench=opts.llama_bench, log=_say)
         return {**r, "runs": DECODE_RUNS[q], "n_tokens": DECODE_TOKENS[q]}
 
     def served(name: str) -> Callable[[], dict]:
         def fn() -> dict:
             if not serving_results:  # the first of latency/concurrency/memory runs all that were asked for
                 try:
+                    ps, absent = peers.serving_peers(opts, model, threads, CTX, parallel=LLAMA_SERVER_PARALLEL,
+                                                     unified_ctx=LLAMA_SERVER_UNIFIED_CTX)
                     serving_results.update(latency.run(
-                        model, threads, CTX, sections={s for s in wanted if s in ("latency", "concurrency", "memory")},
+                        model, threads, peers=ps, absent=absent,
+                        sections={s for s in wanted if s in ("latency", "concurrency", "memory")},
                         requests=LATENCY_REQUESTS[q], budget_s=LATENCY_BUDGET_S[q], levels=LEVELS,
                         per_client=REQUESTS_PER_CLIENT[q], time_box_s=TIME_BOX_S[q], home=home,
                         max_tokens=MAX_TOKENS[q], log=_say))
@@ -148,6 +207,19 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
             return serving_results[name]
         return fn
 
+    def fair() -> dict:
+        # Our --ctx-size comes after --serve-args: the long prompt needs it whatever they say.
+        ps = [peers.nanochat(model, threads, CTX, opts.serve_args, after=("--ctx-size", str(FAIR_CTX)))]
+        absent = {}
+        if opts.llama_server:
+            ps.append(peers.llama_server(opts.llama_server, model, threads, ctx=FAIR_CTX // 2,
+                                         parallel=fairness.STREAMS + 1, unified_ctx=FAIR_CTX))
+        else:
+            absent[peers.LLAMA_SERVER] = peers.NOT_INSTALLED[peers.LLAMA_SERVER]
+        return fairness.run(ps, Tokenizer.from_gguf(model).count, prompt_tokens=FAIR_PROMPT_TOKENS[q],
+                            stream_tokens=FAIR_STREAM_TOKENS[q], start_wait_s=FAIR_START_WAIT_S[q],
+                            time_box_s=FAIR_TIME_BOX_S[q], absent=absent, log=_say)
+
     def embeddings() -> dict:
         from .. import models
 
@@ -155,7 +227,7 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
 
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
-            "embeddings": embeddings}
+            "fairness": fair, "embeddings": embeddings}
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
@@ -163,13 +235,15 @@ def run(args: argparse.Namespace, config: Any) -> int:
     from . import report
 
     wanted = _sections_arg(args.sections)
+    opts = _peer_options(args)
     model, _name = resolve_model(config)
     out_dir = Path(args.out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    header = build_header(model, config.home, config.threads, bool(args.quick), wanted)
+    header = build_header(model, config.home, config.threads, bool(args.quick), wanted, opts)
+    _say("\n".join(report.header_lines({**header, "duration_s": None, "load_average_end": None})))
     results: dict[str, Any] = {"header": header, "sections": {}}
-    fns = _section_fns(model, config.threads, args.quick, config.home, wanted)
+    fns = _section_fns(model, config.threads, args.quick, config.home, wanted, opts)
     for name in wanted:
         _say(f"\n== {name} ==")
         t0 = time.perf_counter()

@@ -3,6 +3,7 @@ streaming first-token timing, and summaries (median with min-max)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -48,16 +49,6 @@ def llama_cpp_server_cmd(port: int, model_path: Path, threads: int, ctx: int,
             "--n_ctx", str(ctx), *extra]
 
 
-def have_llama_cpp_server() -> bool:
-    try:
-        import fastapi  # noqa: F401
-        import sse_starlette  # noqa: F401
-        import starlette_context  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class Proc:
     """A server process started at `t0` (perf_counter), stopped on exit."""
 
@@ -74,6 +65,12 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.p.pid
+
+    def log_text(self) -> str:
+        """What the process has written to stderr so far. Read through a second open file:
+        seeking the shared one would move the child's write position too."""
+        with open(f"/proc/self/fd/{self.log.fileno()}", "rb") as f:
+            return f.read().decode(errors="replace")
 
     def wait_ready(self, path: str, timeout: float = 120.0) -> float:
         """Seconds from process start until GET path answers 200."""
@@ -139,11 +136,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import llama_cpp
-
+    try:
+        lcp = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        lcp = "not installed"
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__,
-            "load_average": os.getloadavg()[0]}
+            "python": platform.python_version(), "llama_cpp_python": lcp, "load_average": os.getloadavg()[0]}
 
 
 def settle_nanochat(url: str) -> None:

@@ -1,26 +1,25 @@
-"""End-to-end latency, concurrency and memory of the servers (bench sections 3-5).
+"""End-to-end latency, concurrency and memory of the servers (bench sections
+"latency", "concurrency", "memory"), all peers started once and side by side.
 
-Both servers run at once on the same GGUF, thread count and context size, so requests
-can alternate between them (a change in machine load then hits both alike); the idle
-one uses no CPU. Every request is an OpenAI-style streaming chat completion over HTTP
-with the same sampling (greedy, seed fixed); nanochat-lite is also driven over its
-WebSocket (`/ws`). Tokens are counted by re-encoding each streamed answer with the
-model's tokenizer, the same way for every peer.
+Every peer (see `peers.py`) runs at once on the same GGUF and thread count, so requests
+can alternate between them (a change in machine load then hits all alike); the idle
+ones use no CPU. Each gets one warm-up request before anything is measured.
 
-llama_cpp.server runs with `--interrupt_requests false`: by default a waiting request
-cuts the streaming one short, which would turn concurrency into truncated answers.
+- latency: sequential streamed chats, alternating servers request by request.
+- concurrency: 1, 4 and 10 clients sending at the same moment, each a NEW conversation
+  with its own prompt (a distinct story number), so no server can answer from a cached
+  prompt beyond the shared template start. Aggregate tokens/s = all completion tokens /
+  wall time from the first request sent to the last one finished. nanochat-lite is also
+  driven over its WebSocket.
+- memory: RSS idle and the highest RSS during the 10-client wave (`memory.py`), and the
+  KV-cache size each server allocated with these settings, when it says so.
 
-Memory (see `memory.py`) is read from `/proc/PID/status` of each server process.
-
-Not measured here: prompt caching across turns, long prompts, batching (neither
-server batches requests: both serve one generation at a time, first come first served).
+Not measured here: prompt caching across turns, long prompts (see `fairness.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import statistics
 import tempfile
 import threading
 import time
@@ -30,10 +29,12 @@ from typing import Any, Callable
 
 import httpx
 
-from .common import Proc, free_port, have_llama_cpp_server, llama_cpp_server_cmd, nanochat_cmd, settle_nanochat
-from .memory import RssSampler, embeddings_memory, proc_memory
+from .client import SAMPLING, Ask, Sample, http_request, request_body, summarize, ws_request
+from .common import Proc, settle_nanochat
+from .memory import RssSampler, embeddings_memory, kv_cache_bytes, proc_memory
+from .peers import BASELINE, LLAMA_SERVER, NANO, NANO_DEFAULTS, Peer
 
-# Varied, realistic user turns: questions, instructions, small talk; cycled in order.
+# Varied, realistic user turns for the latency section: questions, instructions, small talk; cycled.
 PROMPTS = [
     "What is the capital of France, and what is it famous for?",
     "Give me three tips for sleeping better.",
@@ -46,169 +47,83 @@ PROMPTS = [
     "List some healthy snacks I can take on a long hike.",
     "Why is the sky blue?",
 ]
-MAX_TOKENS = 64
-# Greedy decoding with both servers' default repeat penalty: same work on both sides.
-SAMPLING = {"temperature": 0.0, "top_k": 40, "top_p": 0.9, "min_p": 0.05, "repeat_penalty": 1.1, "seed": 42}
-LLAMA_EXTRA = ("--interrupt_requests", "false")
-NANO, LLAMA = "nanochat-lite", "llama_cpp.server"
+WARMUP_PROMPT = "Hello! Who are you?"
+TOPICS = [
+    "a lighthouse keeper", "a lost umbrella", "a robot gardener", "a dragon who bakes bread", "a night train",
+    "a painter who cannot see blue", "a cat on a sailboat", "the last bookshop in town", "a snowman in July",
+    "a clockmaker's apprentice", "a whale that sings jazz", "a village without mirrors", "a kite that flew away",
+    "an astronaut's grandmother", "a forgotten birthday", "a bridge that talks", "a fox and a violin",
+    "a city under the sea", "a detective who is a dog", "the first day of school on Mars",
+]
+# Each route of a server draws its prompts from its own range, so no prompt repeats on a server.
+_ROUTE_PROMPT_BASE = {"http": 0, "ws": 10_000}
 
 
-@dataclass(frozen=True)
-class Ask:
-    """How every request is made and measured: answer length and the token counter."""
-
-    count: Callable[[str], int]  # text -> tokens (the model's tokenizer)
-    max_tokens: int = MAX_TOKENS
+def story_prompt(n: int) -> str:
+    """The n-th distinct new-conversation prompt. 0 -> 'Write a short story about a
+    lighthouse keeper (story number 1).'"""
+    return f"Write a short story about {TOPICS[n % len(TOPICS)]} (story number {n + 1})."
 
 
 @dataclass
-class Sample:
-    ok: bool
-    ttft_ms: float = 0.0
-    total_ms: float = 0.0
-    tokens: int = 0  # streamed so far, also for a cut request
-    decode_tok_s: float | None = None  # None for answers of a single token
-    error: str = ""
-    cut: bool = False  # stopped by the time box while streaming (not an error)
+class Running:
+    peer: Peer
+    proc: Proc
 
-
-def percentiles(values: list[float], digits: int = 1) -> dict[str, Any]:
-    """Median, nearest-rank p95/p99, min, max, n. [1, 2, 3, 4] -> median 2.5, p95 4."""
-    if not values:
-        return {"n": 0}
-    s = sorted(values)
-
-    def rank(q: float) -> float:
-        return s[max(0, min(len(s) - 1, -(-q * len(s) // 100) - 1))]
-
-    return {"median": round(statistics.median(s), digits), "p95": round(rank(95), digits),
-            "p99": round(rank(99), digits), "min": round(s[0], digits), "max": round(s[-1], digits), "n": len(s)}
-
-
-# -- one request ------------------------------------------------------------------------
-NO_DEADLINE = float("inf")
-
-
-class _Cut(Exception):
-    """The time box ended while the answer was streaming."""
-
-
-def _finish(t0: float, first: float | None, last: float | None, text: str, ask: Ask,
-            cut: bool = False) -> Sample:
-    end = time.perf_counter()
-    tokens = ask.count(text) if text else 0
-    if cut:
-        return Sample(ok=False, total_ms=(end - t0) * 1000, tokens=tokens, cut=True, error="cut by the time box")
-    if first is None or last is None:
-        return Sample(ok=False, total_ms=(end - t0) * 1000, error="no content in the answer")
-    tps = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
-    return Sample(ok=True, ttft_ms=(first - t0) * 1000, total_ms=(end - t0) * 1000, tokens=tokens, decode_tok_s=tps)
-
-
-def http_request(client: httpx.Client, url: str, prompt: str, ask: Ask,
-                 deadline: float = NO_DEADLINE) -> Sample:
-    """One streamed /v1/chat/completions; times from just before the request is sent.
-    Past `deadline` the stream is closed (the server then cancels the generation)."""
-    body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": ask.max_tokens,
-            "stream": True, **SAMPLING}
-    t0 = time.perf_counter()
-    first = last = None
-    parts: list[str] = []
-    # A request still queued at the deadline gets no line to check it on: the read timeout cuts it.
-    read_s = max(0.1, min(300.0, deadline - t0))
-    try:
-        with client.stream("POST", url + "/v1/chat/completions", json=body,
-                           timeout=httpx.Timeout(300.0, read=read_s)) as r:
-            if r.status_code != 200:
-                return Sample(ok=False, error=f"HTTP {r.status_code}: {r.read()[:200]!r}")
-            for line in r.iter_lines():
-                if time.perf_counter() > deadline:
-                    raise _Cut
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                for ch in json.loads(line[6:]).get("choices", []):
-                    if text := ch.get("delta", {}).get("content"):
-                        last = time.perf_counter()
-                        first = first or last
-                        parts.append(text)
-    except _Cut:
-        return _finish(t0, first, last, "".join(parts), ask, cut=True)
-    except httpx.ReadTimeout as e:
-        if time.perf_counter() > deadline:
-            return _finish(t0, first, last, "".join(parts), ask, cut=True)
-        return Sample(ok=False, error=f"ReadTimeout: {e}")
-    except (httpx.HTTPError, ValueError) as e:
-        return Sample(ok=False, error=f"{type(e).__name__}: {e}")
-    return _finish(t0, first, last, "".join(parts), ask)
-
-
-def ws_request(ws: Any, prompt: str, ask: Ask, deadline: float = NO_DEADLINE) -> Sample:
-    """One chat over an open nanochat-lite WebSocket (frames: start, token..., done).
-    Past `deadline` it stops waiting; the caller closes the socket, which cancels the generation."""
-    t0 = time.perf_counter()
-    first = last = None
-    parts: list[str] = []
-    try:
-        ws.send(json.dumps({"type": "chat", "message": prompt, "max_tokens": ask.max_tokens, **SAMPLING}))
-        while True:
-            if time.perf_counter() > deadline:
-                raise _Cut
-            try:
-                frame = json.loads(ws.recv(timeout=max(0.0, min(300.0, deadline - time.perf_counter()))))
-            except TimeoutError:
-                if time.perf_counter() > deadline:
-                    raise _Cut from None
-                raise
-            if frame["type"] == "token" and frame["text"]:
-                last = time.perf_counter()
-                first = first or last
-                parts.append(frame["text"])
-            elif frame["type"] == "done":
-                break
-            elif frame["type"] == "error":
-                return Sample(ok=False, error=f"{frame.get('code')}: {frame.get('message')}")
-    except _Cut:
-        return _finish(t0, first, last, "".join(parts), ask, cut=True)
-    except Exception as e:  # websockets' ConnectionClosed, TimeoutError
-        return Sample(ok=False, error=f"{type(e).__name__}: {e}")
-    return _finish(t0, first, last, "".join(parts), ask)
+    @property
+    def url(self) -> str:
+        return self.proc.url
 
 
 # -- servers -----------------------------------------------------------------------------
-def start_servers(model_path: Path, threads: int, ctx: int, tmp: Path, *, llama: bool) -> dict[str, Proc]:
-    servers: dict[str, Proc] = {}
+def start_servers(peers: list[Peer], scratch: Path, log: Callable[[str], None] = print
+                  ) -> tuple[dict[str, Running], dict[str, str]]:
+    """Start every peer and wait until each is ready. nanochat-lite must start; another
+    peer that fails is left out and reported: ({name: running}, {name: why it is absent})."""
+    servers: dict[str, Running] = {}
+    failed: dict[str, str] = {}
     try:
-        port = free_port()
-        servers[NANO] = Proc(nanochat_cmd(port, str(model_path), threads, ctx, tmp / "bench.sqlite3"), port)
-        servers[NANO].wait_ready("/api/health")
-        if llama and have_llama_cpp_server():
-            port = free_port()
-            servers[LLAMA] = Proc(llama_cpp_server_cmd(port, model_path, threads, ctx, LLAMA_EXTRA), port)
-            servers[LLAMA].wait_ready("/v1/models")
+        for peer in peers:
+            proc = peer.start(scratch)
+            try:
+                proc.wait_ready(peer.ready_path)
+            except Exception as e:
+                proc.stop()
+                if peer.name == NANO:
+                    raise
+                failed[peer.name] = f"failed to start: {e}"[:500]
+                log(f"  {peer.name}: {failed[peer.name]}")
+                continue
+            servers[peer.name] = Running(peer, proc)
     except BaseException:
         stop_servers(servers)
         raise
-    return servers
+    return servers, failed
 
 
-def stop_servers(servers: dict[str, Proc]) -> None:
-    for p in servers.values():
-        p.stop()
+def stop_servers(servers: dict[str, Running]) -> None:
+    for r in servers.values():
+        r.proc.stop()
+
+
+def settle(servers: dict[str, Running]) -> None:
+    """Let every nanochat-lite load its own tokenizer now (see `settle_nanochat`)."""
+    for r in servers.values():
+        if r.peer.nanochat:
+            with contextlib.suppress(httpx.HTTPError):
+                settle_nanochat(r.url)
+
+
+def warm_up(servers: dict[str, Running], ask: Ask) -> None:
+    """One request to every server, not counted."""
+    with httpx.Client(timeout=300) as c:
+        for r in servers.values():
+            http_request(c, r.url, request_body(r.peer, WARMUP_PROMPT, ask.max_tokens), ask)
 
 
 # -- sections ----------------------------------------------------------------------------
-def _sample_summary(samples: list[Sample]) -> dict[str, Any]:
-    ok = [s for s in samples if s.ok]
-    bad = [s for s in samples if not s.ok and not s.cut]
-    return {"requests": len(samples), "completed": len(ok), "errors": len(bad),
-            "cut_by_time_box": sum(s.cut for s in samples), "error_examples": sorted({s.error for s in bad})[:3],
-            "ttft_ms": percentiles([s.ttft_ms for s in ok]), "total_ms": percentiles([s.total_ms for s in ok]),
-            "decode_tok_s": percentiles([s.decode_tok_s for s in ok if s.decode_tok_s is not None]),
-            "tokens": percentiles([float(s.tokens) for s in ok], 0)}
-
-
-def end_to_end(servers: dict[str, Proc], requests: int, ask: Ask, budget_s: float,
-               log=print) -> dict:
+def end_to_end(servers: dict[str, Running], requests: int, ask: Ask, budget_s: float,
+               log: Callable[[str], None] = print) -> dict:
     """Up to `requests` sequential streamed chats per server, alternating servers request by
     request; no new round starts after `budget_s` seconds (the count sent is reported)."""
     samples: dict[str, list[Sample]] = {name: [] for name in servers}
@@ -219,8 +134,9 @@ def end_to_end(servers: dict[str, Proc], requests: int, ask: Ask, budget_s: floa
             if time.perf_counter() > stop_at:
                 log(f"  time budget of {budget_s:.0f} s reached after {i} requests per server")
                 break
-            for name, p in servers.items():
-                samples[name].append(http_request(clients[name], p.url, PROMPTS[i % len(PROMPTS)], ask))
+            for name, r in servers.items():
+                body = request_body(r.peer, PROMPTS[i % len(PROMPTS)], ask.max_tokens)
+                samples[name].append(http_request(clients[name], r.url, body, ask))
             if (i + 1) % 10 == 0 or i + 1 == requests:
                 log(f"  {i + 1}/{requests} requests per server")
     finally:
@@ -228,23 +144,24 @@ def end_to_end(servers: dict[str, Proc], requests: int, ask: Ask, budget_s: floa
             c.close()
     return {"planned_per_server": requests, "budget_s": budget_s, "max_tokens": ask.max_tokens, "sampling": SAMPLING,
             "prompts": len(PROMPTS), "transport": "HTTP, OpenAI /v1/chat/completions streaming",
-            "peers": {name: _sample_summary(s) for name, s in samples.items()}}
+            "peers": {name: summarize(s) for name, s in samples.items()}}
 
 
-def _client_loop(send: Callable[[str, float], Sample], index: int, per_client: int, time_box_s: float,
+def _client_loop(send: Callable[[str, float], Sample], prompts: list[str], time_box_s: float,
                  start: threading.Barrier, out: list[Sample]) -> None:
     start.wait()
     deadline = time.perf_counter() + time_box_s
-    for j in range(per_client):
+    for prompt in prompts:
         if time.perf_counter() > deadline:
             return  # requests not sent are reported as such, not estimated
-        out.append(send(PROMPTS[(index * per_client + j) % len(PROMPTS)], deadline))
+        out.append(send(prompt, deadline))
 
 
-def run_level(url: str, transport: str, clients: int, per_client: int, time_box_s: float,
-              ask: Ask) -> dict[str, Any]:
-    """`clients` simultaneous clients, each sending `per_client` requests one after another,
-    for at most `time_box_s` seconds (answers still streaming then are cut and counted)."""
+def run_level(server: Running, transport: str, clients: int, per_client: int, time_box_s: float,
+              ask: Ask, first_prompt: int = 0) -> dict[str, Any]:
+    """`clients` simultaneous clients, each sending `per_client` new conversations one after
+    another (prompts `story_prompt(first_prompt)` onwards, all distinct), for at most
+    `time_box_s` seconds (answers still streaming then are cut and counted)."""
     barrier = threading.Barrier(clients + 1)
     results: list[list[Sample]] = [[] for _ in range(clients)]
     with contextlib.ExitStack() as stack:  # closing a socket cancels what it still streams
@@ -253,7 +170,8 @@ def run_level(url: str, transport: str, clients: int, per_client: int, time_box_
             if transport == "ws":
                 from websockets.sync.client import connect
 
-                conns.append(stack.enter_context(connect(url.replace("http://", "ws://") + "/ws", max_size=4 << 20)))
+                ws_url = server.url.replace("http://", "ws://") + "/ws"
+                conns.append(stack.enter_context(connect(ws_url, max_size=4 << 20)))
             else:
                 conns.append(stack.enter_context(httpx.Client(timeout=300)))
         threads = []
@@ -261,10 +179,12 @@ def run_level(url: str, transport: str, clients: int, per_client: int, time_box_
             def send(prompt: str, deadline: float, conn: Any = conn) -> Sample:
                 if transport == "ws":
                     return ws_request(conn, prompt, ask, deadline)
-                return http_request(conn, url, prompt, ask, deadline)
+                return http_request(conn, server.url, request_body(server.peer, prompt, ask.max_tokens), ask,
+                                    deadline)
 
+            prompts = [story_prompt(first_prompt + i * per_client + j) for j in range(per_client)]
             threads.append(threading.Thread(target=_client_loop, daemon=True,
-                                             args=(send, i, per_client, time_box_s, barrier, results[i])))
+                                            args=(send, prompts, time_box_s, barrier, results[i])))
         for t in threads:
             t.start()
         barrier.wait()
@@ -273,77 +193,147 @@ def run_level(url: str, transport: str, clients: int, per_client: int, time_box_
             t.join()
         wall = time.perf_counter() - t0
     samples = [s for r in results for s in r]
-    out = _sample_summary(samples)
+    out = summarize(samples)
     out.update(clients=clients, planned=clients * per_client, wall_s=round(wall, 2),
                aggregate_tok_s=round(sum(s.tokens for s in samples) / wall, 1),
                time_boxed=len(samples) < clients * per_client or any(s.cut for s in samples))
     return out
 
 
-def concurrency(servers: dict[str, Proc], levels: list[int], per_client: int, time_box_s: float,
+def aggregate_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Aggregate tokens/s of nanochat-lite over each comparable peer, per level (HTTP routes).
+
+    {"nanochat-lite HTTP": {"10": {"aggregate_tok_s": 150}}, "llama-server HTTP": {"10": {"aggregate_tok_s": 100}}}
+    -> {"nanochat-lite / llama-server": {"10": 1.5}}
+    """
+    ours = results.get(f"{NANO} HTTP", {})
+    out: dict[str, dict[str, float]] = {}
+    for other in (LLAMA_SERVER, BASELINE):
+        theirs = results.get(f"{other} HTTP", {})
+        pairs = {lv: (ours[lv]["aggregate_tok_s"], theirs[lv]["aggregate_tok_s"]) for lv in ours if lv in theirs}
+        ratios = {lv: round(a / b, 2) for lv, (a, b) in pairs.items() if b > 0}
+        if ratios:
+            out[f"{NANO} / {other}"] = ratios
+    return out
+
+
+def concurrency(servers: dict[str, Running], levels: list[int], per_client: int, time_box_s: float,
                 ask: Ask, *, ws: bool = True, memory_at: int | None = None,
-                log=print) -> tuple[dict, dict[str, int]]:
+                log: Callable[[str], None] = print) -> tuple[dict, dict[str, int]]:
     """Each level for every (server, transport), alternating; returns (results, max RSS at `memory_at`)."""
     routes = [(name, "http") for name in servers] + ([(NANO, "ws")] if ws and NANO in servers else [])
     out: dict[str, dict[str, Any]] = {f"{name} {t.upper()}": {} for name, t in routes}
+    next_prompt = {route: _ROUTE_PROMPT_BASE[route[1]] for route in routes}
     load_rss: dict[str, int] = {}
     for level in levels:
         for name, transport in routes:
-            p = servers[name]
-            with RssSampler(p.pid) as rss:
-                r = run_level(p.url, transport, level, per_client, time_box_s, ask)
+            server = servers[name]
+            with RssSampler(server.proc.pid) as rss:
+                r = run_level(server, transport, level, per_client, time_box_s, ask,
+                              first_prompt=next_prompt[(name, transport)])
+            next_prompt[(name, transport)] += level * per_client
             if level == memory_at and transport == "http":
                 load_rss[name] = rss.max_rss
             out[f"{name} {transport.upper()}"][str(level)] = r
-            log(f"  {name:<17} {transport.upper():<4} {level:>2} clients: ttft p50 {r['ttft_ms'].get('median', '-')} ms, "
-                f"{r['aggregate_tok_s']} tok/s total, {r['completed']}/{r['planned']} completed, {r['errors']} errors"
-                + (" (time box reached)" if r["time_boxed"] else ""))
+            ttft = r["ttft_ms"]
+            log(f"  {name:<31} {transport.upper():<4} {level:>2} clients: {r['completed']}/{r['planned']} completed, "
+                f"{r['aggregate_tok_s']} tok/s total, TTFT p50 {ttft.get('median', '-')} ms p95 {ttft.get('p95', '-')}"
+                f" ms, {r['errors']} errors" + (" (time box reached)" if r["time_boxed"] else ""))
+    ratios = aggregate_ratios(out)
+    for pair, by_level in ratios.items():
+        log(f"  aggregate tok/s {pair}: " + ", ".join(f"{lv} clients {v:.2f}×" for lv, v in by_level.items()))
     return {"levels": levels, "requests_per_client": per_client, "time_box_s": time_box_s,
-            "max_tokens": ask.max_tokens, "results": out}, load_rss
+            "max_tokens": ask.max_tokens, "prompts": "new conversations, distinct story prompts",
+            "results": out, "ratios": ratios}, load_rss
 
 
-def run(model_path: Path, threads: int, ctx: int, *, sections: set[str], requests: int, budget_s: float,
-        levels: list[int], per_client: int, time_box_s: float, home: Path, max_tokens: int = MAX_TOKENS,
-        llama: bool = True, ws: bool = True, log=print) -> dict[str, Any]:
-    """Sections "latency", "concurrency", "memory" (any subset) against one start of each server."""
+def _kv_cache(server: Running) -> dict[str, Any]:
+    """KV-cache bytes the server allocated, from its /api/stats (nanochat-lite) or its log (llama.cpp)."""
+    if server.peer.nanochat:
+        try:
+            found = kv_cache_bytes(httpx.get(server.url + "/api/stats", timeout=30).json())
+        except (httpx.HTTPError, ValueError) as e:
+            return {"bytes": None, "source": f"not reported (/api/stats: {type(e).__name__})"}
+        if found:
+            return {"bytes": found[1], "source": f"/api/stats {found[0]}"}
+        return {"bytes": None, "source": "not reported (/api/stats has no KV-cache size under engine)"}
+    from .peers import kv_cache_from_log
+
+    n = kv_cache_from_log(server.proc.log_text())
+    return {"bytes": n, "source": "its start-up log (llama_kv_cache: size = …)" if n else "not reported"}
+
+
+def run(model_path: Path, threads: int, *, peers: list[Peer], absent: dict[str, str], sections: set[str],
+        requests: int, budget_s: float, levels: list[int], per_client: int, time_box_s: float, home: Path,
+        max_tokens: int, ws: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sections "latency", "concurrency", "memory" (any subset) against one start of each peer."""
     from ..tokenizer import Tokenizer
 
     ask = Ask(Tokenizer.from_gguf(model_path).count, max_tokens)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = start_servers(model_path, threads, ctx, Path(tmp), llama=llama)
+        servers, failed = start_servers(peers, Path(tmp), log)
+        absent = {**absent, **failed}
         try:
-            settle_nanochat(servers[NANO].url)
+            settle(servers)
             time.sleep(0.5)
-            idle = {name: proc_memory(p.pid) for name, p in servers.items()}
-            with httpx.Client(timeout=300) as c:
-                for p in servers.values():  # warm-up, not counted
-                    http_request(c, p.url, PROMPTS[0], ask)
+            idle = {name: proc_memory(r.proc.pid) for name, r in servers.items()}
+            kv = {name: _kv_cache(r) for name, r in servers.items()}
+            warm_up(servers, ask)
             if "latency" in sections:
                 log(f"End-to-end latency: {requests} streamed chats per server, alternating")
-                out["latency"] = end_to_end(servers, requests, ask, budget_s, log)
+                out["latency"] = {**end_to_end(servers, requests, ask, budget_s, log), "absent": absent}
             mem_level = max(levels)
             if "concurrency" in sections or "memory" in sections:
                 lv = levels if "concurrency" in sections else [mem_level]
-                log(f"Concurrency: {lv} clients x {per_client} requests each (time box {time_box_s:.0f} s per run)")
+                log(f"Concurrency: {lv} simultaneous new conversations x {per_client} each, "
+                    f"{max_tokens} tokens (time box {time_box_s:.0f} s per run)")
                 conc, load_rss = concurrency(servers, lv, per_client, time_box_s, ask,
                                              ws=ws and "concurrency" in sections, memory_at=mem_level, log=log)
                 if "concurrency" in sections:
-                    out["concurrency"] = conc
+                    out["concurrency"] = {**conc, "absent": absent}
             if "memory" in sections:
-                mem: dict[str, Any] = {"load_clients": mem_level, "peers": {}}
-                for name, p in servers.items():
-                    after = proc_memory(p.pid)
+                mem: dict[str, Any] = {"load_clients": mem_level, "peers": {}, "absent": absent}
+                for name, r in servers.items():
+                    after = proc_memory(r.proc.pid)
                     mem["peers"][name] = {"idle_rss_bytes": idle[name]["rss_bytes"],
                                           "idle_peak_rss_bytes": idle[name]["peak_rss_bytes"],
                                           "load_max_rss_bytes": load_rss.get(name, 0),
-                                          "peak_rss_bytes": after["peak_rss_bytes"]}
+                                          "peak_rss_bytes": after["peak_rss_bytes"],
+                                          "kv_cache_bytes": kv[name]["bytes"], "kv_cache_source": kv[name]["source"]}
+                    log(f"  {name:<31} idle {idle[name]['rss_bytes'] >> 20} MB, max under {mem_level} chats "
+                        f"{load_rss.get(name, 0) >> 20} MB, KV cache "
+                        + (f"{kv[name]['bytes'] / (1 << 20):.1f} MB" if kv[name]["bytes"] else kv[name]["source"]))
                 try:
-                    mem["nanochat-lite + embeddings"] = embeddings_memory(servers[NANO], home, threads,
+                    mem["nanochat-lite + embeddings"] = embeddings_memory(servers[NANO].proc, home, threads,
                                                                          PROMPTS)
                 except Exception as e:  # the chat numbers stand on their own
                     mem["nanochat-lite + embeddings"] = {"error": f"{type(e).__name__}: {e}"}
                 out["memory"] = mem
         finally:
             stop_servers(servers)
+        if "memory" in sections:
+            out["memory"]["defaults"] = _default_settings_memory(model_path, threads, Path(tmp), log)
+    return out
+
+
+def _default_settings_memory(model_path: Path, threads: int, scratch: Path,
+                             log: Callable[[str], None]) -> dict[str, Any]:
+    """Idle RSS and KV cache of nanochat-lite started with its default settings (no
+    --ctx-size, no --serve-args): what a plain `nanochat-lite serve` allocates."""
+    from .peers import nanochat_defaults
+
+    servers, failed = start_servers([nanochat_defaults(model_path, threads)], scratch, log)
+    if NANO_DEFAULTS not in servers:  # the measured rows stand on their own
+        return {"error": failed.get(NANO_DEFAULTS, "did not start")}
+    try:
+        settle(servers)
+        time.sleep(0.5)
+        r = servers[NANO_DEFAULTS]
+        kv = _kv_cache(r)
+        out = {**proc_memory(r.proc.pid), "kv_cache_bytes": kv["bytes"], "kv_cache_source": kv["source"]}
+    finally:
+        stop_servers(servers)
+    log(f"  {NANO_DEFAULTS:<31} idle {out['rss_bytes'] >> 20} MB, KV cache "
+        + (f"{kv['bytes'] / (1 << 20):.1f} MB" if kv["bytes"] else kv["source"]))
     return out

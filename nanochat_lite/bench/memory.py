@@ -2,7 +2,8 @@
 
 VmRSS is resident memory now, VmHWM its peak since the process started. A sampler
 thread catches the highest VmRSS during a load the peak alone would not separate
-from start-up.
+from start-up. The KV-cache size is what the server itself reports; nothing here
+estimates it from the model's shape.
 """
 
 from __future__ import annotations
@@ -28,6 +29,30 @@ def proc_memory(pid: int) -> dict[str, int]:
                 key = "rss_bytes" if line.startswith("VmRSS") else "peak_rss_bytes"
                 out[key] = int(line.split()[1]) * 1024  # kB -> bytes
     return out
+
+
+def kv_cache_bytes(stats: Any) -> tuple[str, int] | None:
+    """The KV-cache size a nanochat-lite /api/stats reports under "engine": the first
+    number whose key path names both the KV cache ("kv") and bytes. A count of cells or
+    tokens is not a size, so it is not taken.
+
+    {"engine": {"slots": 4, "kv_cache_bytes": 1024}} -> ("engine.kv_cache_bytes", 1024)
+    {"engine": {"kv_cache": {"cells": 8192, "bytes": 96}}} -> ("engine.kv_cache.bytes", 96)
+    {"engine": {"kv_cells": 8192}} -> None
+    """
+    found: list[tuple[str, int]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and "kv" in path.lower():
+            found.append((path, int(node)))
+
+    if isinstance(stats, dict):
+        walk(stats.get("engine"), "engine")
+    in_bytes = [f for f in found if "byte" in f[0].lower()]
+    return in_bytes[0] if in_bytes else None
 
 
 class RssSampler:

@@ -1,16 +1,17 @@
-"""Cold start and decode speed, side by side in one run.
+"""Cold start and single-stream decode speed, side by side in one run.
 
-Cold start: process start -> health 200 -> first streamed token, for nanochat-lite
-and `python -m llama_cpp.server` on the same GGUF and thread count, alternating,
-median of N. Both get the same OpenAI-style streaming request (readiness for
-llama_cpp.server, which has no health route, is its first 200 from /v1/models: it
-loads the model before it listens).
+Cold start: process start -> ready -> first streamed token, for nanochat-lite and every
+peer given or installed (serial baseline, llama-server, llama_cpp.server) on the same
+GGUF and thread count, alternating, median of N. Every peer gets the same OpenAI-style
+streaming request; "ready" is the peer's own readiness route (`peers.py`).
 
 Decode: tokens/s between the first and last streamed token of a long answer through
-nanochat-lite's /api/chat, against llama-cpp-python's own `Llama.generate` loop on the
-same prompt tokens in this process (the server idle meanwhile), alternating.
+nanochat-lite's /api/chat, against llama-bench's `-p 0 -n 128` text-generation figure
+(decoding alone, no server, no sampling) when a binary is given, and against
+llama-cpp-python's own `Llama.generate` loop on the same prompt when that package is
+installed, alternating round by round.
 
-    python -m nanochat_lite.bench.serving [--runs 5] [--threads 2] [--json out.json]
+    python -m nanochat_lite.bench.serving [--runs 5] [--threads 2] [--llama-server PATH] [--llama-bench PATH]
 """
 
 from __future__ import annotations
@@ -18,50 +19,65 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
-from .common import (Proc, fmt, free_port, have_llama_cpp_server, llama_cpp_server_cmd, machine, nanochat_cmd,
-                     settle_nanochat, stream_openai, summary)
+from .common import fmt, machine, settle_nanochat, stream_openai, summary
+from . import peers as _peers
+from .peers import NANO, Peer, PeerOptions, llama_bench_tg, nanochat, serving_peers
 
 FIRST_MESSAGES = [{"role": "user", "content": "Hello! Who are you?"}]
 LONG_PROMPT = "Write the numbers from 1 to 500, separated by commas."
+LLAMA_BENCH_TG = 128  # llama-bench -n: its usual tg128
 
 
-def cold_start(model_path: Path, threads: int, ctx: int, runs: int, log=print) -> dict:
-    peers = {"nanochat-lite": True, "llama_cpp.server": have_llama_cpp_server()}
-    results: dict[str, dict[str, list[float]]] = {p: {"health_s": [], "first_token_s": []} for p in peers if peers[p]}
+def cold_start(peers: list[Peer], absent: dict[str, str], runs: int,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    results: dict[str, dict[str, list[float]]] = {p.name: {"health_s": [], "first_token_s": []} for p in peers}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(runs):
-            for peer in results:
-                port = free_port()
-                if peer == "nanochat-lite":
-                    cmd = nanochat_cmd(port, str(model_path), threads, ctx, Path(tmp) / f"db{i}.sqlite3")
-                    ready_path = "/api/health"
-                else:
-                    cmd = llama_cpp_server_cmd(port, model_path, threads, ctx)
-                    ready_path = "/v1/models"
-                with Proc(cmd, port) as p:
-                    health = p.wait_ready(ready_path)
-                    first = stream_openai(p.url, FIRST_MESSAGES, max_tokens=4)["first"] - p.t0
-                results[peer]["health_s"].append(health)
-                results[peer]["first_token_s"].append(first)
-                log(f"  run {i + 1}/{runs} {peer:<17} health {health * 1000:7.0f} ms   first token {first * 1000:7.0f} ms")
-    out = {peer: {k: summary([v * 1000 for v in vals], 0) for k, vals in r.items()} for peer, r in results.items()}
-    if "llama_cpp.server" in out:
-        out["ratio_first_token"] = round(out["nanochat-lite"]["first_token_s"]["median"]
-                                         / out["llama_cpp.server"]["first_token_s"]["median"], 3)
-        out["ratio_health"] = round(out["nanochat-lite"]["health_s"]["median"]
-                                    / out["llama_cpp.server"]["health_s"]["median"], 3)
-    else:
-        out["llama_cpp.server"] = "not installed (pip install 'llama-cpp-python[server]')"
+            for peer in peers:
+                extra = {"n_predict": 4} if peer.n_predict else {}
+                with peer.start(Path(tmp)) as p:
+                    health = p.wait_ready(peer.ready_path)
+                    first = stream_openai(p.url, FIRST_MESSAGES, max_tokens=4, **extra)["first"] - p.t0
+                results[peer.name]["health_s"].append(health)
+                results[peer.name]["first_token_s"].append(first)
+                log(f"  run {i + 1}/{runs} {peer.name:<31} ready {health * 1000:7.0f} ms   "
+                    f"first token {first * 1000:7.0f} ms")
+    out: dict[str, Any] = {name: {k: summary([v * 1000 for v in vals], 0) for k, vals in r.items()}
+                           for name, r in results.items()}
+    out.update(absent)
+    ratios = {}
+    for name in results:
+        if name != NANO:
+            ratios[f"{NANO} / {name}"] = {
+                "first_token": round(out[NANO]["first_token_s"]["median"] / out[name]["first_token_s"]["median"], 3),
+                "health": round(out[NANO]["health_s"]["median"] / out[name]["health_s"]["median"], 3)}
+            log(f"  ratio {NANO} / {name}: first token {ratios[f'{NANO} / {name}']['first_token']:.2f}×")
+    out["ratios"] = ratios
+    out["peer_order"] = list(results)
     return out
 
 
-def _raw_generate_tps(llm, tokens: list[int], n: int) -> float:
+def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt as nanochat-lite builds it: the GGUF's template rendered in our sandbox;
+    template text may hold control tokens, message text may not."""
+    from ..template import ChatTemplate
+
+    template = ChatTemplate(llm.metadata.get("tokenizer.chat_template"))
+    ids: list[int] = []
+    for part in template.render_parts(messages):
+        ids += llm.tokenize(part.text.encode("utf-8"), add_bos=False, special=not part.is_content)
+    return ids
+
+
+def _raw_generate_tps(llm: Any, tokens: list[int], n: int) -> float:
     first = last = None
     count = 0
     for _tok in llm.generate(tokens, temp=0.0, repeat_penalty=1.0, top_k=40, top_p=0.9, min_p=0.05):
@@ -79,6 +95,7 @@ def _server_tps(url: str, n: int) -> tuple[float, int]:
     first = last = None
     tokens = 0
     with httpx.Client(timeout=300) as c, c.stream("POST", url + "/api/chat", json=body) as r:
+        r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: "):
                 continue
@@ -89,37 +106,57 @@ def _server_tps(url: str, n: int) -> tuple[float, int]:
                 last = now
             elif ev["type"] == "done":
                 tokens = ev["usage"]["completionTokens"]
+            elif ev["type"] == "error":
+                raise RuntimeError(f"/api/chat: {ev}")
+    if tokens < 2 or first is None or last is None or last <= first:
+        raise RuntimeError(f"/api/chat streamed {tokens} tokens: too few to time")
     # Deltas can merge tokens (a multi-byte character); rate by the server's token count.
     return (tokens - 1) / (last - first), tokens
 
 
-def decode_speed(model_path: Path, threads: int, ctx: int, runs: int, n_tokens: int = 256, log=print) -> dict:
-    import llama_cpp
+def decode_speed(model_path: Path, threads: int, ctx: int, runs: int, n_tokens: int = 256, *,
+                 serve_args: tuple[str, ...] = (), llama_bench: Path | None = None,
+                 llama_cpp_python: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    llm = None
+    if llama_cpp_python and _peers.have_llama_cpp_python():
+        import llama_cpp
 
-    from ..engine import Engine
-
-    engine = Engine(model_path, n_ctx=ctx, threads=threads)  # only to build the identical prompt tokens
-    tokens = engine.prompt_tokens([{"role": "user", "content": LONG_PROMPT}])
-    del engine
-    llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                          verbose=False)
+        llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
+                              verbose=False)
+        tokens = _prompt_tokens(llm, [{"role": "user", "content": LONG_PROMPT}])
     ours: list[float] = []
     raw: list[float] = []
+    bench: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        with Proc(nanochat_cmd(port, str(model_path), threads, ctx, Path(tmp) / "db.sqlite3"), port) as p:
-            p.wait_ready("/api/health")
+        peer = nanochat(model_path, threads, ctx, serve_args)
+        with peer.start(Path(tmp)) as p:
+            p.wait_ready(peer.ready_path)
             settle_nanochat(p.url)
-            _server_tps(p.url, 16)  # warm both
-            _raw_generate_tps(llm, tokens, 16)
+            _server_tps(p.url, 16)  # warm up
+            if llm is not None:
+                _raw_generate_tps(llm, tokens, 16)
             for i in range(runs):
                 tps, got = _server_tps(p.url, n_tokens)
                 ours.append(tps)
-                raw.append(_raw_generate_tps(llm, tokens, got))
-                log(f"  run {i + 1}/{runs} nanochat-lite /api/chat {ours[-1]:6.1f} tok/s   "
-                    f"llama-cpp-python generate {raw[-1]:6.1f} tok/s   ({got} tokens)")
-    out = {"nanochat-lite": summary(ours), "llama-cpp-python generate": summary(raw)}
-    out["ratio"] = round(out["nanochat-lite"]["median"] / out["llama-cpp-python generate"]["median"], 3)
+                line = f"  run {i + 1}/{runs} nanochat-lite /api/chat {tps:6.1f} tok/s ({got} tokens)"
+                if llm is not None:
+                    raw.append(_raw_generate_tps(llm, tokens, got))
+                    line += f"   llama-cpp-python generate {raw[-1]:6.1f} tok/s"
+                if llama_bench is not None:
+                    bench.append(llama_bench_tg(llama_bench, model_path, threads, LLAMA_BENCH_TG))
+                    line += f"   llama-bench tg{LLAMA_BENCH_TG} {bench[-1]:6.1f} tok/s"
+                log(line)
+    out: dict[str, Any] = {NANO: summary(ours)}
+    raw_name, bench_name = "llama-cpp-python generate", f"llama-bench tg{LLAMA_BENCH_TG}"
+    out[raw_name] = summary(raw) if raw else "not installed (pip install llama-cpp-python)"
+    out[bench_name] = summary(bench) if bench else "not given (--llama-bench PATH)"
+    if raw:
+        out["ratio_llama_cpp_python"] = round(out[NANO]["median"] / out[raw_name]["median"], 3)
+    if bench:
+        out["ratio_llama_bench"] = round(out[NANO]["median"] / out[bench_name]["median"], 3)
+    for key, label in (("ratio_llama_cpp_python", raw_name), ("ratio_llama_bench", bench_name)):
+        if key in out:
+            log(f"  ratio {NANO} / {label}: {out[key]:.3f}×")
     return out
 
 
@@ -127,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--ctx", type=int, default=2048, help="context size for both servers (llama_cpp.server's default)")
+    ap.add_argument("--ctx", type=int, default=2048, help="context size for every server (llama_cpp.server's default)")
     ap.add_argument("--model", help="GGUF path (default: the pulled default model)")
+    ap.add_argument("--llama-server", type=Path, help="a llama-server binary to compare cold start with")
+    ap.add_argument("--llama-bench", type=Path, help="a llama-bench binary to compare decode speed with")
+    ap.add_argument("--serve-args", default="", help="extra `nanochat-lite serve` flags, one quoted string")
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args(argv)
@@ -136,30 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import default_home
 
     model_path = Path(args.model) if args.model else models.ensure(default_home(os.environ), models.DEFAULT_CHAT)
+    opts = PeerOptions(llama_server=args.llama_server, llama_bench=args.llama_bench,
+                       serve_args=tuple(shlex.split(args.serve_args)))
     info = machine()
     print(f"# Serving benchmark — {info['date']} — {info['cpu']}, {info['cores']} cores, "
-          f"{args.threads} threads, ctx {args.ctx}, llama-cpp-python {info['llama_cpp_python']}, "
-          f"load average at start {info['load_average']:.2f}")
+          f"{args.threads} threads, ctx {args.ctx}, load average at start {info['load_average']:.2f}")
     print(f"Model: {model_path}")
     print(f"\nCold start (median of {args.runs}, alternating; ms from process start):")
-    cs = cold_start(model_path, args.threads, args.ctx, args.runs)
-    for peer in ("nanochat-lite", "llama_cpp.server"):
-        r = cs[peer]
-        if isinstance(r, str):
-            print(f"  {peer:<17} {r}")
-        else:
-            print(f"  {peer:<17} health 200: {fmt(r['health_s'], ' ms'):<24} first token: {fmt(r['first_token_s'], ' ms')}")
-    if "ratio_first_token" in cs:
-        print(f"  ratio nanochat-lite / llama_cpp.server: first token {cs['ratio_first_token']:.2f}×, "
-              f"health {cs['ratio_health']:.2f}×")
-    results = {"machine": info, "threads": args.threads, "ctx": args.ctx, "cold_start": cs}
+    peers, absent = serving_peers(opts, model_path, args.threads, args.ctx)
+    cs = cold_start(peers, absent, args.runs)
+    for name in cs["peer_order"]:
+        print(f"  {name:<31} ready: {fmt(cs[name]['health_s'], ' ms'):<24} "
+              f"first token: {fmt(cs[name]['first_token_s'], ' ms')}")
+    for name, why in absent.items():
+        print(f"  {name:<31} {why}")
+    results: dict[str, Any] = {"machine": info, "threads": args.threads, "ctx": args.ctx, "cold_start": cs}
     if not args.skip_decode:
         print(f"\nDecode speed (median of {args.runs}, tokens/s between first and last streamed token):")
-        ds = decode_speed(model_path, args.threads, args.ctx, args.runs)
-        print(f"  nanochat-lite /api/chat      {fmt(ds['nanochat-lite'], ' tok/s')}")
-        print(f"  llama-cpp-python generate    {fmt(ds['llama-cpp-python generate'], ' tok/s')}")
-        print(f"  ratio {ds['ratio']:.3f}×")
-        results["decode"] = ds
+        results["decode"] = decode_speed(model_path, args.threads, args.ctx, args.runs,
+                                         serve_args=opts.serve_args, llama_bench=opts.llama_bench)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
