@@ -177,7 +177,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--db", help="conversation store file (env NANOCHAT_LITE_DB)")
     add_security_flags(s)  # --api-key, --api-keys-file, --allowed-host, --cors-origin
     s.add_argument("--parallel", "-np", type=int,
-                   help="slots: answers generated at once, batched by llama.cpp (env NANOCHAT_LITE_PARALLEL; 4)")
+                   help="slots: answers generated at once, batched by llama.cpp (env NANOCHAT_LITE_PARALLEL; 10)")
     s.add_argument("--max-queue", type=int,
                    help="requests that may wait for a slot; past it 503 server_busy (env NANOCHAT_LITE_MAX_QUEUE; 64)")
     s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: ctx-size × 2)")
