@@ -35,6 +35,7 @@ from .engine import Delta, Done, EngineError, Prepared, SamplingParams
 log = logging.getLogger("nanochat_lite")
 
 PREFIX_FILE = "shared-prefix.bin"
+PREFIX_AFTER_IDLE_S = 0.3  # seconds without requests before the shared prefix is computed
 
 
 class QueueFull(EngineError):
@@ -261,9 +262,14 @@ class Scheduler:
             self._dispatch()
 
     def _share_prefix(self, shared_prefix: Callable[[], list[int]]) -> None:
-        """Evaluate the shared prefix in one idle slot, then copy it into the others."""
+        """Evaluate the shared prefix in one idle slot, then copy it into the others.
+
+        It waits for PREFIX_AFTER_IDLE_S without requests first: at start-up the first
+        request must not share the engine with this work (measured: it delayed the
+        first token)."""
         engine = self.engine
         try:
+            self._wait_idle(PREFIX_AFTER_IDLE_S)
             tokens = shared_prefix()
             if not tokens:
                 return
@@ -290,6 +296,16 @@ class Scheduler:
             self.prefix_tokens = len(tokens)
         except Exception as e:  # an optimisation only: requests work without it
             log.warning("could not share the prompt prefix between slots: %r", e)
+
+    def _wait_idle(self, quiet_s: float) -> None:
+        idle_since = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            if self._queue or any(s.ticket is not None for s in self._slots):
+                idle_since = now
+            elif now - idle_since >= quiet_s:
+                return
+            time.sleep(0.05)
 
     def _claim_idle(self, *, empty_only: bool = False) -> _Slot | None:
         with self._cv:
