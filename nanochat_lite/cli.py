@@ -180,7 +180,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="slots: answers generated at once, batched by llama.cpp (env NANOCHAT_LITE_PARALLEL; 10)")
     s.add_argument("--max-queue", type=int,
                    help="requests that may wait for a slot; past it 503 server_busy (env NANOCHAT_LITE_MAX_QUEUE; 64)")
-    s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: ctx-size)")
+    s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: 2 × ctx-size)")
     s.add_argument("--batch-size", "-b", type=int,
                    help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
 

@@ -45,7 +45,7 @@ class Config:
     # slots cost no memory since the KV cache is one pool shared by all (kv_size).
     parallel: int = 10
     max_queue: int = 64  # requests waiting for a slot; past it 503 server_busy
-    kv_size: int | None = None  # KV cache shared by all slots; None = ctx_size
+    kv_size: int | None = None  # KV cache shared by all slots; None = 2 × ctx_size
     # Prefill chunk: between two chunks every other stream gets a token. Measured with
     # three streams running while a 3,070-token prompt arrives: longest gap 3.6 s at
     # 256, 1.9 s at 128, 0.89 s at 64, and the long prompt's first token as late

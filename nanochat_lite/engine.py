@@ -159,7 +159,7 @@ class Engine:
                  kv_size: int | None = None, threads: int | None = None, batch: int = 64,
                  name: str | None = None) -> None:
         """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
-        the KV cache shared by all `parallel` slots (default: n_ctx)."""
+        the KV cache shared by all `parallel` slots (default: 2 × n_ctx)."""
         import xllamacpp  # ~30 ms, no numpy
 
         self.model_path = Path(model_path)
@@ -167,10 +167,11 @@ class Engine:
         self.threads = threads or os.cpu_count() or 1
         self.parallel = max(1, parallel)
         self.n_ctx = n_ctx
-        # The pool is allocated and zeroed at load: 8,192 tokens instead of 4,096 cost
-        # ~150 ms of start-up and 90 MB here, so by default it holds one full context;
-        # the scheduler makes answers wait when running ones have reserved it all.
-        self.kv_size = max(kv_size or n_ctx, n_ctx)
+        # The pool is allocated and zeroed at load (8,192 tokens instead of 4,096 cost
+        # ~150 ms of start-up and 90 MB here), and each running answer reserves its
+        # prompt + max_tokens in it (the scheduler makes answers wait when it is full):
+        # two contexts let ten chats with the default 512-token answers run at once.
+        self.kv_size = max(kv_size or 2 * n_ctx, n_ctx)
         self.batch = batch
         self._slot_dir = tempfile.mkdtemp(prefix="nanochat-slots-")
         key = secrets.token_urlsafe(24)
