@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from .engine import Delta, Done, EngineError, Prepared, SamplingParams
 
@@ -52,6 +52,18 @@ class EngineLike(Protocol):
 
     def run(self, prep: Prepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
             cancel: threading.Event | None = None, slot: int = -1) -> Done: ...
+
+    def erase_slot(self, slot: int) -> None: ...
+
+
+class PrefixEngine(EngineLike, Protocol):
+    """An engine that can fill, save and restore slots (for the shared prefix)."""
+
+    def fill_slot(self, slot: int, tokens: list[int]) -> None: ...
+
+    def save_slot(self, slot: int, name: str) -> None: ...
+
+    def restore_slot(self, slot: int, name: str) -> None: ...
 
 
 class Ticket:
@@ -254,7 +266,7 @@ class Scheduler:
 
     def _erase(self, slot: _Slot) -> None:
         try:
-            self.engine.erase_slot(slot.id)  # type: ignore[attr-defined]
+            self.engine.erase_slot(slot.id)
         except Exception as e:  # the pool then overflows into an engine error, reported per request
             log.warning("could not erase slot %d: %r", slot.id, e)
         with self._cv:
@@ -267,7 +279,7 @@ class Scheduler:
         It waits for PREFIX_AFTER_IDLE_S without requests first: at start-up the first
         request must not share the engine with this work (measured: it delayed the
         first token)."""
-        engine = self.engine
+        engine = cast(PrefixEngine, self.engine)  # only given shared_prefix with such an engine
         try:
             self._wait_idle(PREFIX_AFTER_IDLE_S)
             tokens = shared_prefix()
@@ -277,8 +289,8 @@ class Scheduler:
             if first is None:
                 return
             try:
-                engine.fill_slot(first.id, tokens)  # type: ignore[attr-defined]
-                engine.save_slot(first.id, PREFIX_FILE)  # type: ignore[attr-defined]
+                engine.fill_slot(first.id, tokens)
+                engine.save_slot(first.id, PREFIX_FILE)
                 self._release(first, tokens)
             except BaseException:
                 self._release(first, [])
@@ -288,7 +300,7 @@ class Scheduler:
                 if slot is None:
                     break
                 try:
-                    engine.restore_slot(slot.id, PREFIX_FILE)  # type: ignore[attr-defined]
+                    engine.restore_slot(slot.id, PREFIX_FILE)
                     self._release(slot, tokens)
                 except BaseException:
                     self._release(slot, [])
