@@ -152,10 +152,19 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
             return
         # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
         # starts (they would stop only the engine); give them back to uvicorn.
+        # Done (and waited for) before the engine is attached and "Ready" printed: a
+        # Ctrl-C in between would otherwise stop only the engine and leave the server up.
         while not server.started and not server.should_exit:
             time.sleep(0.002)
         if server.servers:
-            server.servers[0].get_loop().call_soon_threadsafe(_reinstall_signal_handlers)
+            restored = threading.Event()
+
+            def restore() -> None:
+                _reinstall_signal_handlers()
+                restored.set()
+
+            server.servers[0].get_loop().call_soon_threadsafe(restore)
+            restored.wait(5.0)
         scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.shared_prefix)
         runtime.set_engine(engine, scheduler)
         startup_ms = (time.time() - t_start) * 1000.0
