@@ -52,6 +52,11 @@ class EngineError(Exception):
 class ContextOverflow(EngineError):
     code = "context_overflow"
 
+    def __init__(self, message: str, *, n_prompt_tokens: int | None = None, n_ctx: int | None = None) -> None:
+        super().__init__(message)
+        self.n_prompt_tokens = n_prompt_tokens  # tokens the prompt needs
+        self.n_ctx = n_ctx  # tokens one conversation's context holds
+
 
 class ModelLoadError(EngineError):
     code = "model_load_error"
@@ -75,6 +80,10 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
+    # Per-request constraints and extras, passed to llama.cpp as they are:
+    json_schema: Any = None  # a JSON Schema (dict) the answer must match; None: free text
+    n_probs: int = 0  # > 0: each Delta carries its tokens' logprobs with this many alternatives
+    logit_bias: tuple[tuple[int, float | bool], ...] = ()  # (token id, bias); False bans the token
 
     def with_overrides(self, **kw: object) -> "SamplingParams":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -83,6 +92,11 @@ class SamplingParams:
 @dataclass
 class Delta:
     text: str
+    # With SamplingParams.n_probs > 0: one entry per token whose text this delta
+    # completes, {"id", "token", "bytes", "logprob", "top_logprobs": [{"id", "token",
+    # "bytes", "logprob"}, ...]} (llama.cpp's shape). A token held back for a possible
+    # stop string rides with the delta that finally sends its text.
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -98,6 +112,7 @@ class Done:
     seed: int
     cached_tokens: int = 0  # prompt tokens the slot's cache already held
     stats: dict = field(default_factory=dict)
+    logprobs: list[dict] | None = None  # every Delta's logprobs, in order (n_probs > 0)
 
     @property
     def total_tokens(self) -> int:
@@ -204,6 +219,10 @@ class Engine:
         self.internal_address = self._server.listening_address
         self._api = _InternalAPI(self.internal_address, key)
         props = self._api.call("GET", "/props")
+        try:
+            self.n_vocab: int | None = int(self._api.call("GET", "/v1/models")["data"][0]["meta"]["n_vocab"])
+        except (EngineError, KeyError, IndexError, TypeError, ValueError):
+            self.n_vocab = None
         self.add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
         self._bos_text = props.get("bos_token") or ""
         self.template = ChatTemplate(props.get("chat_template"), bos_token=self._bos_text,
@@ -277,7 +296,11 @@ class Engine:
         return ids
 
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._tokens_of(self.template.render_parts(messages))
+        """The prompt for a conversation. When the last message is the assistant's, its
+        text is continued (prefill): no generation prompt, and nothing after its text."""
+        prefill = bool(messages) and messages[-1]["role"] == "assistant"
+        return self._tokens_of(self.template.render_parts(messages, add_generation_prompt=not prefill,
+                                                          continue_final=prefill))
 
     def shared_prefix(self) -> list[int]:
         """Tokens every default conversation starts with: the template's text before the
@@ -325,7 +348,8 @@ class Engine:
                 raise ContextOverflow(
                     f"the message needs {need} tokens of prompt, but the context window holds "
                     f"{self.n_ctx} tokens and {room} must stay free for the answer. "
-                    "Send a shorter message, or start the server with a larger --ctx-size."
+                    "Send a shorter message, or start the server with a larger --ctx-size.",
+                    n_prompt_tokens=need, n_ctx=self.n_ctx,
                 )
             dropped, tokens = best
             # Do not open the kept history with an assistant turn.
@@ -334,6 +358,33 @@ class Engine:
                 tokens = attempt(dropped)
         max_new = min(params.max_tokens, self.n_ctx - len(tokens))
         return Prepared(tokens, dropped, max_new)
+
+    def prepare_text(self, text: str, params: SamplingParams) -> Prepared:
+        """A raw prompt (legacy completions), tokenized as llama-server's `/completion`
+        does: control-token text becomes control tokens, BOS added if the model wants it.
+        The whole prompt is the caller's own text, so there is no one to inject into."""
+        ids = self.tokenize(text, special=True)
+        if self.add_bos:
+            ids[:0] = self._bos_id
+        return self.prepare_tokens(ids, params)
+
+    def prepare_tokens(self, tokens: Sequence[int], params: SamplingParams) -> Prepared:
+        """A prompt given as token ids; raises ContextOverflow when it leaves no room for
+        an answer, EngineError for an id outside the vocabulary."""
+        tokens = list(tokens)
+        if not tokens:
+            raise EngineError("the prompt is empty")
+        if self.n_vocab is not None:
+            bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
+            if bad is not None:
+                raise EngineError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        room = min(params.max_tokens, MIN_ANSWER_ROOM)
+        if len(tokens) > self.n_ctx - room:
+            raise ContextOverflow(
+                f"the prompt has {len(tokens)} tokens, but the context window holds {self.n_ctx} tokens and "
+                f"{room} must stay free for the answer. Send a shorter prompt, or start the server with a "
+                "larger --ctx-size.", n_prompt_tokens=len(tokens), n_ctx=self.n_ctx)
+        return Prepared(tokens, 0, min(params.max_tokens, self.n_ctx - len(tokens)))
 
     # -- slots --------------------------------------------------------------------
     def fill_slot(self, slot: int, tokens: list[int]) -> None:
@@ -394,6 +445,13 @@ class Engine:
             "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
             "seed": seed,
         }
+        if params.json_schema is not None:
+            body["json_schema"] = _compact_json(params.json_schema)
+        if params.n_probs > 0:
+            body["n_probs"] = params.n_probs
+        if params.logit_bias:
+            body["logit_bias"] = [[tok, bias] for tok, bias in params.logit_bias]
+        all_probs: list[dict] | None = [] if params.n_probs > 0 else None
 
         def on_chunk(chunk: dict) -> bool:
             timings = chunk.get("timings")
@@ -402,6 +460,10 @@ class Engine:
                 st.cached = timings.get("cache_n", st.cached)
             choices = chunk.get("choices") or ()
             text = choices[0].get("text") if choices else None
+            if all_probs is not None and choices:
+                lp = choices[0].get("logprobs")
+                if lp and lp.get("content"):
+                    st.probs.extend(lp["content"])
             if text:
                 now = time.perf_counter()
                 if st.t_first is None:
@@ -409,9 +471,9 @@ class Engine:
                 st.t_last = now
                 st.held += text
                 out, st.held, hit = _split_stop(st.held, stops)
-                if out:
+                if out or (hit and st.probs):
                     st.parts.append(out)
-                    emit(Delta(out))
+                    emit(Delta(out, st.take_probs(all_probs)))
                 if hit:
                     st.finish, st.stop_hit = "stop", True
                     return True
@@ -434,10 +496,10 @@ class Engine:
         finally:
             with self._active_lock:
                 self._active -= 1
-        if not st.stop_hit and st.held:
-            # Text held back for a stop string that never came.
+        if not st.stop_hit and (st.held or st.probs):
+            # Text held back for a stop string that never came (or tokens without text).
             st.parts.append(st.held)
-            emit(Delta(st.held))
+            emit(Delta(st.held, st.take_probs(all_probs)))
         t_end = time.perf_counter()
         n = st.completion
         decode_s = (st.t_last - st.t_first) if (st.t_first and st.t_last and n > 1) else 0.0
@@ -452,6 +514,7 @@ class Engine:
             decode_tokens_per_s=((n - 1) / decode_s) if decode_s > 0 else 0.0,
             seed=seed,
             cached_tokens=st.cached,
+            logprobs=all_probs,
         )
         emit(done)
         return done
@@ -489,6 +552,27 @@ class _StreamState:
     t_last: float | None = None
     finish: str = "length"
     stop_hit: bool = False
+    probs: list[dict] = field(default_factory=list)  # logprobs of tokens not yet sent
+
+    def take_probs(self, into: list[dict] | None) -> list[dict] | None:
+        if into is None:
+            return None
+        out, self.probs = self.probs, []
+        into.extend(out)
+        return out
+
+
+def _compact_json(schema: Any) -> Any:
+    """The schema, asking for JSON without free whitespace.
+
+    This llama.cpp is built with llguidance, whose JSON grammar allows any run of
+    whitespace between tokens: a 135M model then fills max_tokens with newlines
+    (seen: 300 "\n   " tokens inside an array). Compact JSON cannot do that. A schema
+    that sets its own "x-guidance" options keeps them.
+    """
+    if isinstance(schema, dict) and "x-guidance" not in schema:
+        return {"x-guidance": {"whitespace_flexible": False}, **schema}
+    return schema
 
 
 def _split_stop(text: str, stops: tuple[str, ...], *, final: bool = False) -> tuple[str, str, bool]:

@@ -77,12 +77,18 @@ class ChatTemplate:
         except Exception as e:  # SecurityError, UndefinedError, TypeError from the template
             raise TemplateError(f"the chat template failed to render: {type(e).__name__}: {e}") from None
 
-    def render_parts(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[Part]:
+    def render_parts(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
+                     continue_final: bool = False) -> list[Part]:
         """Render with each message's content marked, so callers can tokenize it apart.
 
         Each content is replaced by a random marker, the template is rendered, and the
         result is split at the markers. A template that changes content (trims it, say)
         changes the marker instead, which we detect and then fall back to one piece.
+
+        `continue_final=True` (prefill) ends the prompt right after the last message's
+        content, leaving its turn open for the model to continue: the template's
+        end-of-turn text after it is cut off. Raises TemplateError when the template does
+        not copy that content verbatim (we could not tell where it ends).
         """
         nonce = secrets.token_hex(8)
         marked: list[dict[str, Any]] = []
@@ -94,7 +100,10 @@ class ChatTemplate:
         for i, m in enumerate(messages):
             marker = f"\x00{nonce}:{i}\x00"
             before, sep, after = rest.partition(marker)
-            if not sep:
+            if not sep or (continue_final and i == len(messages) - 1 and marker in after):
+                if continue_final:
+                    raise TemplateError("the chat template does not copy the last message verbatim, so its "
+                                        "text cannot be continued; end the conversation with a user message")
                 # The template did not copy this content verbatim; render for real.
                 return [Part(self.render(messages, add_generation_prompt=add_generation_prompt), False)]
             if before:
@@ -102,6 +111,8 @@ class ChatTemplate:
             if m["content"]:
                 parts.append(Part(m["content"], True))
             rest = after
+        if continue_final:
+            return parts  # the final turn stays open: drop the template's text after it
         if nonce in rest:
             return [Part(self.render(messages, add_generation_prompt=add_generation_prompt), False)]
         if rest:

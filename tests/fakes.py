@@ -16,6 +16,11 @@ Without a marker it emits the deltas of REPLY (at most `params.max_tokens` of th
 and a Done, in well under a millisecond. The prompt's "tokens" are fake: one per
 word, and the messages themselves ride along for the tests to inspect.
 
+With `params.n_probs > 0` each delta carries fake logprobs in llama.cpp's shape (the
+token itself first among `n_probs` alternatives, logprob -0.5, -1.5, ...). Raw
+prompts (`prepare_text`, `prepare_tokens`, for /v1/completions) become one
+"message" with role "raw" whose content is the text, or the ids joined by spaces.
+
 Not handled: tokenization, templates, stop strings (no test here needs them).
 """
 
@@ -60,6 +65,8 @@ class FakeEngine:
     n_ctx: int = 2048
     parallel: int = 1
     kv_size: int = 1 << 20
+    n_vocab: int = 1000
+    reply: Sequence[str] | None = None  # the deltas to send instead of REPLY
     calls: list[Call] = field(default_factory=list)
     prepared: list[list[dict[str, str]]] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)  # set when a SLOW generation began
@@ -71,9 +78,22 @@ class FakeEngine:
         self.prepared.append([dict(m) for m in messages])
         if OVERFLOW in messages[-1]["content"]:
             raise ContextOverflow(f"the message needs {self.n_ctx + 1} tokens of prompt, "
-                                  f"but the context window holds {self.n_ctx} tokens")
+                                  f"but the context window holds {self.n_ctx} tokens",
+                                  n_prompt_tokens=self.n_ctx + 1, n_ctx=self.n_ctx)
         n = 1 + sum(len(m["content"].split()) for m in messages)
         return FakePrepared(list(range(n)), 0, params.max_tokens, [dict(m) for m in messages])
+
+    def prepare_text(self, text: str, params: SamplingParams) -> FakePrepared:
+        return self.prepare([{"role": "raw", "content": text}], params)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return " ".join(map(str, tokens))
+
+    def prepare_tokens(self, tokens: Sequence[int], params: SamplingParams) -> FakePrepared:
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise EngineError(f"token id {bad[0]} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return self.prepare([{"role": "raw", "content": " ".join(map(str, tokens))}], params)
 
     def erase_slot(self, slot: int) -> None:
         pass
@@ -91,8 +111,9 @@ class FakeEngine:
             delay = SLOW_DELAY_S
             self.started.set()
         else:
-            pieces, delay = REPLY, 0.0
+            pieces, delay = (self.reply if self.reply is not None else REPLY), 0.0
         text: list[str] = []
+        all_probs: list[dict] = []
         finish = "stop"
         t_first: float | None = None
         for i, piece in enumerate(pieces):
@@ -111,7 +132,10 @@ class FakeEngine:
             t_first = t_first or time.perf_counter()
             text.append(piece)
             call.deltas += 1
-            emit(Delta(piece))
+            probs = _fake_probs(piece, params.n_probs) if params.n_probs > 0 else None
+            if probs is not None:
+                all_probs.extend(probs)
+            emit(Delta(piece, probs))
         t_end = time.perf_counter()
         call.finish_reason = finish
         done = Done(
@@ -124,6 +148,14 @@ class FakeEngine:
             total_ms=(t_end - t0) * 1000.0,
             decode_tokens_per_s=0.0,
             seed=params.seed if params.seed is not None else 0,
+            logprobs=all_probs if params.n_probs > 0 else None,
         )
         emit(done)
         return done
+
+
+def _fake_probs(piece: str, n: int) -> list[dict]:
+    """One token's logprobs in llama.cpp's shape: the piece first, then made-up rivals."""
+    alts = [piece] + [f"alt{k}" for k in range(1, n)]
+    top = [{"id": k, "token": t, "bytes": list(t.encode()), "logprob": -0.5 - k} for k, t in enumerate(alts)]
+    return [{**top[0], "top_logprobs": top}]

@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from . import chat_api, conversations_api, embeddings_api, openai_api, tokenize_api, ws
+from . import chat_api, conversations_api, embeddings_api, openai_api, openai_completions, tokenize_api, ws
 from .http import json_response
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .runtime import Runtime
@@ -94,6 +94,26 @@ async def openapi(request: Request) -> Response:
     return Response(doc, media_type="application/json")
 
 
+# Unprefixed aliases of OpenAI routes, as llama-server serves them. They are rewritten
+# to their /v1 path before anything else sees them, so that API keys, no-store and the
+# metrics' route labels apply to them exactly as to /v1 (a Route of their own would
+# bypass the key check, which guards /v1/*).
+OPENAI_ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/v1/completions",
+                  "/models": "/v1/models", "/embeddings": "/v1/embeddings"}
+
+
+class _OpenAIAliases:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            target = OPENAI_ALIASES.get(scope["path"])
+            if target is not None:
+                scope = {**scope, "path": target, "raw_path": target.encode()}
+        await self.app(scope, receive, send)
+
+
 class _SecuredStarlette(Starlette):
     """Starlette with the security middleware outermost, so that even the 500 answers of
     Starlette's ServerErrorMiddleware carry the security headers; the metrics middleware
@@ -106,7 +126,7 @@ class _SecuredStarlette(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         inner = MetricsMiddleware(super().build_middleware_stack(), self._metrics)
-        return SecurityMiddleware(inner, self._security, self._usage)
+        return _OpenAIAliases(SecurityMiddleware(inner, self._security, self._usage))
 
 
 def create_app(runtime: Runtime, extra_routes: list | None = None, *,
@@ -123,6 +143,7 @@ def create_app(runtime: Runtime, extra_routes: list | None = None, *,
         Route("/api/stats", stats),
         Route("/api/chat", chat_api.chat, methods=["POST"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai_completions.completions, methods=["POST"]),
         Route("/v1/models", openai_api.list_models),
         WebSocketRoute("/ws", ws.websocket_chat),
         Route("/api/conversations", conversations_api.list_conversations),

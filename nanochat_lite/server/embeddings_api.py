@@ -3,12 +3,20 @@
 
 The engine loads on first use (then stays); requests are embedded one at a time in a
 worker thread, so numpy's threads never fight each other or the event loop.
+
+`/v1/embeddings` also takes token ids (`[12, 34]`, or a list of such lists), as
+OpenAI's API does: ids of the embedding model's own WordPiece vocabulary
+(`vocab.txt`), checked against its size. They are mapped back to their pieces and
+joined (`##` pieces glue to the one before), and that text is embedded: BERT's
+tokenizer splits it back into the same pieces. [CLS]/[SEP]/[PAD] in the input are
+dropped (the embedder adds [CLS] and [SEP] itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import msgspec
@@ -16,16 +24,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .http import api_error, json_response, openai_error, read_body
-from .limits import MAX_MESSAGE_CHARS, RequestError
+from .limits import MAX_MESSAGE_CHARS, MAX_PROMPT_TOKENS, RequestError
 from .runtime import Runtime
 from .schemas import decode
 
 MAX_INPUTS = 256
 MAX_INPUT_CHARS = MAX_MESSAGE_CHARS
+MAX_INPUT_TOKENS = MAX_PROMPT_TOKENS  # token ids in one input (the model reads its first 256 pieces)
 
 
 class OAIEmbeddingRequest(msgspec.Struct, kw_only=True):
-    input: Union[str, list[str]]
+    # str | list[str] | list[int] | list[list[int]]: msgspec cannot tell list types
+    # apart in a union; `_inputs` checks the shape.
+    input: Any
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
@@ -48,6 +59,68 @@ def _texts(value: str | list[str]) -> list[str]:
     return texts
 
 
+_SKIP_PIECES = frozenset({"[CLS]", "[SEP]", "[PAD]"})
+_vocabs: dict[str, list[str]] = {}  # model folder -> its pieces, by id
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _inputs(value: Any) -> list[str] | list[list[int]]:
+    """`input` as texts or as lists of token ids; raises RequestError for other shapes."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(_is_id(x) for x in value):
+        return [value]
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return value  # an empty list is refused by _texts
+    if isinstance(value, list) and all(isinstance(x, list) and x and all(_is_id(t) for t in x) for x in value):
+        return value
+    raise RequestError("`input` must be a string, a list of strings, a list of token ids or a list of lists "
+                       "of token ids (none of them empty)", param="input")
+
+
+def _vocabulary(model_dir: Path) -> list[str]:
+    key = str(model_dir)
+    vocab = _vocabs.get(key)
+    if vocab is None:
+        path = model_dir / "vocab.txt"
+        try:
+            vocab = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise RequestError(f"token-id input needs the embedding model's vocabulary ({path}): {e.strerror}",
+                               code="not_available", status=503) from None
+        _vocabs[key] = vocab
+    return vocab
+
+
+def ids_to_text(ids: list[list[int]], vocab: list[str]) -> list[str]:
+    """Token ids of the embedding model's vocabulary -> texts it tokenizes back into them.
+
+    With vocab [..., "em"=1, "##bed"=2, "it"=3]: [[1, 2, 3]] -> ["embed it"]
+    """
+    out = []
+    for n, seq in enumerate(ids):
+        if len(seq) > MAX_INPUT_TOKENS:
+            raise RequestError(f"input {n} has {len(seq):,} token ids; the limit is {MAX_INPUT_TOKENS:,}",
+                               param=f"input[{n}]")
+        words: list[str] = []
+        for t in seq:
+            if not 0 <= t < len(vocab):
+                raise RequestError(f"input {n}: token id {t} is outside the embedding model's vocabulary "
+                                   f"(0..{len(vocab) - 1})", param=f"input[{n}]")
+            piece = vocab[t]
+            if piece in _SKIP_PIECES:
+                continue
+            if piece.startswith("##") and words:
+                words[-1] += piece[2:]
+            else:
+                words.append(piece)
+        out.append(" ".join(words))
+    return out
+
+
 async def _embed(rt: Runtime, texts: list[str]) -> tuple[Any, Any]:
     embedder = await rt.embedder()
     async with rt.embed_lock:
@@ -58,13 +131,18 @@ async def openai_embeddings(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         body = await read_body(request)
-        try:
-            req = decode(body, OAIEmbeddingRequest)
-        except RequestError as e:
-            if b"input" in body and e.code == "invalid_request" and "$.input" in e.message:
-                e.message += " (token-id arrays are not supported: send strings)"
-            raise
-        embedder, result = await _embed(rt, _texts(req.input))
+        req = decode(body, OAIEmbeddingRequest)
+        inputs = _inputs(req.input)
+        if inputs and not isinstance(inputs[0], str):
+            if len(inputs) > MAX_INPUTS:
+                raise RequestError(f"`input` holds {len(inputs)} token lists; the limit is {MAX_INPUTS}",
+                                   param="input")
+            embedder = await rt.embedder()
+            vocab = await asyncio.to_thread(_vocabulary, Path(embedder.model_dir))
+            texts = ids_to_text(inputs, vocab)  # type: ignore[arg-type]
+        else:
+            texts = _texts(inputs)  # type: ignore[arg-type]
+        embedder, result = await _embed(rt, texts)
     except RequestError as e:
         return openai_error(e)
     data = []

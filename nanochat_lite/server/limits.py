@@ -26,6 +26,14 @@ PENALTY_MIN, PENALTY_MAX = -2.0, 2.0  # frequency / presence, as OpenAI
 SEED_MIN, SEED_MAX = 0, 2**31 - 1
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 64
 MAX_ID_CHARS = 64
+# OpenAI API extras
+MAX_N = 8  # choices per request (n, or prompts x n for /v1/completions): each takes a slot
+TOP_LOGPROBS_MIN, TOP_LOGPROBS_MAX = 0, 20  # as OpenAI
+LOGIT_BIAS_MIN, LOGIT_BIAS_MAX = -100.0, 100.0  # as OpenAI; -100 bans the token outright
+MAX_LOGIT_BIAS = 300  # entries
+MAX_SCHEMA_DEPTH = 32  # nesting of a response_format / tool JSON Schema
+MAX_SCHEMA_NODES = 5_000  # subschemas in one JSON Schema
+MAX_PROMPT_TOKENS = 32_768  # token ids in one /v1/completions or /v1/embeddings input
 MAX_WS_FRAME_BYTES = MAX_BODY_BYTES
 
 
@@ -33,13 +41,14 @@ class RequestError(Exception):
     """A client mistake: becomes a 4xx JSON error with a stable code."""
 
     def __init__(self, message: str, *, code: str = "invalid_request", status: int = 400,
-                 param: str | None = None, retry_after: int | None = None) -> None:
+                 param: str | None = None, retry_after: int | None = None, extra: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
         self.param = param
         self.retry_after = retry_after  # seconds, sent as Retry-After
+        self.extra = extra  # more fields for the error body (OpenAI routes)
 
 
 def check_range(name: str, value: float | int | None, lo: float, hi: float) -> None:

@@ -1,29 +1,42 @@
 """OpenAI-compatible routes: `POST /v1/chat/completions` (JSON or SSE ending in
 `data: [DONE]`) and `GET /v1/models`. Stateless, like OpenAI's: the client sends the
-whole conversation each time."""
+whole conversation each time. Legacy `POST /v1/completions` is in
+openai_completions.py; request extras (response_format, logprobs, logit_bias, n)
+are checked in openai_params.py.
+
+`n` choices are `n` generations of the same prompt, each in its own engine slot
+(queued like any request); a stream interleaves their chunks, told apart by `index`.
+A conversation that ends with an assistant message is continued (prefill): the
+answer holds only the new text. Tools are translated in openai_tools.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..engine import Delta, Done
+from ..engine import Delta, Done, SamplingParams
 from . import limits
-from .http import event_stream, json_response, openai_error, read_body, sse, until_disconnect
+from . import openai_params as op
+from . import openai_tools
+from .http import event_stream, json_response, read_body, sse, until_disconnect
 from .limits import RequestError
+from .openai_tools import ToolPlan
 from .runtime import Runtime
 from .schemas import OAIChatRequest, OAIMessage, decode
 
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
-def _content(i: int, m: OAIMessage) -> str:
+def _content(i: int, m: OAIMessage) -> str | None:
     if m.content is None:
-        return ""
+        return None
     if isinstance(m.content, str):
         return m.content
     texts = []
@@ -35,80 +48,175 @@ def _content(i: int, m: OAIMessage) -> str:
     return "".join(texts)
 
 
-def to_messages(req: OAIChatRequest) -> list[dict[str, str]]:
+def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict[str, str]]:
     out = []
+    calls: dict[str, str] = {}  # tool call id -> tool name, for the tool turns that answer them
     for i, m in enumerate(req.messages):
         if m.role not in ROLES:
-            raise RequestError(f"messages[{i}].role must be one of system, user, assistant; got {m.role!r}",
-                               param=f"messages[{i}].role")
+            raise RequestError(f"messages[{i}].role must be one of system, developer, user, assistant, tool; "
+                               f"got {m.role!r}", param=f"messages[{i}].role")
         role = "system" if m.role == "developer" else m.role
-        out.append({"role": role, "content": _content(i, m)})
+        text = _content(i, m)
+        if role == "tool":
+            out.append({"role": "user", "content": openai_tools.tool_result_text(i, m, text, calls)})
+            continue
+        if m.tool_calls and role == "assistant":
+            text = openai_tools.assistant_text(i, m, text)
+            calls.update({c.id: c.function.name for c in m.tool_calls if c.id})
+        elif m.tool_calls:
+            raise RequestError(f"messages[{i}]: only assistant messages carry tool_calls",
+                               param=f"messages[{i}].tool_calls")
+        if role != "assistant" and not text:
+            # OpenAI answers 400 to a user/system turn without content.
+            what = "is required" if text is None else "must not be empty"
+            raise RequestError(f"messages[{i}].content {what} for a {m.role} message",
+                               param=f"messages[{i}].content")
+        if text is None:
+            raise RequestError(f"messages[{i}].content is required for an assistant message without "
+                               "tool_calls", param=f"messages[{i}].content")
+        out.append({"role": role, "content": text})
     limits.check_conversation(out)
-    if out[-1]["role"] == "assistant":
-        raise RequestError("the last message must come from the user (or system), not the assistant",
-                           param="messages")
     # Only a leading system message is kept as such; later ones become user context.
     for m in out[1:]:
         if m["role"] == "system":
             m["role"] = "user"
+    if tools is not None:
+        if out[-1]["role"] == "assistant":
+            raise RequestError("a trailing assistant message (prefill) cannot be combined with tools",
+                               code="unsupported_parameter", param="messages")
+        if out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + tools.system}
+        else:
+            out.insert(0, {"role": "system", "content": tools.system})
     return out
 
 
-def _usage(done: Done) -> dict:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.total_tokens}
-
-
-def _finish(done: Done) -> str:
+def finish_reason(done: Done) -> str:
     return "length" if done.finish_reason == "length" else "stop"
+
+
+async def merged(rt: Runtime, tickets: Sequence[Any], params: Sequence[SamplingParams]
+                 ) -> AsyncIterator[tuple[int, Delta | Done]]:
+    """The events of several generations as (choice index, event), in arrival order.
+
+    Closing this iterator (client gone) or an error in one generation stops them all."""
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    end = object()
+
+    async def pump(i: int) -> None:
+        try:
+            async for ev in rt.stream(tickets[i], params[i]):
+                await queue.put((i, ev))
+        except Exception as e:  # RequestError from the engine: hand it to the consumer
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, end))
+
+    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(tickets))]
+    try:
+        running = len(tasks)
+        while running:
+            i, ev = await queue.get()
+            if ev is end:
+                running -= 1
+            elif isinstance(ev, Exception):
+                raise ev
+            else:
+                yield i, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _parse(rt: Runtime, request: Request
+                 ) -> tuple[OAIChatRequest, SamplingParams, int, int, ToolPlan | None]:
+    """The request, its sampling parameters, the number of choices and of top logprobs,
+    and what its tools change (None without tools)."""
+    req = decode(await read_body(request), OAIChatRequest)
+    rt.require_ready()
+    count = op.choice_count(req.n)
+    limits.check_range("max_completion_tokens", req.max_completion_tokens,
+                       limits.MAX_TOKENS_MIN, limits.MAX_TOKENS_MAX)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    params = limits.sampling(
+        rt.defaults, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+        repeat_penalty=req.repeat_penalty, frequency_penalty=req.frequency_penalty,
+        presence_penalty=req.presence_penalty, seed=req.seed, max_tokens=max_tokens, stop=req.stop,
+    )
+    probs = op.n_probs(req.logprobs, req.top_logprobs)
+    bias = op.logit_bias(req.logit_bias, getattr(rt.engine, "n_vocab", None))
+    tools = openai_tools.plan(req)
+    schema = tools.schema if tools is not None else op.response_schema(req.response_format)
+    if schema is not None:
+        await op.check_schema_with_engine(schema, "tools" if tools is not None else "response_format")
+    params = params.with_overrides(json_schema=schema, n_probs=probs or None, logit_bias=bias or None)
+    return req, params, count, req.top_logprobs or 0, tools
 
 
 async def chat_completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        req = decode(await read_body(request), OAIChatRequest)
-        rt.require_ready()
-        if req.n not in (None, 1):
-            raise RequestError("only n=1 is supported", param="n")
-        messages = to_messages(req)
-        limits.check_range("max_completion_tokens", req.max_completion_tokens,
-                           limits.MAX_TOKENS_MIN, limits.MAX_TOKENS_MAX)
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        params = limits.sampling(
-            rt.defaults, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-            repeat_penalty=req.repeat_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, seed=req.seed, max_tokens=max_tokens, stop=req.stop,
-        )
+        req, params, count, top, tools = await _parse(rt, request)
+        messages = to_messages(req, tools)
         # The prompt is built and queued before any byte is sent: a prompt that cannot
         # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
-        ticket = await rt.start(messages, params)
+        prepared = await op.prepare(rt, rt.engine.prepare, messages, params)
+        choice_params = op.seeded(params, count)
+        tickets = op.submit_all(rt, [prepared] * count, choice_params)
     except RequestError as e:
-        return openai_error(e)
+        return op.error_response(e)
 
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = rt.model_name
+    want_probs = params.n_probs > 0
+
+    def probs_of(entries: list[dict] | None) -> dict | None:
+        return {"content": op.chat_logprobs(entries or [], top), "refusal": None} if want_probs else None
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(delta: dict, finish: str | None, usage: dict | None = None) -> bytes:
-            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
+            body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                                    "model": model, "choices": choices}
             if usage is not None:
                 body["usage"] = usage
             return sse(body)
 
         async def body() -> AsyncIterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""}, None)
-            async for ev in rt.stream(ticket, params):
+            for i in range(count):
+                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+            completion = prompt = finished = 0
+            async for i, ev in merged(rt, tickets, choice_params):
                 if isinstance(ev, Delta):
-                    yield chunk({"content": ev.text}, None)
-                else:
-                    yield chunk({}, _finish(ev), _usage(ev))
-                    if include_usage:
-                        yield sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                   "model": model, "choices": [], "usage": _usage(ev)})
+                    # With tools the answer is JSON to translate: it is sent whole, at its end.
+                    if (ev.text or ev.logprobs) and tools is None:
+                        yield chunk([{"index": i, "delta": {"content": ev.text}, "logprobs": probs_of(ev.logprobs),
+                                      "finish_reason": None}])
+                    continue
+                completion += ev.completion_tokens
+                prompt = ev.prompt_tokens
+                finished += 1
+                finish = finish_reason(ev)
+                if tools is not None:
+                    content, calls = openai_tools.parse_answer(ev.text)
+                    if calls:
+                        finish = "tool_calls"
+                        delta: dict[str, Any] = {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
+                    else:
+                        delta = {"content": content}
+                    yield chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
+                # Usage is sent once, so that a client adding up chunk usage counts it
+                # once: with include_usage on the final `choices: []` chunk (OpenAI's
+                # place), else on the last finish_reason chunk (llama-server's).
+                last = finished == count and not include_usage
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}],
+                            op.usage(prompt, completion) if last else None)
+            if include_usage:
+                yield chunk([], op.usage(prompt, completion))
             yield b"data: [DONE]\n\n"
 
         def on_error(e: RequestError) -> bytes:
@@ -116,19 +224,38 @@ async def chat_completions(request: Request) -> Response:
 
         return event_stream(request, body(), on_error)
 
+    async def collect() -> list[Done]:
+        dones: list[Done | None] = [None] * count
+        async for i, ev in merged(rt, tickets, choice_params):
+            if isinstance(ev, Done):
+                dones[i] = ev
+        if any(d is None for d in dones):
+            raise RequestError("a generation ended without a result", code="engine_error", status=500)
+        return dones  # type: ignore[return-value]
+
     try:
-        done = await until_disconnect(request, rt.complete(ticket, params))
+        dones = await until_disconnect(request, collect())
     except RequestError as e:
-        return openai_error(e)
+        return op.error_response(e)
     except ClientDisconnect:
         return Response(status_code=499)
+    first = dones[0]
+    choices = []
+    for i, d in enumerate(dones):
+        message: dict[str, Any] = {"role": "assistant", "content": d.text}
+        finish = finish_reason(d)
+        if tools is not None:
+            message["content"], calls = openai_tools.parse_answer(d.text)
+            if calls:
+                message["tool_calls"], finish = calls, "tool_calls"
+        choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": probs_of(d.logprobs)})
     return json_response({
         "id": cid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                     "finish_reason": _finish(done), "logprobs": None}],
-        "usage": _usage(done),
-        "timings": {"ttft_ms": round(done.ttft_ms, 2), "total_ms": round(done.total_ms, 2),
-                    "tokens_per_second": round(done.decode_tokens_per_s, 2)},
+        "choices": choices,
+        # The prompt is counted once (as OpenAI does for n > 1); completions add up.
+        "usage": op.usage(first.prompt_tokens, sum(d.completion_tokens for d in dones)),
+        "timings": {"ttft_ms": round(first.ttft_ms, 2), "total_ms": round(max(d.total_ms for d in dones), 2),
+                    "tokens_per_second": round(first.decode_tokens_per_s, 2)},
     })
 
 

@@ -7,7 +7,7 @@ are rejected with msgspec's path-precise message (`Expected `str`, got `int` - a
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import msgspec
 
@@ -48,14 +48,61 @@ class TextPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
+class ToolCallFunction(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    type: str = "function"
+    function: ToolCallFunction
+
+
 class OAIMessage(msgspec.Struct, kw_only=True):
     role: str
     content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
+
+
+class JSONSchemaFormat(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    schema: Any = msgspec.UNSET
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    type: str
+    json_schema: JSONSchemaFormat | None = None
+    schema: Any = msgspec.UNSET  # llama-server's extension: {"type": "json_object", "schema": {...}}
+
+
+class FunctionDef(msgspec.Struct, kw_only=True):
+    name: str
+    description: str | None = None
+    parameters: Any = msgspec.UNSET
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    type: str
+    function: FunctionDef
+
+
+class NamedFunction(msgspec.Struct, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True):
+    type: str
+    function: NamedFunction
 
 
 class OAIChatRequest(msgspec.Struct, kw_only=True):
@@ -75,6 +122,41 @@ class OAIChatRequest(msgspec.Struct, kw_only=True):
     max_completion_tokens: int | None = None
     stop: Union[str, list[str], None] = None
     n: int | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Union[str, NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
+
+
+class OAICompletionRequest(msgspec.Struct, kw_only=True):
+    """`POST /v1/completions` (OpenAI's legacy text completions)."""
+
+    # str | list[str] | list[int] | list[list[int]]: msgspec cannot tell list types
+    # apart in a union, so openai_completions.py checks the shape.
+    prompt: Any
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: Union[str, list[str], None] = None
+    n: int | None = None
+    best_of: int | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
     user: str | None = None
 
 
