@@ -95,6 +95,17 @@ def finish_reason(done: Done) -> str:
     return "length" if done.finish_reason == "length" else "stop"
 
 
+async def collect_dones(rt: Runtime, tickets: list, choice_params: list) -> list[Done]:
+    """Run every choice's generation to its end; their Done events, by choice index."""
+    dones: list[Done | None] = [None] * len(tickets)
+    async for i, ev in merged(rt, tickets, choice_params):
+        if isinstance(ev, Done):
+            dones[i] = ev
+    if any(d is None for d in dones):
+        raise RequestError("a generation ended without a result", code="engine_error", status=500)
+    return dones  # type: ignore[return-value]
+
+
 async def merged(rt: Runtime, tickets: Sequence[Any], params: Sequence[SamplingParams]
                  ) -> AsyncIterator[tuple[int, Delta | Done]]:
     """The events of several generations as (choice index, event), in arrival order.
@@ -224,17 +235,8 @@ async def chat_completions(request: Request) -> Response:
 
         return event_stream(request, body(), on_error)
 
-    async def collect() -> list[Done]:
-        dones: list[Done | None] = [None] * count
-        async for i, ev in merged(rt, tickets, choice_params):
-            if isinstance(ev, Done):
-                dones[i] = ev
-        if any(d is None for d in dones):
-            raise RequestError("a generation ended without a result", code="engine_error", status=500)
-        return dones  # type: ignore[return-value]
-
     try:
-        dones = await until_disconnect(request, collect())
+        dones = await until_disconnect(request, collect_dones(rt, tickets, choice_params))
     except RequestError as e:
         return op.error_response(e)
     except ClientDisconnect:

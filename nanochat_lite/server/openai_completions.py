@@ -29,7 +29,7 @@ from . import limits
 from . import openai_params as op
 from .http import event_stream, json_response, read_body, sse, until_disconnect
 from .limits import RequestError
-from .openai_api import finish_reason, merged
+from .openai_api import collect_dones, finish_reason, merged
 from .runtime import Runtime
 from .schemas import OAICompletionRequest, decode
 
@@ -167,17 +167,8 @@ async def completions(request: Request) -> Response:
 
         return event_stream(request, body(), on_error)
 
-    async def collect() -> dict[int, Done]:
-        dones: dict[int, Done] = {}
-        async for i, ev in merged(rt, tickets, choice_params):
-            if isinstance(ev, Done):
-                dones[i] = ev
-        if len(dones) != count:
-            raise RequestError("a generation ended without a result", code="engine_error", status=500)
-        return dones
-
     try:
-        dones = await until_disconnect(request, collect())
+        dones = dict(enumerate(await until_disconnect(request, collect_dones(rt, tickets, choice_params))))
     except RequestError as e:
         return op.error_response(e)
     except ClientDisconnect:
