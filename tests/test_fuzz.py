@@ -73,6 +73,14 @@ class FakeEmbedder:
     model_name = "fake-embed"
     dim = 4
 
+    def __init__(self) -> None:
+        # Token-id input reads the model folder's vocab.txt, as with the real Embedder.
+        import tempfile
+        from pathlib import Path
+
+        self.model_dir = tempfile.mkdtemp(prefix="fake-embed-")
+        Path(self.model_dir, "vocab.txt").write_text("\n".join(["[PAD]", "[CLS]", "[SEP]", "a", "##b", "c"]) + "\n")
+
     def embed(self, texts: list[str]) -> EmbedResult:
         vecs = np.array([[len(t) + 1.0, t.count(" "), 1.0, 0.5] for t in texts], dtype=np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
