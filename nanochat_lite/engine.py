@@ -209,7 +209,8 @@ class Engine:
         p.cache_ram_mib = 0
         p.verbosity = -1
         p.api_keys = [key]  # its HTTP listener is loopback-only and needs this key
-        p.slot_save_path = self._slot_dir
+        # llama.cpp joins this and the file name without a separator: keep the slash.
+        p.slot_save_path = os.path.join(self._slot_dir, "")
         p.endpoint_metrics = False
         try:
             self._server = xllamacpp.Server(p)
