@@ -40,13 +40,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .template import ChatTemplate, Part
+from .template import ChatTemplate, Part, TemplateError
 
 
 class EngineError(Exception):
     """A request the engine cannot serve; `code` is a stable machine-readable name."""
 
     code = "engine_error"
+
+
+class TemplateRefused(EngineError):
+    """The model's chat template cannot render this conversation (message says why)."""
+
+    code = "template_error"
 
 
 class ContextOverflow(EngineError):
@@ -127,6 +133,10 @@ class Prepared:
     dropped: int  # oldest turns left out
     max_new: int  # tokens the answer may have
 
+
+# tokenizer.ggml.token_type values (llama.h, enum llama_token_type) of the tokens
+# only `parse_special` text becomes.
+_TOKEN_UNKNOWN, _TOKEN_CONTROL = 2, 3
 
 # Answers need room: a prompt is only accepted when this many tokens (or max_tokens,
 # if smaller) are left for the answer.
@@ -227,7 +237,7 @@ class Engine:
         self.add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
         self._bos_text = props.get("bos_token") or ""
         self.template = ChatTemplate(props.get("chat_template"), bos_token=self._bos_text,
-                                     eos_token=props.get("eos_token") or "")
+                                     eos_token=props.get("eos_token") or "", control_tokens=self._control_texts)
         self._bos_id = self._api.call("POST", "/tokenize", {"content": self._bos_text, "parse_special": True,
                                                             "add_special": False})["tokens"][:1]
         # The project's BPE tokenizer (same ids as llama.cpp's, much faster); handed
@@ -300,8 +310,25 @@ class Engine:
         """The prompt for a conversation. When the last message is the assistant's, its
         text is continued (prefill): no generation prompt, and nothing after its text."""
         prefill = bool(messages) and messages[-1]["role"] == "assistant"
-        return self._tokens_of(self.template.render_parts(messages, add_generation_prompt=not prefill,
-                                                          continue_final=prefill))
+        try:
+            parts = self.template.render_parts(messages, add_generation_prompt=not prefill, continue_final=prefill)
+        except TemplateError as e:  # the conversation's fault (or the model's): a 4xx, never a 500
+            raise TemplateRefused(str(e)) from None
+        return self._tokens_of(parts)
+
+    def _control_texts(self) -> list[str] | None:
+        """Texts of the vocabulary's control tokens: what llama.cpp turns into control
+        tokens only when asked to (CONTROL and UNKNOWN types; USER_DEFINED ones match
+        in any text anyway). Read from the GGUF (~0.1 s), only for a chat template that
+        changes message text; None when the file cannot tell."""
+        from .gguf import GGUFError, read
+
+        try:
+            meta = read(self.model_path).metadata
+            texts, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+        except (GGUFError, KeyError, OSError):
+            return None
+        return [t for t, kind in zip(texts, types) if kind in (_TOKEN_UNKNOWN, _TOKEN_CONTROL)]
 
     def shared_prefix(self) -> list[int]:
         """Tokens every default conversation starts with: the template's text before the

@@ -7,14 +7,20 @@ unsandboxed variant of this in llama-cpp-python).
 
 Rendering also keeps message text apart from template text: `render_parts` returns
 the prompt as (text, is_content) pieces, so the engine can tokenize what the user
-wrote without ever turning `<|im_start|>` in it into a control token.
+wrote without ever turning `<|im_start|>` in it into a control token. That holds
+whatever the template does to the text (`|trim`, `|upper`, copying it twice): when
+the content cannot be cut out of the render, every control-token text in it is
+swapped for a private-use character before rendering and swapped back afterwards as
+content (`_render_protected`).
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,11 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Private-use planes 15 and 16: the stand-ins for control-token text in messages
+# while a template that changes text renders them (`|trim`, `|upper` leave them be).
+_PUA_FIRST, _PUA_LAST = 0xF0000, 0x10FFFD
 
 
 class TemplateError(ValueError):
@@ -43,7 +54,10 @@ def _raise(message: str) -> None:
 
 
 class ChatTemplate:
-    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
+    def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "",
+                 control_tokens: Callable[[], Collection[str] | None] | None = None) -> None:
+        """`control_tokens` gives the texts of the vocabulary's control tokens (called
+        once, only for a template that changes message text; None: unknown)."""
         # Imported here: jinja2 costs ~40 ms of start-up and only chat needs it.
         from jinja2 import TemplateError as JinjaError
         from jinja2.exceptions import SecurityError
@@ -66,6 +80,8 @@ class ChatTemplate:
         except JinjaError as e:
             raise TemplateError(f"the model's chat template does not compile: {e}") from None
         self._vars = {"bos_token": bos_token, "eos_token": eos_token}
+        self._control_tokens = control_tokens
+        self._control_pattern: re.Pattern[str] | None = None
 
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         try:
@@ -83,7 +99,8 @@ class ChatTemplate:
 
         Each content is replaced by a random marker, the template is rendered, and the
         result is split at the markers. A template that changes content (trims it, say)
-        changes the marker instead, which we detect and then fall back to one piece.
+        changes the marker instead, which we detect; the real render then keeps the
+        control-token text of messages as content (`_render_protected`).
 
         `continue_final=True` (prefill) ends the prompt right after the last message's
         content, leaving its turn open for the model to continue: the template's
@@ -105,7 +122,7 @@ class ChatTemplate:
                     raise TemplateError("the chat template does not copy the last message verbatim, so its "
                                         "text cannot be continued; end the conversation with a user message")
                 # The template did not copy this content verbatim; render for real.
-                return [Part(self.render(messages, add_generation_prompt=add_generation_prompt), False)]
+                return self._render_protected(messages, rendered, add_generation_prompt=add_generation_prompt)
             if before:
                 parts.append(Part(before, False))
             if m["content"]:
@@ -114,7 +131,68 @@ class ChatTemplate:
         if continue_final:
             return parts  # the final turn stays open: drop the template's text after it
         if nonce in rest:
-            return [Part(self.render(messages, add_generation_prompt=add_generation_prompt), False)]
+            return self._render_protected(messages, rendered, add_generation_prompt=add_generation_prompt)
         if rest:
             parts.append(Part(rest, False))
         return parts
+
+    def _render_protected(self, messages: Sequence[dict[str, str]], skeleton: str, *,
+                          add_generation_prompt: bool) -> list[Part]:
+        """Render the real messages, with control-token text in them kept as content.
+
+        Each control-token text in a message is replaced by a private-use character
+        before rendering, and the character by the text (as content) after it:
+        `[{"content": " <|im_start|>system"}]` under `{{ m.content | trim }}` ->
+        [Part("<|im_start|>", True), Part("system", False)] (and the template's text). The rest of the message
+        (trimmed, upper-cased... as the template wants) is then template text with no
+        control-token text left in it, unless the template assembled one out of
+        message text (`|replace`, joining two halves): that is refused, as is a
+        vocabulary whose control tokens are unknown. `skeleton` is the render with
+        every message replaced by a marker: the control tokens the template writes.
+        """
+        pattern = self._control_texts()
+        contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+        taken = {c for text in contents for c in text if ord(c) >= _PUA_FIRST}
+        stand_in: dict[str, str] = {}  # control-token text -> its private-use character
+        free = (chr(cp) for cp in range(_PUA_FIRST, _PUA_LAST + 1) if chr(cp) not in taken)
+
+        def swap(match: re.Match[str]) -> str:
+            text = match.group()
+            if text not in stand_in:
+                stand_in[text] = next(free)  # at most one per control token of the vocabulary
+            return stand_in[text]
+
+        protected = [{**m, "content": pattern.sub(swap, m["content"])} if isinstance(m.get("content"), str) else m
+                     for m in messages]
+        rendered = self.render(protected, add_generation_prompt=add_generation_prompt)
+        back = {c: text for text, c in stand_in.items()}
+        parts: list[Part] = []
+        pos = 0
+        if back:
+            for hit in re.finditer("[" + "".join(back) + "]", rendered):
+                if hit.start() > pos:
+                    parts.append(Part(rendered[pos:hit.start()], False))
+                parts.append(Part(back[hit.group()], True))
+                pos = hit.end()
+        if pos < len(rendered):
+            parts.append(Part(rendered[pos:], False))
+        # The real render may have fewer control tokens than the skeleton (a template
+        # that skips empty turns), never more.
+        own = Counter(pattern.findall(skeleton))
+        found = Counter(t for p in parts if not p.is_content for t in pattern.findall(p.text))
+        if found - own:
+            raise TemplateError("the model's chat template turns message text into control tokens "
+                                f"({', '.join(sorted(found - own))}); rephrase the message")
+        return parts
+
+    def _control_texts(self) -> re.Pattern[str]:
+        """A pattern matching any control-token text, longest first (as tokenizers match)."""
+        if self._control_pattern is None:
+            texts = self._control_tokens() if self._control_tokens is not None else None
+            if texts is None:
+                raise TemplateError("the model's chat template changes message text, and this vocabulary's "
+                                    "control tokens are unknown, so message text cannot be kept apart from them")
+            ordered = sorted({t for t in texts if t}, key=len, reverse=True)
+            # A vocabulary without control tokens: a pattern that never matches.
+            self._control_pattern = re.compile("|".join(map(re.escape, ordered)) or r"(?!)")
+        return self._control_pattern
