@@ -1,7 +1,13 @@
 """Configuration: read once from flags and environment, then passed down.
 
-No other module reads environment variables. Precedence: command-line flag, then
-environment variable, then default.
+This is the one module that reads environment variables: `Config.load` (the CLI) and
+`Config.from_env` (standalone benchmark scripts) take a snapshot of them, and
+`Config.env` carries that snapshot to the sub-configurations built at start-up
+(`security_config.SecurityConfig`), so nothing else looks at `os.environ`.
+Precedence: command-line flag, then environment variable, then default.
+
+Not here: the flags themselves (each command declares its own in `commands/`), and
+per-request settings (sampling fields travel with the request).
 """
 
 from __future__ import annotations
@@ -9,23 +15,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-ENV_VARS = {
-    "host": "HOST",
-    "port": "PORT",
-    "model": "NANOCHAT_LITE_MODEL",
-    "threads": "NANOCHAT_LITE_THREADS",
-    "ctx_size": "NANOCHAT_LITE_CTX",
-    "parallel": "NANOCHAT_LITE_PARALLEL",
-    "max_queue": "NANOCHAT_LITE_MAX_QUEUE",
-    "home": "NANOCHAT_LITE_HOME",
-    "db": "NANOCHAT_LITE_DB",
-    "environment": "NANOCHAT_LITE_ENV",
-}
+# Flags that override one Config field of the same name when given (not None).
+FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
+               "batch_size")
+
+
+class ConfigError(ValueError):
+    """A setting the user can fix; the CLI prints it without a traceback (exit status 2)."""
 
 
 def default_home(env: Mapping[str, str]) -> Path:
+    """The model cache and data folder: $NANOCHAT_LITE_HOME, else $XDG_CACHE_HOME/nanochat-lite.
+
+    {} -> ~/.cache/nanochat-lite;  {"NANOCHAT_LITE_HOME": "/data"} -> /data
+    """
     if env.get("NANOCHAT_LITE_HOME"):
         return Path(env["NANOCHAT_LITE_HOME"]).expanduser()
     xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -57,10 +62,15 @@ class Config:
     db: Path | str | None = None
     environment: str = "production"
     seed: int | None = None  # server-wide default seed; None = random per request
+    # The environment this configuration was read from, for the sub-configurations built
+    # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Config":
-        c = cls(home=default_home(env))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Defaults overridden by the environment (None: this process's), not yet checked."""
+        env = dict(os.environ if env is None else env)
+        c = cls(home=default_home(env), env=env)
         if env.get("HOST"):
             c.host = env["HOST"]
         if env.get("PORT"):
@@ -81,6 +91,44 @@ class Config:
             c.environment = env["NANOCHAT_LITE_ENV"]
         return c
 
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+        """Flags over environment over defaults, then checked (ConfigError names the setting).
+
+        `flags` is the parsed command line (`vars(args)`); a flag that is absent or None
+        leaves the environment's value. `env` None = this process's environment.
+        """
+        c = cls.from_env(env)
+        flags = flags or {}
+        for name in FLAG_FIELDS:
+            value = flags.get(name)
+            if value is not None:
+                setattr(c, name, value)
+        if flags.get("home"):
+            c.home = Path(flags["home"]).expanduser()
+        if flags.get("db"):
+            c.db = db_setting(flags["db"])
+        c.check()
+        return c
+
+    def check(self) -> None:
+        """Raise ConfigError for the first value out of range (limits llama.cpp and the OS accept)."""
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if not 16 <= self.ctx_size <= 131072:
+            raise ConfigError(f"--ctx-size must be between 16 and 131072 tokens, got {self.ctx_size}")
+        if not 1 <= self.parallel <= 64:
+            raise ConfigError(f"--parallel must be between 1 and 64 slots, got {self.parallel}")
+        if not 0 <= self.max_queue <= 100_000:
+            raise ConfigError(f"--max-queue must be between 0 and 100000, got {self.max_queue}")
+        if self.kv_size is not None and self.kv_size < self.ctx_size:
+            raise ConfigError(f"--kv-size ({self.kv_size}) must be at least --ctx-size ({self.ctx_size}): "
+                              "one conversation must fit in the shared cache")
+        if not 16 <= self.batch_size <= 4096:
+            raise ConfigError(f"--batch-size must be between 16 and 4096 tokens, got {self.batch_size}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+
     @property
     def db_path(self) -> Path | str:
         """The store to open: a SQLite file path, or a postgresql:// URL."""
@@ -92,10 +140,6 @@ def db_setting(value: str) -> Path | str:
     if value.lower().startswith(("postgresql://", "postgres://")):
         return value
     return Path(value).expanduser()
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _int(value: str, name: str) -> int:

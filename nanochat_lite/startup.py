@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from . import IMPORTED_AT, __version__
-from .cli import CLIError, _say, load_engine, resolve_model
+from .commands.common import CLIError, load_engine, resolve_model
+from .commands.common import say as _say
 from .config import Config
 
 
@@ -109,7 +110,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     from .security_config import SecurityConfig
 
     t_start = interpreter_start()
-    security = SecurityConfig.from_args(args, os.environ, host=config.host)  # bad keys: exit before any work
+    security = SecurityConfig.from_args(args, config.env, host=config.host)  # bad keys: exit before any work
     path, name = resolve_model(config)
     sock = _bind(config)
     port = sock.getsockname()[1]

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from nanochat_lite.bench import cli as bench_cli
+from nanochat_lite.bench import suite
 from nanochat_lite.bench import client, fairness, latency, peers, report
+from nanochat_lite.commands import bench as bench_cli
 
 
 def _script(path: Path, body: str) -> Path:
@@ -40,12 +41,12 @@ def test_percentiles_known_answers() -> None:
 
 
 def test_sections_flag() -> None:
-    from nanochat_lite.cli import CLIError
+    from nanochat_lite.commands.common import CLIError
 
-    assert bench_cli._sections_arg("memory, cold, fairness") == ["cold", "memory", "fairness"]  # fixed order
-    assert bench_cli._sections_arg(None) == list(bench_cli.SECTIONS)
+    assert bench_cli.sections_arg("memory, cold, fairness") == ["cold", "memory", "fairness"]  # fixed order
+    assert bench_cli.sections_arg(None) == list(suite.SECTIONS)
     with pytest.raises(CLIError, match="unknown speed"):
-        bench_cli._sections_arg("cold,speed")
+        bench_cli.sections_arg("cold,speed")
 
 
 def test_bench_parser_takes_peer_options() -> None:
@@ -60,10 +61,10 @@ def test_bench_parser_takes_peer_options() -> None:
 
 
 def test_peer_options_checked_before_running(tmp_path: Path) -> None:
-    from nanochat_lite.cli import CLIError
+    from nanochat_lite.commands.common import CLIError
 
     def opts(**kw: str) -> peers.PeerOptions:
-        return bench_cli._peer_options(SimpleNamespace(**{"llama_server": None, "llama_bench": None,
+        return bench_cli.peer_options(SimpleNamespace(**{"llama_server": None, "llama_bench": None,
                                                           "serve_args": "", "baseline_cmd": None, **kw}))
 
     plain = tmp_path / "not-executable"
@@ -254,7 +255,7 @@ def test_serving_sections_real_numbers_and_report(chat_model_path: Path, model_h
     assert "error" not in emb, emb
     assert emb["rss_bytes"] > 0 and emb["peak_rss_bytes"] >= emb["rss_bytes"]
 
-    header = bench_cli.build_header(chat_model_path, model_home, 1, True, ["latency", "concurrency", "memory"])
+    header = suite.build_header(chat_model_path, model_home, 1, True, ["latency", "concurrency", "memory"])
     header.update(duration_s=1.0, load_average_end=0.0)
     results = json.loads(json.dumps({"header": header, "sections": sections}))  # what results.json holds
     assert len(results["header"]["model"]["sha256"]) == 64
@@ -307,7 +308,7 @@ def test_bench_command_quick_with_absent_peers(chat_model_path: Path, model_home
                         ("LEVELS", [1, 2]), ("MAX_TOKENS", (8, 8)), ("FAIR_PROMPT_TOKENS", (200, 200)),
                         ("FAIR_STREAM_TOKENS", (24, 24)), ("FAIR_START_WAIT_S", (5.0, 5.0)),
                         ("FAIR_TIME_BOX_S", (120.0, 120.0))):
-        monkeypatch.setattr(bench_cli, name, value)
+        monkeypatch.setattr(suite, name, value)
     monkeypatch.setattr(peers, "have_llama_cpp_server", lambda: False)
     monkeypatch.setattr(peers, "have_llama_cpp_python", lambda: False)
     rows = [{"n_prompt": 0, "n_gen": 128, "avg_ts": 50.0}]

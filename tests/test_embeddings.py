@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from embedding_inputs import _ONE_PIECE_WORDS, reference_inputs
 
-from nanochat_lite import embeddings_cli
+from nanochat_lite.commands import embed as embeddings_cli
+from nanochat_lite.config import Config
 from nanochat_lite.embeddings import MAX_TOKENS, Embedder, EmbeddingError, _gelu
 
 REFS = Path(__file__).parent / "data" / "embedding_refs.npz"
@@ -228,7 +229,7 @@ def test_paraphrases_score_higher_than_unrelated_sentences(embedder: Embedder) -
 def _cli(capsys: pytest.CaptureFixture[str], model_home: Path, *argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
     embeddings_cli.add_parser(parser.add_subparsers(dest="command"))
-    code = embeddings_cli.run(parser.parse_args(["embed", *argv]), model_home)
+    code = embeddings_cli.run(parser.parse_args(["embed", *argv]), Config(home=model_home))
     return code, capsys.readouterr().out
 
 

@@ -1,10 +1,8 @@
-"""`nanochat-lite bench`: every benchmark in one run, written to a folder.
+"""The whole benchmark suite in one run (`nanochat-lite bench`), written to a folder.
 
-    nanochat-lite bench [--quick] [--out DIR] [--threads N] [--sections cold,latency,...]
-                        [--llama-server PATH] [--llama-bench PATH] [--baseline-cmd '...'] [--serve-args '...']
-
-Writes `results.json`, `report.md` and PNG plots into DIR (default ./bench-out) and
-prints the same tables. Sections run in a fixed order; one that fails is reported
+The command's flags and their checks are `nanochat_lite.commands.bench`; this module
+runs the sections, writes `results.json`, `report.md` and PNG plots into the output
+folder and prints the same tables. Sections run in a fixed order; one that fails is reported
 with its error and the others still run. Run sizes are fixed per mode (--quick: fewer
 runs, 32-token answers instead of 64); nothing is extrapolated. Peers that were not
 given or are not installed are reported as such (see `peers.py`).
@@ -12,12 +10,9 @@ given or are not installed are reported as such (see `peers.py`).
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 import traceback
@@ -50,35 +45,13 @@ VERSIONS = ("nanochat-lite", "xllamacpp", "llama_cpp_python", "tiktoken", "token
             "uvicorn", "httpx", "websockets", "matplotlib")
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark against llama-server and other peers; write a report",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="fewer runs and requests, shorter answers (a smoke run, not for figures)")
-    p.add_argument("--out", default="bench-out", help="output folder (default ./bench-out)")
-    p.add_argument("--threads", "-t", type=int, help="CPU threads for every engine (default: all cores)")
-    p.add_argument("--sections", help=f"comma-separated subset of: {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--model", "-m", help="a known model name or a .gguf path (default smollm2-135m-instruct)")
-    p.add_argument("--home", help="model cache folder (env NANOCHAT_LITE_HOME)")
-    peers = p.add_argument_group("peers", "servers to compare with; each one left out is reported as such")
-    peers.add_argument("--llama-server", metavar="PATH", help="a llama.cpp llama-server binary (cold start, "
-                       f"concurrency with --parallel {LLAMA_SERVER_PARALLEL}, latency, memory, fairness)")
-    peers.add_argument("--llama-bench", metavar="PATH", help="a llama.cpp llama-bench binary: decode speed "
-                       "compared with its `-p 0 -n 128` figure")
-    peers.add_argument("--baseline-cmd", metavar="CMD", help="command template of another nanochat-lite build, "
-                       "labelled 'nanochat-lite (serial baseline)'; placeholders {port} (required), {db}, "
-                       "{threads}, {model}, {ctx}; e.g. '/tmp/old/.venv/bin/nanochat-lite serve --host 127.0.0.1 "
-                       "--port {port} --db {db} --threads {threads}'")
-    peers.add_argument("--serve-args", metavar="ARGS", default="", help="extra `nanochat-lite serve` flags for "
-                       "this checkout's server, one quoted string (e.g. '--parallel 10 --max-queue 64'; "
-                       "a single flag needs the = form: --serve-args=--parallel=4)")
-
-
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
 def _versions() -> dict[str, str]:
+    import importlib.metadata
+
     out = {}
     for name in VERSIONS:
         try:
@@ -126,42 +99,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _sections_arg(value: str | None) -> list[str]:
-    from ..cli import CLIError
-
-    if not value:
-        return list(SECTIONS)
-    wanted = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in wanted if s not in SECTIONS]
-    if unknown:
-        raise CLIError(f"--sections: unknown {', '.join(unknown)}; choose from {','.join(SECTIONS)}")
-    return [s for s in SECTIONS if s in wanted]
-
-
-def _peer_options(args: argparse.Namespace) -> PeerOptions:
-    """--llama-server/--llama-bench/--baseline-cmd/--serve-args, checked before anything runs."""
-    from ..cli import CLIError
-    from .peers import PeerOptions, parse_baseline
-
-    binaries: dict[str, Path | None] = {}
-    for flag in ("llama_server", "llama_bench"):
-        value = getattr(args, flag, None)
-        path = Path(value).expanduser() if value else None
-        if path is not None and not (path.is_file() and os.access(path, os.X_OK)):
-            raise CLIError(f"--{flag.replace('_', '-')} {value}: not an executable file; build it from llama.cpp "
-                           f"(README, Benchmarks) and give its path")
-        binaries[flag] = path
-    try:
-        serve_args = tuple(shlex.split(getattr(args, "serve_args", "") or ""))
-        baseline = getattr(args, "baseline_cmd", None)
-        if baseline:
-            parse_baseline(baseline)
-    except ValueError as e:
-        raise CLIError(str(e)) from e
-    return PeerOptions(llama_server=binaries["llama_server"], llama_bench=binaries["llama_bench"],
-                       serve_args=serve_args, baseline_cmd=baseline or None)
 
 
 def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: list[str],
@@ -230,20 +167,17 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
             "fairness": fair, "embeddings": embeddings}
 
 
-def run(args: argparse.Namespace, config: Any) -> int:
-    from ..cli import resolve_model
+def run_suite(model: Path, home: Path, threads: int, quick: bool, wanted: list[str], opts: PeerOptions,
+              out_dir: Path) -> int:
+    """Run the `wanted` sections in order, print the tables, write results.json, report.md and plots."""
     from . import report
 
-    wanted = _sections_arg(args.sections)
-    opts = _peer_options(args)
-    model, _name = resolve_model(config)
-    out_dir = Path(args.out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    header = build_header(model, config.home, config.threads, bool(args.quick), wanted, opts)
+    header = build_header(model, home, threads, quick, wanted, opts)
     _say("\n".join(report.header_lines({**header, "duration_s": None, "load_average_end": None})))
     results: dict[str, Any] = {"header": header, "sections": {}}
-    fns = _section_fns(model, config.threads, args.quick, config.home, wanted, opts)
+    fns = _section_fns(model, threads, quick, home, wanted, opts)
     for name in wanted:
         _say(f"\n== {name} ==")
         t0 = time.perf_counter()

@@ -3,7 +3,9 @@
     nanochat-lite tokenizer train corpus.txt --vocab-size 4096 -o tok.json
     nanochat-lite tokenizer encode "Hello, world" [--model PATH|NAME | --tokenizer tok.json]
 
-Imported only when the command is named, so other commands do not pay for tiktoken.
+Imported only when the command is named (or for --help); the tokenizer package itself
+(and tiktoken under it) only when the command runs. The tokenizer is `nanochat_lite.tokenizer`;
+this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,7 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, config: Any = None) -> int:
+def run(args: argparse.Namespace, config: Config) -> int:
     """Run the sub-command; returns the exit status (2: a problem the user can fix)."""
     try:
         if args.tokenizer_command == "train":
@@ -66,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode(args: argparse.Namespace, config: Any) -> int:
+def _encode(args: argparse.Namespace, config: Config) -> int:
     from nanochat_lite.tokenizer import Tokenizer
 
     if args.tokenizer:
@@ -83,20 +88,18 @@ def _encode(args: argparse.Namespace, config: Any) -> int:
     return 0
 
 
-def _model_path(spec: str | None, config: Any) -> str:
+def _model_path(spec: str | None, config: Config) -> str:
     from pathlib import Path
 
     from nanochat_lite import models
-    from nanochat_lite.config import default_home
 
-    spec = spec or getattr(config, "model", None)  # the main CLI's --model / environment
+    spec = spec or config.model  # the main CLI's environment (NANOCHAT_LITE_MODEL) or default
     if spec and Path(spec).expanduser().is_file():
         return str(Path(spec).expanduser())
     name = spec or models.DEFAULT_CHAT
     if name not in models.KNOWN:
         raise ValueError(f"--model {spec!r} is neither a file nor a known model ({', '.join(sorted(models.KNOWN))})")
-    home = getattr(config, "home", None) or default_home(os.environ)
     try:
-        return str(models.ensure(home, name, progress=lambda s: print(s, file=sys.stderr)))
+        return str(models.ensure(config.home, name, progress=lambda s: print(s, file=sys.stderr)))
     except models.ModelError as e:
         raise ValueError(str(e)) from None

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _ROUND = 4  # decimals in the plain-text output
 
@@ -33,20 +34,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, home: Any) -> int:
+def run(args: argparse.Namespace, config: Config) -> int:
     """Run the command; returns the exit status (2: a problem the user can fix).
 
-    `home` is the model cache folder, or the CLI's Config (its `.home` is used).
+    The model is pulled into (or found in) `config.home`.
     """
     from nanochat_lite import models
     from nanochat_lite.embeddings import Embedder, EmbeddingError
 
-    home_dir = Path(home) if isinstance(home, (str, os.PathLike)) else Path(home.home)
     threads = getattr(args, "threads", None)
     try:
         if threads is not None and threads < 1:
             raise ValueError(f"--threads must be at least 1, got {threads}")
-        model_dir = models.ensure(home_dir, models.DEFAULT_EMBEDDING, progress=_say)
+        model_dir = models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say)
         embedder = Embedder(model_dir, threads=threads)
         result = embedder.embed(list(args.texts))
     except (models.ModelError, EmbeddingError, ValueError, OSError) as e:

@@ -1,0 +1,85 @@
+"""What several sub-commands share: the user-error type, messages on stderr, the model flags,
+and turning `--model` into a loaded engine with a diagnosis when it fails.
+
+Standard library only at import time; `models`, `gguf` and the engine are imported inside
+the functions that need them. No argument parsing of its own and no environment reads
+(`config.py` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..engine import Engine
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 2."""
+
+
+def say(msg: str) -> None:
+    """One line of progress or diagnosis on stderr (stdout stays for results)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of commands that load the chat model (serve, chat)."""
+    p.add_argument("--model", "-m", help="a known model name or a path to a .gguf file "
+                                          "(env NANOCHAT_LITE_MODEL; default smollm2-135m-instruct)")
+    p.add_argument("--threads", "-t", type=int, help="CPU threads for inference (env NANOCHAT_LITE_THREADS)")
+    p.add_argument("--ctx-size", "-c", type=int, help="context window in tokens (env NANOCHAT_LITE_CTX; 4096)")
+    p.add_argument("--seed", type=int, help="default sampling seed (random per request when unset)")
+    p.add_argument("--home", help="model cache and data folder (env NANOCHAT_LITE_HOME)")
+
+
+def resolve_model(config: Config) -> tuple[Path, str]:
+    """Return (path, display name) for a known model name (pulled if needed) or a .gguf path."""
+    from .. import models
+    from ..gguf import MAGIC
+
+    spec = config.model
+    if spec in models.KNOWN:
+        try:
+            path = models.ensure(config.home, spec, progress=say)
+        except models.ModelError as e:
+            raise CLIError(str(e)) from None
+        return path, spec
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known = ", ".join(sorted(models.KNOWN))
+        raise CLIError(f"Model {spec!r} is neither a known model name ({known}) nor an existing file. "
+                       "Pass a known name or the path of a .gguf file: --model /path/to/model.gguf")
+    if path.is_dir():
+        raise CLIError(f"{path} is a folder; pass the path of a .gguf file inside it.")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CLIError(f"Cannot read {path}: {e.strerror}. Check the file's permissions.") from None
+    if magic != MAGIC:
+        raise CLIError(f"{path} is not a GGUF model file (it starts with {magic!r}, expected b'GGUF'). "
+                       "Pass a .gguf file, e.g. one converted with llama.cpp's convert_hf_to_gguf.py.")
+    return path, path.stem
+
+
+def load_engine(path: Path, name: str, config: Config) -> Engine:
+    """Load the engine or raise CLIError with a diagnosis of the file."""
+    from ..engine import Engine, ModelLoadError
+    from ..gguf import GGUFError, check
+
+    try:
+        return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
+                      threads=config.threads, batch=config.batch_size, name=name)
+    except ModelLoadError as e:
+        try:
+            check(path)
+            why = f"{e}."
+        except GGUFError as ge:
+            why = f"{ge}."
+        raise CLIError(f"Could not load the model {path}: {why} If it is a pulled model, run "
+                       f"`nanochat-lite pull --force`; otherwise download or convert the file again.") from None

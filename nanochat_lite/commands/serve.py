@@ -1,0 +1,40 @@
+"""``nanochat-lite serve``: its flags; the start-up itself is `nanochat_lite.startup.serve`.
+
+Standard library only at import time (plus `security_config`'s flag declarations, which
+import nothing heavy): `serve`'s cold start is the product's headline figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from .common import add_model_flags
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``serve`` on the main CLI's subparsers."""
+    from ..security_config import add_flags as add_security_flags
+
+    s = sub.add_parser("serve", help="serve the chat page and the APIs")
+    add_model_flags(s)
+    s.add_argument("--host", help="address to listen on (env HOST; default 127.0.0.1)")
+    s.add_argument("--port", "-p", type=int, help="port (env PORT; default 8080; 0 = any free port)")
+    s.add_argument("--db", help="conversation store file (env NANOCHAT_LITE_DB)")
+    add_security_flags(s)  # --api-key, --api-keys-file, --allowed-host, --cors-origin
+    s.add_argument("--parallel", "-np", type=int,
+                   help="slots: answers generated at once, batched by llama.cpp (env NANOCHAT_LITE_PARALLEL; 10)")
+    s.add_argument("--max-queue", type=int,
+                   help="requests that may wait for a slot; past it 503 server_busy (env NANOCHAT_LITE_MAX_QUEUE; 64)")
+    s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: 2 × ctx-size)")
+    s.add_argument("--batch-size", "-b", type=int,
+                   help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from ..startup import serve
+
+    return serve(config, args)
