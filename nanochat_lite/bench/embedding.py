@@ -1,40 +1,24 @@
-"""Embeddings section: sentences/s at batch 1, 32 and 256 through `bench/embeddings_bench.py`.
+"""Embeddings section of `nanochat-lite bench`: sentences/s at batch 1, 32 and 256, summarised.
 
-That script lives in the source checkout, not in the installed package, so it is
-loaded by path; without it (an installed wheel) the section says "not available".
-sentence-transformers is timed by the same script when it is importable.
+The measuring is `embeddings_speed.run` (worker processes, alternating engines);
+sentence-transformers is timed beside ours when it is importable. This module only
+turns its per-round samples into median/min/max per batch size.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "embeddings_bench.py"
 BATCHES = (1, 32, 256)
-
-
-def _load_script() -> Any:
-    if not SCRIPT.exists():
-        raise FileNotFoundError(f"{SCRIPT} not found (it ships with the source checkout, not the package)")
-    spec = importlib.util.spec_from_file_location("_nanochat_embeddings_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "run", None)):
-        raise AttributeError(f"{SCRIPT} has no run(quick) function")
-    return module
 
 
 def run(quick: bool, threads: int, model_dir: Path) -> dict[str, Any]:
     """{"engines": {name: {"version", "batch_N": {median, min, max, n}, "cold_load_s": {...}}}, ...}."""
-    try:
-        script = _load_script()
-    except Exception as e:
-        return {"status": "not available", "reason": f"{type(e).__name__}: {e}"}
-    raw = script.run(quick, threads=threads, model_dir=model_dir)
+    from . import embeddings_speed
+
+    raw = embeddings_speed.run(quick, threads=threads, model_dir=model_dir)
     engines: dict[str, Any] = {}
     for name, data in raw["engines"].items():
         rounds = data["rounds"]

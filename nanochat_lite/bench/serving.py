@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-decode", action="store_true")
     args = ap.parse_args(argv)
     from .. import models
-    from ..config import default_home
+    from ..config import Config
 
-    model_path = Path(args.model) if args.model else models.ensure(default_home(os.environ), models.DEFAULT_CHAT)
+    model_path = Path(args.model) if args.model else models.ensure(Config.from_env().home, models.DEFAULT_CHAT)
     opts = PeerOptions(llama_server=args.llama_server, llama_bench=args.llama_bench,
                        serve_args=tuple(shlex.split(args.serve_args)))
     info = machine()

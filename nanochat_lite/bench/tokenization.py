@@ -1,4 +1,4 @@
-"""Tokenization section: `nanochat_lite.tokenizer.bench.run` plus raw tiktoken.
+"""Tokenization section of `nanochat-lite bench`: `tokenizer_speed.run` plus raw tiktoken.
 
 The tokenizer bench already times ours, llama.cpp (twice) and Hugging Face
 `tokenizers` on one thread, fastest of N repeats. This adds tiktoken's core on the
@@ -24,7 +24,7 @@ def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
 
     from ..tokenizer import Tokenizer
     from ..tokenizer._corpus import lines as corpus_lines
-    from ..tokenizer.bench import CHAT_MESSAGE, _best_of
+    from .tokenizer_speed import CHAT_MESSAGE, _best_of
 
     ours = Tokenizer.from_gguf(model_path)
     enc = ours._enc  # the tiktoken.Encoding inside ours; None when ours runs the reference encoder
@@ -32,7 +32,7 @@ def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
         return {"not available": f"our tokenizer does not use tiktoken for this model: {ours.slow_reason}"}
     gpt2 = tiktoken.Encoding("gpt2-pattern", pat_str=GPT2_PATTERN, mergeable_ranks=enc._mergeable_ranks,
                              special_tokens={})
-    # Same text, sizes and repeats as tokenizer.bench.run.
+    # Same text, sizes and repeats as tokenizer_speed.run.
     lines = corpus_lines((512 if quick else 4096) * 1024, seed=7)
     total = sum(len(s.encode("utf-8")) for s in lines)
     repeats, chat_reps = (2, 300) if quick else (3, 2000)
@@ -50,10 +50,10 @@ def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
 
 
 def run(model_path: str, quick: bool) -> dict[str, Any]:
-    # One thread for every native library, as bench/tokenizer_bench.py sets it.
+    # One thread for every native library, as `python -m nanochat_lite.bench.tokenizer_speed` sets it.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..tokenizer.bench import run as tokenizer_run
+    from .tokenizer_speed import run as tokenizer_run
 
     result = tokenizer_run(quick, model_path=model_path)
     mine = result["results"]["nanochat-lite"]

@@ -1,7 +1,10 @@
 """Embedding speed: our numpy engine, and sentence-transformers beside it when importable.
 
-    .venv/bin/python bench/embeddings_bench.py [--quick] [--threads N] [--json]
-    HF_HUB_OFFLINE=1 /work/refvenv/bin/python bench/embeddings_bench.py   # side by side
+    .venv/bin/python -m nanochat_lite.bench.embeddings_speed [--quick] [--threads N] [--json]
+    HF_HUB_OFFLINE=1 /work/refvenv/bin/python -m nanochat_lite.bench.embeddings_speed   # side by side
+
+(run from the checkout's root when the interpreter is not this project's: it finds the
+package there, and so do the worker processes it starts).
 
 Prints sentences per second for calls of 1 text (the corpus' first 64, one by one), 32
 and 256 texts (the whole 256-text corpus), and the cold load: from a fresh process
@@ -13,8 +16,8 @@ spike from elsewhere on the machine hits both alike. The table shows the best an
 median of the repeats; on a machine whose cores are shared, the best is the fairer
 comparison.
 
-`run(quick=False) -> dict` is the entry point for other code (a later `nanochat-lite
-bench`); importing this file measures nothing.
+`run(quick=False) -> dict` is the entry point for other code (the `embeddings` section
+of `nanochat-lite bench`, `embedding.py`); importing this module measures nothing.
 
 Not measured: memory use, the HTTP layer, texts longer than the 256-piece limit beyond
 what the corpus holds (about 1 in 20 texts).
@@ -33,7 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-_REPO = Path(__file__).resolve().parent.parent
 _BATCH_SIZES = (1, 32, 256)
 _CORPUS_SIZE = 256
 
@@ -88,7 +90,6 @@ def _worker(engine: str, model_dir: Path, threads: int | None) -> None:
     """
     start = time.perf_counter()  # the cold-load clock starts before numpy is imported
     if engine == "ours":
-        sys.path.insert(0, str(_REPO))
         from nanochat_lite.embeddings import Embedder
 
         embedder = Embedder(model_dir, threads=threads)
@@ -132,7 +133,7 @@ class _Child:
     """A worker process of one engine, driven line by line."""
 
     def __init__(self, engine: str, model_dir: Path, threads: int | None) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model-dir", str(model_dir)]
+        cmd = [sys.executable, "-m", "nanochat_lite.bench.embeddings_speed", "--worker", engine, "--model-dir", str(model_dir)]
         if threads is not None:
             cmd += ["--threads", str(threads)]
         spawned = time.time()
@@ -169,11 +170,10 @@ def _have_sentence_transformers() -> bool:
 
 
 def _default_model_dir() -> Path:
-    sys.path.insert(0, str(_REPO))
     from nanochat_lite import models
-    from nanochat_lite.config import default_home
+    from nanochat_lite.config import Config
 
-    return models.ensure(default_home(os.environ), "all-minilm-l6-v2")
+    return models.ensure(Config.from_env().home, models.DEFAULT_EMBEDDING)
 
 
 def run(quick: bool = False, *, threads: int | None = None, model_dir: Path | None = None) -> dict[str, Any]:

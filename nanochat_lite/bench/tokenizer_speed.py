@@ -1,12 +1,16 @@
 """Tokenizer benchmarks: our encoder against llama.cpp's and Hugging Face ``tokenizers``.
 
+    .venv/bin/python -m nanochat_lite.bench.tokenizer_speed [--quick] [--json] [--model PATH]
+    .venv/bin/python -m nanochat_lite.bench.tokenizer_speed --train [--quick] [--json]
+
 ``run(quick)`` measures, on one thread, the generated mixed-script text of the parity
 tests: encoding throughput (MB/s over whole lines) and tokenizations per second of a
 chat-sized message (~60 words). Every contender is built from the same GGUF vocabulary
 and merges, and the ids each one gives are compared with ours (``ids_equal``).
 ``run_train(quick)`` times ``train()`` next to rustbpe called directly.
 
-Both return plain dicts (JSON-ready); ``bench/tokenizer_bench.py`` prints them.
+Both return plain dicts (JSON-ready); ``main`` prints them as a table, and the
+`tokenizer` section of ``nanochat-lite bench`` (``tokenization.py``) reuses ``run``.
 llama.cpp is timed up to three ways:
 
 - ``xllamacpp /tokenize``: llama-server's route, with the server running in this
@@ -23,11 +27,13 @@ reason ("not installed ..."), not in ``"results"``.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
 import secrets
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -54,9 +60,9 @@ def _best_of(repeats: int, fn: Callable[[], Any]) -> float:
 
 def _default_model() -> str:
     from nanochat_lite import models
-    from nanochat_lite.config import default_home
+    from nanochat_lite.config import Config
 
-    return str(models.ensure(default_home(os.environ), models.DEFAULT_CHAT))
+    return str(models.ensure(Config.from_env().home, models.DEFAULT_CHAT))
 
 
 def _hf_tokenizer(model_path: str) -> Any:
@@ -265,3 +271,53 @@ def run_train(quick: bool) -> dict[str, Any]:
         "rustbpe_seconds": rust,
         "same_vocabulary": same,
     }
+
+
+def _print_speed(result: dict[str, Any]) -> None:
+    print(f"model {result['model']}: {result['text_bytes'] / 1e6:.2f} MB of mixed text in "
+          f"{result['lines']:,} lines; chat message {result['chat_message_words']} words = "
+          f"{result['chat_message_tokens']} tokens; 1 thread")
+    print(f"{'tokenizer':<28}{'encode MB/s':>12}{'chat msg/s':>12}{'ours is x':>16}  ids equal ours")
+    for name, r in result["results"].items():
+        ratio = "" if name == "nanochat-lite" else f"{r['our_speedup_encode']:.1f} / {r['our_speedup_chat']:.1f}"
+        equal = "yes" if r["ids_equal"] else f"NO ({r['mismatched_lines']} lines differ)"
+        print(f"{name:<28}{r['encode_mb_s']:>12.2f}{r['chat_per_s']:>12,.0f}{ratio:>16}  {equal}   [{r['note']}]")
+    print("'ours is x' = our encode speed / theirs, our chat rate / theirs")
+
+
+def _print_train(r: dict[str, Any]) -> None:
+    print(f"vocab {r['vocab_size']:,} on {r['corpus_bytes'] / 2**20:.0f} MB, {r['cpu_threads']} CPUs")
+    print(f"{'nanochat-lite train()':<24}{r['train_seconds']:>8.2f} s")
+    print(f"{'rustbpe directly':<24}{r['rustbpe_seconds']:>8.2f} s")
+    print(f"same vocabulary: {'yes' if r['same_vocabulary'] else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Encode speed (one thread) or, with --train, training time (all CPUs: rustbpe uses rayon)."""
+    ap = argparse.ArgumentParser(prog="python -m nanochat_lite.bench.tokenizer_speed",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--train", action="store_true",
+                    help="time train() (vocab 4,096 on 10 MB; 2 MB with --quick) next to rustbpe")
+    ap.add_argument("--quick", action="store_true", help="less text, fewer repeats")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--model", help="a .gguf file (default: the default chat model); not with --train")
+    args = ap.parse_args(argv)
+    if args.train:
+        result = run_train(args.quick)
+    else:
+        # One thread everywhere, before any native library starts its pool.
+        for var, value in (("OMP_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+            os.environ.setdefault(var, value)
+        result = run(args.quick, model_path=args.model)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    elif args.train:
+        _print_train(result)
+    else:
+        _print_speed(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
