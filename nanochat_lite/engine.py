@@ -266,6 +266,10 @@ class Engine:
         self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
         return self.kv_cache_bytes
 
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """Build prompts with the project's tokenizer from now on (called once it loaded)."""
+        self.tokenizer = tokenizer
+
     @property
     def busy(self) -> bool:
         """True while any generation runs (tests read it)."""

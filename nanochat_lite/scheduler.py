@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from .engine import Delta, Done, EngineError, Prepared, SamplingParams
 
@@ -49,6 +49,8 @@ class EngineLike(Protocol):
     n_ctx: int
     kv_size: int
     parallel: int
+    threads: int
+    kv_cache_bytes: int | None
 
     def run(self, prep: Prepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
             cancel: threading.Event | None = None, slot: int = -1) -> Done: ...
@@ -158,6 +160,14 @@ class Scheduler:
     @property
     def slots(self) -> int:
         return len(self._slots)
+
+    def info(self) -> dict[str, Any]:
+        """Slots, queue and cache figures (for /api/stats and /api/health)."""
+        eng = self.engine
+        return {"slots": self.slots, "slots_in_use": self.active, "queued": self.queued,
+                "max_queue": self.max_queue, "ctx_size": eng.n_ctx, "kv_size": eng.kv_size,
+                "kv_cache_bytes": eng.kv_cache_bytes, "shared_prefix_tokens": self.prefix_tokens,
+                "threads": eng.threads}
 
     # -- requests -----------------------------------------------------------------
     def submit(self, prepared: Prepared, params: SamplingParams, cancel: threading.Event | None = None,

@@ -66,10 +66,16 @@ class FakeEngine:
     parallel: int = 1
     kv_size: int = 1 << 20
     n_vocab: int = 1000
+    threads: int = 1
+    kv_cache_bytes: int | None = None
+    tokenizer: object = None
     reply: Sequence[str] | None = None  # the deltas to send instead of REPLY
     calls: list[Call] = field(default_factory=list)
     prepared: list[list[dict[str, str]]] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)  # set when a SLOW generation began
+
+    def use_tokenizer(self, tokenizer: object) -> None:
+        self.tokenizer = tokenizer
 
     def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> FakePrepared:
         """Check a conversation fits; its fake tokens are one per word, +1 for BOS."""

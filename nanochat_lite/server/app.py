@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from . import chat_api, conversations_api, embeddings_api, openai_api, openai_completions, tokenize_api, ws
+from .errors import RequestError, api_error, error_response
 from .http import json_response
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .runtime import Runtime
@@ -34,32 +35,24 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'")
 
 
-def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1/")
-
-
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "no such route", 405: "method not allowed for this route"}.get(exc.status_code, str(exc.detail))
-    message = f"{message}: {request.method} {request.url.path}"
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    if _is_openai(request):
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    else:
-        body = {"success": False, "error": {"code": code, "message": message}}
-    return json_response(body, exc.status_code, headers=getattr(exc, "headers", None))
+    e = RequestError(f"{message}: {request.method} {request.url.path}", code=code, status=exc.status_code)
+    return error_response(e, request.url.path, headers=getattr(exc, "headers", None))
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = {"success": False, "error": {"code": "internal_error", "message": "internal error; see the server log"}}
-    return json_response(body, 500)
+    e = RequestError("internal error; see the server log", code="internal_error", status=500)
+    return error_response(e, request.url.path)
 
 
 async def index(request: Request) -> Response:
     page = WEB_DIR / "index.html"
     if not page.exists():
-        return json_response({"success": False, "error": {"code": "not_found", "message": "no page installed"}}, 404)
+        return api_error(RequestError("no page installed", code="not_found", status=404))
     return FileResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
 

@@ -12,78 +12,37 @@ from collections.abc import AsyncIterator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..engine import Delta, Done
-from .http import api_error, event_stream, json_response, read_body, sse, until_disconnect
-from .limits import RequestError
-from .runtime import Runtime, Turn
+from . import frames, turns
+from .errors import RequestError, api_error, error_frame
+from .http import event_stream, json_response, read_body, sse, until_disconnect
+from .runtime import Runtime
 from .schemas import ChatRequest, decode
-
-
-def usage(done: Done) -> dict:
-    return {"promptTokens": done.prompt_tokens, "completionTokens": done.completion_tokens,
-            "totalTokens": done.total_tokens}
-
-
-def timings(done: Done) -> dict:
-    return {"ttft_ms": round(done.ttft_ms, 2), "total_ms": round(done.total_ms, 2),
-            "tokens_per_second": round(done.decode_tokens_per_s, 2)}
-
-
-async def turn_frames(rt: Runtime, turn: Turn) -> AsyncIterator[dict]:
-    """One chat turn as the frames SSE and the WebSocket share: start, token…, done.
-
-    "done" comes once the stream has ended, so the answer is stored when it arrives.
-    """
-    yield {"type": "start", "conversation_id": turn.conversation_id, "model": rt.model_name}
-    final = None
-    async for ev in rt.stream(turn.ticket, turn.params, turn.conversation_id):
-        if isinstance(ev, Delta):
-            yield {"type": "token", "text": ev.text}
-        else:
-            final = ev
-    if final is not None:
-        yield {"type": "done", "conversation_id": turn.conversation_id, "model": rt.model_name,
-               "message": final.text, "finish_reason": final.finish_reason, "usage": usage(final),
-               "timings": timings(final)}
 
 
 async def chat(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    started = time.perf_counter()
     try:
         req = decode(await read_body(request), ChatRequest)
-        turn = await rt.begin_turn(req)
+        turn = await turns.begin_turn(rt, req)
     except RequestError as e:
         return api_error(e)
 
     if req.stream:
         async def body() -> AsyncIterator[bytes]:
-            async for frame in turn_frames(rt, turn):
-                if frame["type"] == "done":
-                    frame["processingTime"] = round((time.perf_counter() - started) * 1000, 2)
+            async for frame in turns.turn_frames(rt, turn):
                 yield sse(frame)
 
-        def on_error(e: RequestError) -> bytes:
-            return sse({"type": "error", "code": e.code, "message": e.message})
-
-        return event_stream(request, body(), on_error)
+        return event_stream(request, body(), lambda e: sse(error_frame(e)))
 
     try:
-        done = await until_disconnect(request, rt.complete(turn.ticket, turn.params, turn.conversation_id))
+        done = await until_disconnect(request, turns.complete(rt, turn.ticket, turn.params, turn.conversation_id))
     except RequestError as e:
         return api_error(e)
     except ClientDisconnect:
         return Response(status_code=499)
-    return json_response({"success": True, "data": {
-        "message": done.text,
-        "tokens": done.completion_tokens,
-        "processingTime": round((time.perf_counter() - started) * 1000, 2),
-        "model": rt.model_name,
-        "conversation_id": turn.conversation_id,
-        "finish_reason": done.finish_reason,
-        "usage": usage(done),
-        "timings": timings(done),
-    }})
+    processing_ms = (time.perf_counter() - turn.started) * 1000
+    return json_response({"success": True, "data": frames.chat_data(
+        done, conversation_id=turn.conversation_id, model=rt.model_name, processing_ms=processing_ms)})
 
 
 async def health(request: Request) -> Response:

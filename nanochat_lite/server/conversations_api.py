@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from ..history import NotFound
 from . import limits
-from .http import api_error, json_response, read_body
-from .limits import RequestError
+from .errors import RequestError, api_error
+from .http import json_response, read_body
 from .runtime import Runtime
 from .schemas import decode
 

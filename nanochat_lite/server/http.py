@@ -1,6 +1,5 @@
 """HTTP helpers shared by the routes: bounded body reading, JSON and SSE responses,
-error bodies in the two styles we speak (the project's `{success, error}` and
-OpenAI's `{error: {message, type, param, code}}`), and client-disconnect watching."""
+and client-disconnect watching. Error bodies are in errors.py."""
 
 from __future__ import annotations
 
@@ -12,35 +11,16 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from .limits import MAX_BODY_BYTES, RequestError
+from .errors import RequestError, api_error, openai_error
+from .limits import MAX_BODY_BYTES
+
+__all__ = ["api_error", "openai_error"]  # re-exported for the routes that import them from here
 
 _encoder = msgspec.json.Encoder()
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encoder.encode(data), status_code=status, media_type="application/json", headers=headers)
-
-
-def _retry_headers(e: RequestError) -> dict[str, str] | None:
-    return {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
-
-
-def api_error(e: RequestError) -> Response:
-    return json_response({"success": False, "error": {"code": e.code, "message": e.message}}, e.status,
-                         headers=_retry_headers(e))
-
-
-def openai_error(e: RequestError) -> Response:
-    kind = "invalid_request_error" if e.status < 500 else "server_error"
-    status = e.status
-    if e.status == 404:
-        kind = "not_found_error"
-    elif e.code == "server_busy":
-        # OpenAI clients retry a 429 (with backoff, honouring Retry-After); a 503 too,
-        # but 429 is what they document for "too many requests".
-        kind, status = "rate_limit_error", 429
-    return json_response({"error": {"message": e.message, "type": kind, "param": e.param, "code": e.code}},
-                         status, headers=_retry_headers(e))
 
 
 async def read_body(request: Request) -> bytes:

@@ -1,15 +1,22 @@
 """Request limits: named constants, checked in one place.
 
-Every route turns a body into a typed struct (msgspec does the shape), then calls
-`check_sampling` / `check_message` / `check_conversation` here. A violation raises
-`RequestError`, which every route turns into a 4xx JSON body.
+Every route turns a body into a typed struct (msgspec does the shape, schemas.py),
+then calls `sampling` / `check_message` / `check_conversation` here. A violation
+raises `RequestError` (errors.py), which every door turns into its 4xx error shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..engine import SamplingParams
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .schemas import Sampling
+
+__all__ = ["RequestError"]  # re-exported: limits raise it
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB; larger bodies get 413
 MAX_MESSAGE_CHARS = 8_000
@@ -35,20 +42,6 @@ MAX_SCHEMA_DEPTH = 32  # nesting of a response_format / tool JSON Schema
 MAX_SCHEMA_NODES = 5_000  # subschemas in one JSON Schema
 MAX_PROMPT_TOKENS = 32_768  # token ids in one /v1/completions or /v1/embeddings input
 MAX_WS_FRAME_BYTES = MAX_BODY_BYTES
-
-
-class RequestError(Exception):
-    """A client mistake: becomes a 4xx JSON error with a stable code."""
-
-    def __init__(self, message: str, *, code: str = "invalid_request", status: int = 400,
-                 param: str | None = None, retry_after: int | None = None, extra: dict | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
-        self.param = param
-        self.retry_after = retry_after  # seconds, sent as Retry-After
-        self.extra = extra  # more fields for the error body (OpenAI routes)
 
 
 def check_range(name: str, value: float | int | None, lo: float, hi: float) -> None:
@@ -102,12 +95,15 @@ def check_id(value: str | None, name: str = "conversation_id") -> None:
         raise RequestError(f"`{name}` is not a valid id", param=name)
 
 
-def sampling(base: SamplingParams, *, temperature: float | None = None, top_k: int | None = None,
-             top_p: float | None = None, min_p: float | None = None, repeat_penalty: float | None = None,
-             frequency_penalty: float | None = None, presence_penalty: float | None = None,
-             seed: int | None = None, max_tokens: int | None = None,
-             stop: str | Sequence[str] | None = None) -> SamplingParams:
-    """Check every sampling field against its bound and merge onto the defaults."""
+def sampling(base: SamplingParams, fields: "Sampling", *, max_tokens: int | None = None) -> SamplingParams:
+    """Check a request's sampling fields against their bounds and merge them onto the
+    defaults: the one path for every door (`/api/chat`, `/ws`, `/v1/*`).
+    `max_tokens` overrides the request's own (OpenAI's `max_completion_tokens`)."""
+    temperature, top_k, top_p, min_p = fields.temperature, fields.top_k, fields.top_p, fields.min_p
+    repeat_penalty, seed, stop = fields.repeat_penalty, fields.seed, fields.stop
+    frequency_penalty, presence_penalty = fields.frequency_penalty, fields.presence_penalty
+    if max_tokens is None:
+        max_tokens = fields.max_tokens
     check_range("temperature", temperature, TEMPERATURE_MIN, TEMPERATURE_MAX)
     check_range("top_k", top_k, TOP_K_MIN, TOP_K_MAX)
     check_range("top_p", top_p, TOP_P_MIN, TOP_P_MAX)

@@ -22,16 +22,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..engine import Delta, Done, SamplingParams
-from . import limits
+from ..scheduler import Ticket
+from . import limits, openai_tools, turns
 from . import openai_params as op
-from . import openai_tools
+from .errors import RequestError, openai_body, openai_error
+from .frames import openai_finish_reason as finish_reason
+from .frames import openai_usage
 from .http import event_stream, json_response, read_body, sse, until_disconnect
-from .limits import RequestError
 from .openai_tools import ToolPlan
 from .runtime import Runtime
 from .schemas import OAIChatRequest, OAIMessage, decode
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
+OVERFLOW = "context_length_exceeded"  # OpenAI's code for a prompt past the context
 
 
 def _content(i: int, m: OAIMessage) -> str | None:
@@ -91,11 +94,8 @@ def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict
     return out
 
 
-def finish_reason(done: Done) -> str:
-    return "length" if done.finish_reason == "length" else "stop"
-
-
-async def collect_dones(rt: Runtime, tickets: list, choice_params: list) -> list[Done]:
+async def collect_dones(rt: Runtime, tickets: Sequence[Ticket], choice_params: Sequence[SamplingParams]
+                        ) -> list[Done]:
     """Run every choice's generation to its end; their Done events, by choice index."""
     dones: list[Done | None] = [None] * len(tickets)
     async for i, ev in merged(rt, tickets, choice_params):
@@ -106,7 +106,7 @@ async def collect_dones(rt: Runtime, tickets: list, choice_params: list) -> list
     return dones  # type: ignore[return-value]
 
 
-async def merged(rt: Runtime, tickets: Sequence[Any], params: Sequence[SamplingParams]
+async def merged(rt: Runtime, tickets: Sequence[Ticket], params: Sequence[SamplingParams]
                  ) -> AsyncIterator[tuple[int, Delta | Done]]:
     """The events of several generations as (choice index, event), in arrival order.
 
@@ -116,7 +116,7 @@ async def merged(rt: Runtime, tickets: Sequence[Any], params: Sequence[SamplingP
 
     async def pump(i: int) -> None:
         try:
-            async for ev in rt.stream(tickets[i], params[i]):
+            async for ev in turns.stream(rt, tickets[i], params[i]):
                 await queue.put((i, ev))
         except Exception as e:  # RequestError from the engine: hand it to the consumer
             await queue.put((i, e))
@@ -145,18 +145,13 @@ async def _parse(rt: Runtime, request: Request
     """The request, its sampling parameters, the number of choices and of top logprobs,
     and what its tools change (None without tools)."""
     req = decode(await read_body(request), OAIChatRequest)
-    rt.require_ready()
+    _, prompts = rt.require_ready()
     count = op.choice_count(req.n)
     limits.check_range("max_completion_tokens", req.max_completion_tokens,
                        limits.MAX_TOKENS_MIN, limits.MAX_TOKENS_MAX)
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    params = limits.sampling(
-        rt.defaults, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-        repeat_penalty=req.repeat_penalty, frequency_penalty=req.frequency_penalty,
-        presence_penalty=req.presence_penalty, seed=req.seed, max_tokens=max_tokens, stop=req.stop,
-    )
+    params = limits.sampling(rt.defaults, req, max_tokens=req.max_completion_tokens)
     probs = op.n_probs(req.logprobs, req.top_logprobs)
-    bias = op.logit_bias(req.logit_bias, getattr(rt.engine, "n_vocab", None))
+    bias = op.logit_bias(req.logit_bias, prompts.n_vocab)
     tools = openai_tools.plan(req)
     schema = tools.schema if tools is not None else op.response_schema(req.response_format)
     if schema is not None:
@@ -172,11 +167,12 @@ async def chat_completions(request: Request) -> Response:
         messages = to_messages(req, tools)
         # The prompt is built and queued before any byte is sent: a prompt that cannot
         # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
-        prepared = await op.prepare(rt, rt.engine.prepare, messages, params)
+        _, prompts = rt.require_ready()
+        prepared = await turns.build(prompts.prepare, messages, params, overflow_code=OVERFLOW)
         choice_params = op.seeded(params, count)
-        tickets = op.submit_all(rt, [prepared] * count, choice_params)
+        tickets = turns.submit_all(rt, [prepared] * count, choice_params)
     except RequestError as e:
-        return op.error_response(e)
+        return openai_error(e)
 
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -225,20 +221,17 @@ async def chat_completions(request: Request) -> Response:
                 # place), else on the last finish_reason chunk (llama-server's).
                 last = finished == count and not include_usage
                 yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}],
-                            op.usage(prompt, completion) if last else None)
+                            openai_usage(prompt, completion) if last else None)
             if include_usage:
-                yield chunk([], op.usage(prompt, completion))
+                yield chunk([], openai_usage(prompt, completion))
             yield b"data: [DONE]\n\n"
 
-        def on_error(e: RequestError) -> bytes:
-            return sse({"error": {"message": e.message, "type": "invalid_request_error", "code": e.code}})
-
-        return event_stream(request, body(), on_error)
+        return event_stream(request, body(), lambda e: sse(openai_body(e)))
 
     try:
         dones = await until_disconnect(request, collect_dones(rt, tickets, choice_params))
     except RequestError as e:
-        return op.error_response(e)
+        return openai_error(e)
     except ClientDisconnect:
         return Response(status_code=499)
     first = dones[0]
@@ -255,7 +248,7 @@ async def chat_completions(request: Request) -> Response:
         "id": cid, "object": "chat.completion", "created": created, "model": model,
         "choices": choices,
         # The prompt is counted once (as OpenAI does for n > 1); completions add up.
-        "usage": op.usage(first.prompt_tokens, sum(d.completion_tokens for d in dones)),
+        "usage": openai_usage(first.prompt_tokens, sum(d.completion_tokens for d in dones)),
         "timings": {"ttft_ms": round(first.ttft_ms, 2), "total_ms": round(max(d.total_ms for d in dones), 2),
                     "tokens_per_second": round(first.decode_tokens_per_s, 2)},
     })

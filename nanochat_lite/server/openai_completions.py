@@ -25,11 +25,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..engine import Delta, Done
-from . import limits
+from . import limits, turns
 from . import openai_params as op
+from .errors import RequestError, openai_body, openai_error
+from .frames import openai_finish_reason as finish_reason
+from .frames import openai_usage
 from .http import event_stream, json_response, read_body, sse, until_disconnect
-from .limits import RequestError
-from .openai_api import collect_dones, finish_reason, merged
+from .openai_api import OVERFLOW, collect_dones, merged
 from .runtime import Runtime
 from .schemas import OAICompletionRequest, decode
 
@@ -71,7 +73,7 @@ async def completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req = decode(await read_body(request), OAICompletionRequest)
-        rt.require_ready()
+        _, builder = rt.require_ready()
         prompts = prompts_of(req.prompt)
         n = op.choice_count(req.n)
         if len(prompts) * n > limits.MAX_N:
@@ -87,29 +89,26 @@ async def completions(request: Request) -> Response:
         if req.echo and req.logprobs is not None:
             raise RequestError("`echo` with `logprobs` is not supported: the prompt's logprobs are not computed",
                                code="unsupported_parameter", param="logprobs")
-        params = limits.sampling(
-            rt.defaults, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-            repeat_penalty=req.repeat_penalty, frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty, seed=req.seed, max_tokens=req.max_tokens, stop=req.stop,
-        )
-        bias = op.logit_bias(req.logit_bias, getattr(rt.engine, "n_vocab", None))
+        params = limits.sampling(rt.defaults, req)
+        bias = op.logit_bias(req.logit_bias, builder.n_vocab)
         top = req.logprobs or 0
         params = params.with_overrides(n_probs=max(1, top) if req.logprobs is not None else None,
                                        logit_bias=bias or None)
-        engine = rt.engine
         prepared = []
         echoes: list[str] = []
         for p in prompts:
             if isinstance(p, str):
-                prepared.append(await op.prepare(rt, engine.prepare_text, p, params, param="prompt"))
+                prepared.append(await turns.build(builder.prepare_text, p, params, param="prompt",
+                                                  overflow_code=OVERFLOW))
                 echoes.append(p)
             else:
-                prepared.append(await op.prepare(rt, engine.prepare_tokens, p, params, param="prompt"))
-                echoes.append(await asyncio.to_thread(engine.detokenize, p) if req.echo else "")
+                prepared.append(await turns.build(builder.prepare_tokens, p, params, param="prompt",
+                                                  overflow_code=OVERFLOW))
+                echoes.append(await asyncio.to_thread(builder.detokenize, p) if req.echo else "")
         choice_params = op.seeded(params, n) * len(prompts)
-        tickets = op.submit_all(rt, [prep for prep in prepared for _ in range(n)], choice_params)
+        tickets = turns.submit_all(rt, [prep for prep in prepared for _ in range(n)], choice_params)
     except RequestError as e:
-        return op.error_response(e)
+        return openai_error(e)
 
     cid = "cmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -129,7 +128,7 @@ async def completions(request: Request) -> Response:
     def usage_of(dones: dict[int, Done]) -> dict:
         # Each prompt counted once (its n choices share it); completions add up.
         prompt = sum(d.prompt_tokens for i, d in dones.items() if i % n == 0)
-        return op.usage(prompt, sum(d.completion_tokens for d in dones.values()))
+        return openai_usage(prompt, sum(d.completion_tokens for d in dones.values()))
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -162,15 +161,12 @@ async def completions(request: Request) -> Response:
                 yield chunk([], usage_of(dones))
             yield b"data: [DONE]\n\n"
 
-        def on_error(e: RequestError) -> bytes:
-            return sse({"error": {"message": e.message, "type": "invalid_request_error", "code": e.code}})
-
-        return event_stream(request, body(), on_error)
+        return event_stream(request, body(), lambda e: sse(openai_body(e)))
 
     try:
         dones = dict(enumerate(await until_disconnect(request, collect_dones(rt, tickets, choice_params))))
     except RequestError as e:
-        return op.error_response(e)
+        return openai_error(e)
     except ClientDisconnect:
         return Response(status_code=499)
     return json_response({

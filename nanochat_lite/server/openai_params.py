@@ -1,7 +1,7 @@
 """OpenAI request extras turned into engine fields, checked in one place:
 `response_format` (a JSON Schema for the engine's `json_schema`), `logprobs` /
-`top_logprobs`, `logit_bias`, `n`; and the shapes the answers carry back (logprobs in
-the chat and legacy styles, usage, the context-overflow error).
+`top_logprobs`, `logit_bias`, `n`; and the logprobs the answers carry back, in the
+chat and the legacy styles. (Usage is in frames.py, errors in errors.py.)
 
 The JSON Schema check is a sanity check of the keywords llama.cpp's converter reads
 (types, nesting, local `$ref`s, patterns), not a full meta-schema validation: it
@@ -19,14 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from starlette.responses import Response
 
-from ..engine import ContextOverflow, EngineError, Prepared, SamplingParams
-from ..template import TemplateError
+from ..engine import SamplingParams
 from . import limits
-from .http import openai_error
-from .limits import RequestError
-from .runtime import Runtime
+from .errors import RequestError
 from .schemas import ResponseFormat
 
 JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
@@ -244,40 +240,7 @@ def legacy_logprobs(entries: Sequence[dict], top: int, offset: int) -> dict:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-# -- prompt, queue, errors ------------------------------------------------------------
-
-def _overflow(e: ContextOverflow, param: str) -> RequestError:
-    return RequestError(str(e), code="context_length_exceeded", param=param,
-                        extra={"n_prompt_tokens": e.n_prompt_tokens, "n_ctx": e.n_ctx})
-
-
-async def prepare(rt: Runtime, make: Any, *args: Any, param: str = "messages") -> Prepared:
-    """Run an engine `prepare*` call off the loop; its failures become 400s in OpenAI's terms."""
-    rt.require_ready()
-
-    def run() -> Prepared:
-        try:
-            return make(*args)
-        except ContextOverflow as e:
-            raise _overflow(e, param) from None
-        except (EngineError, TemplateError) as e:
-            raise RequestError(str(e), code=getattr(e, "code", "invalid_request"), param=param) from None
-
-    return await asyncio.to_thread(run)
-
-
-def submit_all(rt: Runtime, prepared: Sequence[Prepared], params: Sequence[SamplingParams]) -> list[Any]:
-    """Queue one ticket per choice; all or none (a full queue cancels those already queued)."""
-    tickets: list[Any] = []
-    try:
-        for prep, p in zip(prepared, params):
-            tickets.append(rt._submit(prep, p, None))
-    except BaseException:
-        for t in tickets:
-            t.cancel()
-        raise
-    return tickets
-
+# -- choices --------------------------------------------------------------------------
 
 def seeded(params: SamplingParams, count: int) -> list[SamplingParams]:
     """One SamplingParams per choice: with a seed, choice i uses seed + i, so the
@@ -285,20 +248,3 @@ def seeded(params: SamplingParams, count: int) -> list[SamplingParams]:
     if params.seed is None:
         return [params] * count
     return [params.with_overrides(seed=(params.seed + i) % (limits.SEED_MAX + 1)) for i in range(count)]
-
-
-def error_response(e: RequestError) -> Response:
-    """openai_error, plus the extra fields some errors carry (context_length_exceeded's
-    `n_prompt_tokens` and `n_ctx`, as llama-server sends them)."""
-    response = openai_error(e)
-    if e.extra:
-        body = msgspec.json.decode(response.body)
-        body["error"].update(e.extra)
-        response.body = msgspec.json.encode(body)
-        response.headers["content-length"] = str(len(response.body))
-    return response
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}

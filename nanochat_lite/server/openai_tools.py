@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from .limits import RequestError
+from .errors import RequestError
 from .openai_params import check_schema
 from .schemas import NamedToolChoice, OAIChatRequest, OAIMessage, Tool
 

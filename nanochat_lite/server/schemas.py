@@ -11,21 +11,23 @@ from typing import Any, Literal, TypeVar, Union
 
 import msgspec
 
-from .limits import MAX_BODY_BYTES, RequestError
+from .errors import RequestError
+from .limits import MAX_BODY_BYTES
 
 
 class Sampling(msgspec.Struct, kw_only=True):
+    """The sampling fields every door accepts (bounds: limits.sampling)."""
+
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
     repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     max_tokens: int | None = None
     stop: Union[str, list[str], None] = None
-
-    def sampling_kwargs(self) -> dict:
-        return {f: getattr(self, f) for f in Sampling.__struct_fields__}
 
 
 class ChatRequest(Sampling, kw_only=True):
@@ -105,22 +107,12 @@ class NamedToolChoice(msgspec.Struct, kw_only=True):
     function: NamedFunction
 
 
-class OAIChatRequest(msgspec.Struct, kw_only=True):
+class OAIChatRequest(Sampling, kw_only=True):
     messages: list[OAIMessage]
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    stop: Union[str, list[str], None] = None
     n: int | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
@@ -132,7 +124,7 @@ class OAIChatRequest(msgspec.Struct, kw_only=True):
     parallel_tool_calls: bool | None = None
 
 
-class OAICompletionRequest(msgspec.Struct, kw_only=True):
+class OAICompletionRequest(Sampling, kw_only=True):
     """`POST /v1/completions` (OpenAI's legacy text completions)."""
 
     # str | list[str] | list[int] | list[list[int]]: msgspec cannot tell list types
@@ -141,16 +133,6 @@ class OAICompletionRequest(msgspec.Struct, kw_only=True):
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    max_tokens: int | None = None
-    stop: Union[str, list[str], None] = None
     n: int | None = None
     best_of: int | None = None
     echo: bool = False

@@ -17,8 +17,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .http import api_error, json_response, read_body
-from .limits import MAX_BODY_BYTES, RequestError
+from .errors import RequestError, api_error
+from .http import json_response, read_body
+from .limits import MAX_BODY_BYTES
 from .runtime import Runtime
 from .schemas import decode
 

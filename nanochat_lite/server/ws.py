@@ -3,7 +3,7 @@
 Client frames: `{"type": "chat", "message", ...sampling, "conversation_id"?, "system"?}`,
 `{"type": "stop"}`, `{"type": "ping"}`.
 Server frames: `{"type": "start", "conversation_id"}`, `{"type": "token", "text"}`,
-`{"type": "done", "conversation_id", "message", "finish_reason", "usage", "timings"}`,
+`{"type": "done", "conversation_id", "message", "finish_reason", "usage", "timings", "processingTime"}`,
 `{"type": "error", "code", "message"}`, `{"type": "pong"}`.
 
 One generation per socket at a time; a malformed frame gets an error frame and the
@@ -19,8 +19,9 @@ import threading
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .chat_api import turn_frames
-from .limits import MAX_WS_FRAME_BYTES, RequestError
+from . import turns
+from .errors import RequestError, error_frame
+from .limits import MAX_WS_FRAME_BYTES
 from .runtime import Runtime
 from .schemas import WSChat, WSFrame, decode
 
@@ -39,16 +40,16 @@ async def websocket_chat(ws: WebSocket) -> None:
             await ws.send_text(_enc.encode(obj).decode())
 
     async def error(code: str, message: str) -> None:
-        await send({"type": "error", "code": code, "message": message})
+        await send(error_frame(RequestError(message, code=code)))
 
     async def run_chat(req: WSChat, stop_event: threading.Event) -> None:
         try:
-            turn = await rt.begin_turn(req, stop_event)
-            async for frame in turn_frames(rt, turn):
+            turn = await turns.begin_turn(rt, req, stop_event)
+            async for frame in turns.turn_frames(rt, turn):
                 await send(frame)
         except RequestError as e:
             with contextlib.suppress(Exception):
-                await error(e.code, e.message)
+                await send(error_frame(e))
         except (WebSocketDisconnect, RuntimeError):
             pass  # socket closed while sending; the generation is cancelled by the caller
 
