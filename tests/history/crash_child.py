@@ -1,6 +1,6 @@
 """Crash-test child: append messages to a conversation store until killed.
 
-    python tests/history_crash_child.py DB_PATH_OR_URL [--seed N] [--threads N] [--max-seconds S]
+    python tests/history/crash_child.py DB_PATH_OR_URL [--seed N] [--threads N] [--max-seconds S]
 
 Prints `ACK <conversation_id> <message_id> <content>` (one line, flushed) after each
 add_message returns, i.e. after the write committed. The parent SIGKILLs this process

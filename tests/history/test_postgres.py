@@ -1,7 +1,7 @@
 """PostgreSQL-only behaviour of the conversation store: schema migrations and their
 version table, errors a person can act on, the same answers as SQLite for the same
 calls, and SIGKILL of a writer losing nothing acknowledged. The behaviour both backends
-share is tested once for both in test_history.py."""
+share is tested once for both in test_store.py and test_durability.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from nanochat_lite.history import Store, StoreError, open_store
 from serverproc import free_port
 
-CHILD = Path(__file__).with_name("history_crash_child.py")
+CHILD = Path(__file__).with_name("crash_child.py")
 
 
 def _sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
