@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from nanochat_lite.commands import tokenizer as cli
+from nanochat_lite.config import Config
 from nanochat_lite.tokenizer import GPT4_PATTERN, Tokenizer, train
-from nanochat_lite.tokenizer import cli
 from nanochat_lite.tokenizer._train import get_stats, merge
 from tokenizer_corpus import lines
 
@@ -80,7 +81,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="command"))
-    return cli.run(parser.parse_args(list(argv)))
+    return cli.run(parser.parse_args(list(argv)), Config.from_env())
 
 
 def test_cli_train_and_encode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
