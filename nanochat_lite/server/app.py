@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from . import chat_api, conversations_api, embeddings_api, openai_api, openai_completions, tokenize_api, ws
+from . import chat_api, conversations_api, embeddings_api, limits_api, openai_api, openai_completions, tokenize_api, ws
 from .errors import RequestError, api_error, error_response
 from .http import json_response
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
@@ -145,6 +145,7 @@ def create_app(runtime: Runtime, extra_routes: list | None = None, *,
         Route("/api/conversations/{cid}", conversations_api.delete_conversation, methods=["DELETE"]),
         Route("/api/conversations/{cid}/export", conversations_api.export_conversation),
         Route("/api/search", conversations_api.search),
+        Route("/api/limits", limits_api.limits),
         Route("/api/tokenize", tokenize_api.tokenize, methods=["POST"]),
         Route("/v1/embeddings", embeddings_api.openai_embeddings, methods=["POST"]),
         Route("/api/embeddings", embeddings_api.api_embeddings, methods=["POST"]),

@@ -109,6 +109,7 @@ _OPS: dict[tuple[str, str], _Op] = {
                ("mode", {"enum": ["text", "semantic"]}, "text (full-text, default) or semantic (embeddings)"),
                _LIMIT),
         errors={404: "semantic search without an embeddings model", 503: "the embeddings model is not available"}),
+    ("get", "/api/limits"): _Op("The limits the server checks", "`{success: true, data: {message_chars, ...}}`"),
     ("post", "/api/tokenize"): _Op("Token ids of a text, with the served model's tokenizer",
                                    "`{tokens: [{id, text}] or [id], count}`", body=TokenizeRequest,
                                    errors={404: "no tokenizer on this server", 422: "unsupported vocabulary"}),

@@ -42,6 +42,7 @@ const enc = encodeURIComponent;
 export const api = {
   health: () => call("GET", "/api/health"),
   stats: () => call("GET", "/api/stats"),
+  limits: () => call("GET", "/api/limits"),
   conversations: (limit, offset) => call("GET", `/api/conversations?limit=${limit}&offset=${offset}`),
   conversation: (id) => call("GET", `/api/conversations/${enc(id)}`),
   rename: (id, title) => call("PATCH", `/api/conversations/${enc(id)}`, { title }),

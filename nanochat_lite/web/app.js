@@ -3,7 +3,8 @@
 // The modules under it each own one thing: ws.js (reconnecting socket), chat.js
 // (the message queue and frames), transcript.js (messages on screen), markdown.js,
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
-// tokenizer view), api.js (REST), auth.js (the API key, when the server wants one).
+// tokenizer view), api.js (REST), auth.js (the API key, when the server wants one),
+// limits.js (the server's limits, which the page checks too), dom.js (el()).
 // The open conversation lives in the URL hash (#c=<id>) and in localStorage, so a
 // reload comes back to it.
 
@@ -11,6 +12,7 @@ import { api } from "./api.js";
 import { authorizeDownloads, installKeyForm, onKeyChange, wsProtocols } from "./auth.js";
 import { ChatSession } from "./chat.js";
 import { Dashboard } from "./dashboard.js";
+import { limits, loadLimits, withLimits } from "./limits.js";
 import { SettingsPanel } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
 import { loadConversationId, saveConversationId } from "./store.js";
@@ -19,7 +21,6 @@ import { Transcript } from "./transcript.js";
 import { ReconnectingSocket } from "./ws.js";
 
 const $ = (sel) => document.querySelector(sel);
-const MAX_MESSAGE_CHARS = 8000;
 
 // -- connection -----------------------------------------------------------------
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -57,6 +58,7 @@ socket.addEventListener("state", () => {
   // Back after an outage (or a server restart): the list may have changed, and a
   // conversation that could not load then can load now.
   sidebar.refresh();
+  loadLimits(); // if they could not be read before
   if (failedLoad && failedLoad === thread.id) openConversation(failedLoad);
 });
 $("#conn-retry").addEventListener("click", () => socket.connect());
@@ -161,8 +163,9 @@ async function openConversation(id, messageId) {
 // -- sending ----------------------------------------------------------------------
 function send(text) {
   if (!text.trim()) return false;
-  if (text.length > MAX_MESSAGE_CHARS) {
-    note(`Messages are limited to ${MAX_MESSAGE_CHARS.toLocaleString("en-US")} characters.`);
+  const max = limits()?.message_chars;
+  if (max && text.length > max) {
+    note(`Messages are limited to ${max.toLocaleString("en-US")} characters.`);
     return false;
   }
   const view = transcript.addTurn(text);
@@ -195,6 +198,7 @@ function syncTitle() {
 }
 
 const input = $("#composer-input");
+withLimits((lim) => (input.maxLength = lim.message_chars));
 function autosize() {
   input.style.height = "auto"; // CSSOM writes are allowed by the CSP; style="" attributes are not
   input.style.height = Math.min(input.scrollHeight + 2, 220) + "px";
@@ -303,6 +307,7 @@ window.addEventListener("hashchange", () => {
 
 showConnection();
 autosize();
+loadLimits();
 socket.connect();
 dashboard.start();
 api.health().then((h) => showModel(h.model), () => {});

@@ -5,6 +5,8 @@
 // Searches for closing delimiters are remembered (`cache`), so a hostile line such as
 // "*a *a *a ..." costs linear time, not quadratic.
 
+import { el } from "./dom.js";
+
 export const MAX_DEPTH = 6; // nesting of quotes/lists/emphasis; deeper input renders as text
 const MAX_LABEL = 1000; // characters; a longer [label] is not a link (keeps scans short)
 const MAX_LABEL_NESTING = 8; // brackets inside a [label]; "[[[[[[[[[..." is text
@@ -207,9 +209,3 @@ function anchor(href, text) {
   return a;
 }
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}

@@ -15,6 +15,7 @@
 // headings, indented code blocks. An unclosed fence (an answer still streaming)
 // renders as a code block up to the end.
 
+import { el } from "./dom.js";
 import { MAX_DEPTH, renderInline } from "./inline.js";
 
 export { safeUrl } from "./inline.js";
@@ -24,13 +25,6 @@ export function renderMarkdown(text) {
   const frag = document.createDocumentFragment();
   renderBlocks(text.replace(/\r\n?/g, "\n").split("\n"), frag, 0);
   return frag;
-}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 // -- blocks ---------------------------------------------------------------------

@@ -5,17 +5,12 @@
 // become <mark> elements by splitting the string, not by parsing HTML.
 
 import { api } from "./api.js";
+import { el } from "./dom.js";
+import { limits, withLimits } from "./limits.js";
 
-const PAGE = 50; // conversations listed at first and added by "Load more"
-const MAX_PAGE = 100; // the server's limit per request
+const PAGE = 50; // conversations listed at first and added by "Load more"; asked for in requests of
+// at most the server's page_size (limits.js), or of PAGE until that is known
 const SEARCH_DELAY_MS = 250;
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function iconButton(label, action, glyph) {
   const b = el("button", "icon-button row-action", glyph);
@@ -63,6 +58,7 @@ export class Sidebar {
       }
     });
     this.list.addEventListener("click", (ev) => this._onClick(ev));
+    withLimits((lim) => (this.search.maxLength = lim.search_chars));
   }
 
   /** Reload the list (the first `count` conversations), unless a search is shown. */
@@ -73,7 +69,7 @@ export class Sidebar {
     let total = 0;
     try {
       do {
-        const data = await api.conversations(Math.min(MAX_PAGE, count - items.length), items.length);
+        const data = await api.conversations(Math.min(limits()?.page_size ?? PAGE, count - items.length), items.length);
         items.push(...data.conversations);
         total = data.total;
         if (!data.conversations.length) break;
@@ -179,7 +175,7 @@ export class Sidebar {
     const name = li.querySelector(".conv-name");
     const input = el("input", "rename-input");
     input.type = "text";
-    input.maxLength = 200;
+    if (limits()) input.maxLength = limits().title_chars;
     input.value = name.textContent === "Untitled" ? "" : name.textContent;
     input.setAttribute("aria-label", "New title");
     const open = li.querySelector(".conv-open");

@@ -1,21 +1,16 @@
 // Settings remembered in this browser (localStorage), and the current conversation id.
 //
-// A setting left empty is not sent, so the server's default applies. Ranges mirror
-// the server's limits (nanochat_lite/server/limits.py); the server checks them again.
+// A setting left empty is not sent, so the server's default applies. Ranges are the
+// server's own (GET /api/limits, limits.js); until they are known a number is only
+// checked for being a number, and the server checks every value again anyway.
+
+import { limits } from "./limits.js";
 
 const SETTINGS_KEY = "nanochat-lite.settings";
 const CONVERSATION_KEY = "nanochat-lite.conversation";
 
-/** name -> [min, max, integer?] for the numeric settings. */
-export const NUMERIC = {
-  temperature: [0, 2, false],
-  top_p: [0, 1, false],
-  top_k: [0, 200, true],
-  repeat_penalty: [0, 3, false],
-  max_tokens: [1, 4096, true],
-  seed: [0, 2 ** 31 - 1, true],
-};
-export const MAX_SYSTEM_CHARS = 8000;
+/** The numeric settings (each a sampling field of the server's limits). */
+export const NUMERIC = ["temperature", "top_p", "top_k", "repeat_penalty", "max_tokens", "seed"];
 
 function read(key, fallback) {
   try {
@@ -40,8 +35,8 @@ export function loadSettings() {
   const raw = read(SETTINGS_KEY, {});
   const out = {};
   if (raw && typeof raw === "object") {
-    if (typeof raw.system === "string") out.system = raw.system.slice(0, MAX_SYSTEM_CHARS);
-    for (const name of Object.keys(NUMERIC)) {
+    if (typeof raw.system === "string") out.system = raw.system;
+    for (const name of NUMERIC) {
       if (checkNumber(name, raw[name]) === null) out[name] = raw[name];
     }
   }
@@ -52,12 +47,14 @@ export function saveSettings(settings) {
   write(SETTINGS_KEY, settings);
 }
 
-/** null if `value` is valid for setting `name`, else a message saying why not. */
+/** null if `value` is valid for setting `name`, else a message saying why not.
+ * checkNumber("top_k", 2.5) -> "top_k must be a whole number" (once the limits are known). */
 export function checkNumber(name, value) {
-  const [lo, hi, integer] = NUMERIC[name];
   if (typeof value !== "number" || !Number.isFinite(value)) return `${name} must be a number`;
-  if (integer && !Number.isInteger(value)) return `${name} must be a whole number`;
-  if (value < lo || value > hi) return `${name} must be between ${lo} and ${hi}`;
+  const range = limits()?.sampling?.[name];
+  if (!range) return null;
+  if (range.integer && !Number.isInteger(value)) return `${name} must be a whole number`;
+  if (value < range.min || value > range.max) return `${name} must be between ${range.min} and ${range.max}`;
   return null;
 }
 

@@ -6,6 +6,7 @@
 // handle: editing tokens, or drawing more than MAX_DRAWN of them (the count is exact).
 
 import { ApiError, api } from "./api.js";
+import { el } from "./dom.js";
 
 const DEBOUNCE_MS = 150;
 const COLOURS = 10; // tok-c0 … tok-c9 in style.css
@@ -18,13 +19,6 @@ const PIECE_BYTES = /\\x([89a-f][0-9a-f])|[^]/gu;
 const utf8 = new TextEncoder();
 
 const int = (n) => n.toLocaleString("en-US");
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 /** One token's span: `" a\nb"` -> [ws "·"] "a" [ws "↵"] [id] <br> "b". The id element
  * goes before the first line break so that, when shown, it stays beside its token. */

@@ -4,6 +4,7 @@
 // Every message is an <li class="msg" data-role data-status>; an answer's numbers
 // sit in <span data-field="..."> elements so tests and people read the same thing.
 
+import { el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STATUS_TEXT = {
@@ -16,13 +17,6 @@ const STATUS_TEXT = {
   failed: "failed",
   length: "cut at the max tokens limit",
 };
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function button(label, action, title) {
   const b = el("button", "small-button", label);
