@@ -20,6 +20,7 @@ from .store import (
     Conversation,
     Message,
     NotFound,
+    StorageUnavailable,
     Store,
     StoreError,
 )
@@ -33,7 +34,8 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 __all__ = [
     "MARK_END", "MARK_START", "MAX_QUERY_TERMS", "MAX_TITLE_CHARS", "ROLES", "SCHEMA_VERSION",
     "STATUSES", "TITLE_CHARS", "AlreadyExists", "Conversation", "ConversationStore", "Message",
-    "NotFound", "SQLiteStore", "Store", "StoreError", "is_postgres_url", "make_title", "open_store",
+    "NotFound", "SQLiteStore", "StorageUnavailable", "Store", "StoreError", "is_postgres_url",
+    "make_title", "open_store",
 ]
 
 

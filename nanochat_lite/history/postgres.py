@@ -55,7 +55,9 @@ from .store import (
     Conversation,
     Message,
     NotFound,
+    StorageUnavailable,
     StoreError,
+    check_client_id,
     check_conversation_id,
     check_export_format,
     check_message,
@@ -131,6 +133,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             vector BYTEA NOT NULL
         )""",
     ),
+    # 4: answers saved as they stream (status 'streaming'), a client's id on a user
+    # message (sent twice, stored once) and the answer's id.
+    (
+        "ALTER TABLE messages DROP CONSTRAINT messages_status_check",
+        """ALTER TABLE messages ADD CONSTRAINT messages_status_check
+            CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted', 'streaming'))""",
+        "ALTER TABLE messages ADD COLUMN client_id TEXT, ADD COLUMN answer_id TEXT",
+        "CREATE UNIQUE INDEX messages_client_id ON messages(client_id) WHERE client_id IS NOT NULL",
+        "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
+        "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -139,7 +152,10 @@ _CONVERSATION_SELECT = """
            (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
-    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params"""
+    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
+# A write waiting this long for another transaction's row lock gives up (StorageUnavailable),
+# as SQLite's busy timeout does: a client hears back instead of hanging.
+LOCK_TIMEOUT_MS = 5000
 _TSQUERY_LEXEME = re.compile(r"'(?:[^'\\]|''|\\.)*'")
 
 
@@ -201,6 +217,7 @@ class PostgresStore:
             # Durability does not depend on the server's default: every commit waits for
             # its WAL to reach disk.
             conn.execute("SET synchronous_commit = on")
+            conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         except BaseException:
             conn.close()
             raise
@@ -310,9 +327,13 @@ class PostgresStore:
         duration_ms: float | None = None,
         model: str | None = None,
         params: dict[str, Any] | None = None,
+        client_id: str | None = None,
+        answer_id: str | None = None,
     ) -> Message:
         """Append a message and commit. Same contract as the SQLite store's add_message."""
         check_message(role, status, content)
+        check_client_id(client_id)
+        check_client_id(answer_id, "answer_id")
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
         with self._write() as conn:
@@ -324,13 +345,19 @@ class PostgresStore:
             if row is None:
                 raise NotFound(f"no conversation {conversation_id}")
             now = self._now()
-            inserted = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, status, created_at,"
-                " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (conversation_id, role, _enc(content), status, now, prompt_tokens,
-                 completion_tokens, ttft_ms, duration_ms, _enc(model), params_json),
-            ).fetchone()
+            try:
+                with conn.transaction():  # a savepoint: a taken client_id leaves the rest usable
+                    inserted = conn.execute(
+                        "INSERT INTO messages (conversation_id, role, content, status, created_at,"
+                        " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
+                        " client_id, answer_id)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        (conversation_id, role, _enc(content), status, now, prompt_tokens,
+                         completion_tokens, ttft_ms, duration_ms, _enc(model), params_json, client_id,
+                         answer_id),
+                    ).fetchone()
+            except pg_errors.UniqueViolation as e:
+                raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
             title = row[0] or (make_title(content) if role == "user" else "")
             conn.execute(
                 "UPDATE conversations SET updated_at = %s, title = %s WHERE id = %s",
@@ -340,8 +367,56 @@ class PostgresStore:
         return Message(
             inserted[0], conversation_id, role, content, status, now, prompt_tokens,
             completion_tokens, ttft_ms, duration_ms, model,
-            None if params_json is None else json.loads(params_json),
+            None if params_json is None else json.loads(params_json), client_id, answer_id,
         )
+
+    def update_message(
+        self,
+        message_id: int,
+        content: str,
+        *,
+        status: str,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        ttft_ms: float | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
+        """Replace a message's text and status. Same contract as the SQLite store's."""
+        check_message("assistant", status, content)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET content = %s, status = %s,"
+                " prompt_tokens = COALESCE(%s, prompt_tokens), completion_tokens = COALESCE(%s, completion_tokens),"
+                " ttft_ms = COALESCE(%s, ttft_ms), duration_ms = COALESCE(%s, duration_ms) WHERE id = %s",
+                (_enc(_clean(content)), status, prompt_tokens, completion_tokens, ttft_ms, duration_ms, message_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no message {message_id}")
+
+    def message_by_client_id(self, client_id: str) -> Message | None:
+        """The message stored with this client_id, if any."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_id = %s",
+                               (client_id,)).fetchone()
+        return None if row is None else _message(row)
+
+    def answer_message(self, answer_id: str) -> Message | None:
+        """The assistant message stored with this answer_id, if any."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = %s AND role = 'assistant'",
+                (answer_id,)).fetchone()
+        return None if row is None else _message(row)
+
+    def interrupt_streaming(self) -> int:
+        """Mark answers left 'streaming' 'interrupted', keeping their text; how many.
+
+        Replicas share the database: one starting marks the others' live answers too.
+        Those are saved again (as 'streaming') within a second while they run, and
+        finalized when they end, so the mark only lasts until their next save."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'")
+        return cur.rowcount
 
     # -- search, export, health --------------------------------------------------------
 
@@ -448,7 +523,7 @@ class PostgresStore:
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
         """One snapshot for several SELECTs (a page and its total agree)."""
-        with self._lock:
+        with self._lock, _faults():
             conn = self._usable()
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -457,7 +532,7 @@ class PostgresStore:
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Any]]:
         """The one writer path: committed (WAL flushed) when the block exits."""
-        with self._lock:
+        with self._lock, _faults():
             conn = self._usable()
             with conn.transaction():
                 yield conn
@@ -474,6 +549,21 @@ class PostgresStore:
         # order of writes even when two land in the same clock tick.
         self._last_time = max(time.time(), self._last_time + 1e-6)
         return self._last_time
+
+
+@contextmanager
+def _faults() -> Iterator[None]:
+    """A lost connection, a lock wait past LOCK_TIMEOUT_MS, a full disk or a read-only
+    server raises StorageUnavailable; other errors (our bugs, bad data) pass unchanged."""
+    try:
+        yield
+    except (psycopg.OperationalError, pg_errors.DiskFull, pg_errors.ReadOnlySqlTransaction) as e:
+        raise StorageUnavailable(
+            f"the conversation database cannot be used right now ({_first_line(e)}); it may be "
+            "unreachable, locked by a long transaction, full or read-only. Retry in a moment."
+        ) from e
+    except StoreError as e:  # _usable() could not reconnect
+        raise StorageUnavailable(str(e)) from e
 
 
 def _prefix_query(conn: psycopg.Connection[Any], words: builtins.list[str]) -> str | None:
@@ -540,9 +630,9 @@ def _conversation(row: tuple[Any, ...]) -> Conversation:
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params = row
+    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
     return Message(mid, cid, role, _dec(content), status, created_at, pt, ct, ttft, dur, _dec(model),
-                   None if params is None else json.loads(params))
+                   None if params is None else json.loads(params), client_id, answer_id)
 
 
 def _enc(text: str | None) -> str | None:

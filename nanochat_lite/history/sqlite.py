@@ -41,7 +41,9 @@ from .store import (
     Conversation,
     Message,
     NotFound,
+    StorageUnavailable,
     StoreError,
+    check_client_id,
     check_conversation_id,
     check_export_format,
     check_message,
@@ -132,6 +134,55 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             vector BLOB NOT NULL
         )""",
     ),
+    # 4: answers saved as they stream (status 'streaming'), a client's id on a user
+    # message (sent twice, stored once) and the answer's id. SQLite cannot change a
+    # CHECK constraint, so the table is rebuilt (its ids kept: the FTS index and the
+    # vectors refer to them; _migrate turns foreign keys off around it, so dropping the
+    # old table cascades nowhere).
+    (
+        """CREATE TABLE messages_v4 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'complete'
+                CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted', 'streaming')),
+            created_at REAL NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            ttft_ms REAL,
+            duration_ms REAL,
+            model TEXT,
+            params TEXT,
+            client_id TEXT,
+            answer_id TEXT
+        )""",
+        """INSERT INTO messages_v4 (id, conversation_id, role, content, status, created_at,
+               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)
+           SELECT id, conversation_id, role, content, status, created_at,
+               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params FROM messages""",
+        # AUTOINCREMENT's high-water mark moves over: ids of deleted messages stay unused.
+        "DELETE FROM sqlite_sequence WHERE name = 'messages_v4'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages_v4', seq FROM sqlite_sequence WHERE name = 'messages'",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_v4 RENAME TO messages",
+        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
+        "CREATE UNIQUE INDEX messages_client_id ON messages(client_id) WHERE client_id IS NOT NULL",
+        "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
+        "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -140,7 +191,10 @@ _CONVERSATION_SELECT = """
            (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
-    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params"""
+    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
+# SQLite result codes (the low byte of sqlite_errorcode) that mean "not now", not "a bug":
+# BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+_UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})
 
 
 class SQLiteStore:
@@ -168,8 +222,8 @@ class SQLiteStore:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = FULL")
+            _migrate(self._conn, path=self.path)  # with foreign keys off (see migration 4)
             self._conn.execute("PRAGMA foreign_keys = ON")
-            _migrate(self._conn, path=self.path)
         except sqlite3.DatabaseError as e:
             self._conn.close()
             raise StoreError(
@@ -284,11 +338,17 @@ class SQLiteStore:
         duration_ms: float | None = None,
         model: str | None = None,
         params: dict[str, Any] | None = None,
+        client_id: str | None = None,
+        answer_id: str | None = None,
     ) -> Message:
         """Append a message and commit. Raises NotFound, or ValueError for an unknown
         role/status. Bumps updated_at; an untitled conversation takes its title from
-        its first user message (see make_title). Lone surrogates become U+FFFD."""
+        its first user message (see make_title). Lone surrogates become U+FFFD.
+        `client_id` (1-64 printable ASCII) is unique across the store: a second message
+        with the same one raises AlreadyExists (see message_by_client_id)."""
         check_message(role, status, content)
+        check_client_id(client_id)
+        check_client_id(answer_id, "answer_id")
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
         with self._write() as conn:
@@ -298,13 +358,16 @@ class SQLiteStore:
             if row is None:
                 raise NotFound(f"no conversation {conversation_id}")
             now = self._now()
-            cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, status, created_at,"
-                " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, role, content, status, now, prompt_tokens,
-                 completion_tokens, ttft_ms, duration_ms, model, params_json),
-            )
+            try:
+                cur = conn.execute(
+                    "INSERT INTO messages (conversation_id, role, content, status, created_at,"
+                    " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
+                    " client_id, answer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conversation_id, role, content, status, now, prompt_tokens,
+                     completion_tokens, ttft_ms, duration_ms, model, params_json, client_id, answer_id),
+                )
+            except sqlite3.IntegrityError as e:
+                raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
             title = row[0] or (make_title(content) if role == "user" else "")
             conn.execute(
                 "UPDATE conversations SET updated_at = ?, title = ? WHERE id = ?",
@@ -315,8 +378,55 @@ class SQLiteStore:
         return Message(
             message_id, conversation_id, role, content, status, now, prompt_tokens,
             completion_tokens, ttft_ms, duration_ms, model,
-            None if params_json is None else json.loads(params_json),
+            None if params_json is None else json.loads(params_json), client_id, answer_id,
         )
+
+    def update_message(
+        self,
+        message_id: int,
+        content: str,
+        *,
+        status: str,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        ttft_ms: float | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
+        """Replace a message's text and status (an answer saved as it streams, then
+        finalized); the figures given replace the stored ones, None keeps them. Raises
+        NotFound when the message is gone (its conversation was deleted meanwhile)."""
+        check_message("assistant", status, content)
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET content = ?, status = ?,"
+                " prompt_tokens = COALESCE(?, prompt_tokens), completion_tokens = COALESCE(?, completion_tokens),"
+                " ttft_ms = COALESCE(?, ttft_ms), duration_ms = COALESCE(?, duration_ms) WHERE id = ?",
+                (_clean(content), status, prompt_tokens, completion_tokens, ttft_ms, duration_ms, message_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no message {message_id}")
+
+    def message_by_client_id(self, client_id: str) -> Message | None:
+        """The message stored with this client_id, if any."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_id = ?",
+                               (client_id,)).fetchone()
+        return None if row is None else _message(row)
+
+    def answer_message(self, answer_id: str) -> Message | None:
+        """The assistant message stored with this answer_id, if any."""
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = ? AND role = 'assistant'",
+                               (answer_id,)).fetchone()
+        return None if row is None else _message(row)
+
+    def interrupt_streaming(self) -> int:
+        """Mark answers left 'streaming' (by a server that stopped without finishing
+        them) 'interrupted', keeping their text; how many. Call it when a server starts,
+        before it streams anything."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'")
+        return cur.rowcount
 
     # -- search, export, health --------------------------------------------------------
 
@@ -420,14 +530,29 @@ class SQLiteStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One snapshot for several SELECTs (a page and its total agree)."""
-        with self._lock, _transaction(self._conn, "BEGIN") as conn:
+        with self._lock, self._faults(), _transaction(self._conn, "BEGIN") as conn:
             yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """The one writer path: committed (and fsynced) when the block exits."""
-        with self._lock, _transaction(self._conn, "BEGIN IMMEDIATE") as conn:
+        with self._lock, self._faults(), _transaction(self._conn, "BEGIN IMMEDIATE") as conn:
             yield conn
+
+    @contextmanager
+    def _faults(self) -> Iterator[None]:
+        """A locked (past BUSY_TIMEOUT_MS), full, read-only or failing file raises
+        StorageUnavailable; other SQLite errors (our bugs) pass unchanged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            code = getattr(e, "sqlite_errorcode", None)
+            if code is None or (code & 0xFF) not in _UNAVAILABLE_CODES:
+                raise
+            raise StorageUnavailable(
+                f"the conversation database cannot be used right now ({e}); another program may "
+                "hold it locked, or its disk is full or read-only. Retry in a moment."
+            ) from e
 
     def _now(self) -> float:
         # Strictly increasing within this store, so "newest updated first" follows the
@@ -467,6 +592,7 @@ def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSIO
     Another process may be migrating the same file: the version is read again after
     taking the write lock, so each step runs exactly once.
     """
+    conn.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction: set before
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     while True:
         with _transaction(conn, "BEGIN IMMEDIATE"):
@@ -487,5 +613,6 @@ def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSIO
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    *fields, params = row
-    return Message(*fields, params=None if params is None else json.loads(params))
+    *fields, params, client_id, answer_id = row
+    return Message(*fields, params=None if params is None else json.loads(params), client_id=client_id,
+                   answer_id=answer_id)

@@ -17,11 +17,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 ROLES = ("system", "user", "assistant")
-STATUSES = ("complete", "stopped", "failed", "interrupted")
+# "streaming": an answer still being generated (its text is saved as it grows); a
+# server that stops without finishing it leaves it to `interrupt_streaming()`.
+STATUSES = ("complete", "stopped", "failed", "interrupted", "streaming")
+FINAL_STATUSES = ("complete", "stopped", "failed", "interrupted")
 MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
 EXPORT_FORMATS = ("json", "markdown")
 
 _ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_CLIENT_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Message:
     conversation_id: str
     role: str  # "system" | "user" | "assistant"
     content: str
-    status: str  # "complete" | "stopped" | "failed" | "interrupted"
+    status: str  # "complete" | "stopped" | "failed" | "interrupted" | "streaming"
     created_at: float  # unix seconds
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -38,6 +42,11 @@ class Message:
     duration_ms: float | None = None  # milliseconds, whole generation
     model: str | None = None
     params: dict[str, Any] | None = None  # sampling parameters as given
+    # A user message: the id the client gave it (re-sending it does not store it twice).
+    client_id: str | None = None
+    # The answer's id on the wire: on the assistant message, and on the user message
+    # that asked for it.
+    answer_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +80,12 @@ class StoreError(RuntimeError):
     """The database cannot be used; the message names it and the fix."""
 
 
+class StorageUnavailable(StoreError):
+    """The database is there but cannot answer now: locked by another process past the
+    busy timeout, full, read-only, an I/O error or a lost connection. The server answers
+    503 `storage_unavailable`; retrying later may work."""
+
+
 @runtime_checkable
 class Store(Protocol):
     """A conversation store. Every method blocks (call it from a worker thread, never
@@ -93,7 +108,14 @@ class Store(Protocol):
     def add_message(self, conversation_id: str, role: str, content: str, *, status: str = "complete",
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
                     ttft_ms: float | None = None, duration_ms: float | None = None,
-                    model: str | None = None, params: dict[str, Any] | None = None) -> Message: ...
+                    model: str | None = None, params: dict[str, Any] | None = None,
+                    client_id: str | None = None, answer_id: str | None = None) -> Message: ...
+    def update_message(self, message_id: int, content: str, *, status: str,
+                       prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                       ttft_ms: float | None = None, duration_ms: float | None = None) -> None: ...
+    def message_by_client_id(self, client_id: str) -> Message | None: ...
+    def answer_message(self, answer_id: str) -> Message | None: ...
+    def interrupt_streaming(self) -> int: ...
 
     def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]: ...
     def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]: ...
@@ -123,6 +145,15 @@ def check_message(role: str, status: str, content: object) -> None:
         raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
     if not isinstance(content, str):
         raise TypeError(f"content must be str, got {type(content).__name__}")
+
+
+def check_client_id(value: object, name: str = "client_id") -> str | None:
+    """None, or 1-64 printable ASCII characters (a client's own id for a message or answer)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CLIENT_ID_RE.fullmatch(value):
+        raise ValueError(f"{name} {value!r}: expected 1-64 printable ASCII characters")
+    return value
 
 
 def check_page(limit: int, offset: int) -> None:
