@@ -3,18 +3,15 @@
 llama.cpp's server engine gives us slots, continuous batching over them, a per-slot
 prompt cache and chunked prefill; this module gives it token ids and reads its
 stream. What stays ours, on purpose:
-  - the chat template renders in our Jinja sandbox (`template.py`), and message text
-    is tokenized apart from template text, so a user who types `<|im_start|>` never
-    produces a control token;
-  - context fitting (drop the oldest turns, keep the system prompt, a clear
-    `ContextOverflow` when the newest message cannot fit);
+  - prompts: the chat template renders in our Jinja sandbox, message text never
+    becomes control tokens, history is fitted to the context — in `prompt.py`
+    (`engine.prompts`, safe from any thread), built before a request reaches here;
   - stop strings (held back until they can no longer start a stop string) and
     cancellation within one token (or one prefill chunk).
 
 It knows nothing about HTTP, JSON bodies of our API or WebSockets. Which slot a
-request runs in, and when, is the scheduler's business (`scheduler.py`); `prepare`
-is safe to call from any thread (template + tokenizer only), `run` is called from
-one worker thread per running request.
+request runs in, and when, is the scheduler's business (`scheduler.py`): `run` is
+called from one worker thread per running request.
 
 The engine's own HTTP listener (llama-server's API on a random loopback port, which
 xllamacpp always opens) is locked with a random per-process key and used only by
@@ -40,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .template import ChatTemplate, Part, TemplateError
+from .template import ChatTemplate
 
 
 class EngineError(Exception):
@@ -155,6 +152,14 @@ class _InternalAPI:
         self.port = int(port)
         self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []  # every thread's, to close them all
+        self._conns_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
 
     def call(self, method: str, path: str, body: dict | None = None) -> Any:
         data = json.dumps(body) if body is not None else None
@@ -162,6 +167,8 @@ class _InternalAPI:
             conn = getattr(self._local, "conn", None)
             if conn is None:
                 conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                with self._conns_lock:
+                    self._conns.append(conn)
             try:
                 conn.request(method, path, data, self._headers)
                 resp = conn.getresponse()
@@ -170,6 +177,9 @@ class _InternalAPI:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self._local.conn = None
+                with self._conns_lock:
+                    if conn in self._conns:
+                        self._conns.remove(conn)
                 if attempt == 2:
                     raise EngineError(f"the engine's internal API did not answer {method} {path}") from None
         result = json.loads(payload) if payload else None
@@ -234,16 +244,18 @@ class Engine:
             self.n_vocab: int | None = int(self._api.call("GET", "/v1/models")["data"][0]["meta"]["n_vocab"])
         except (EngineError, KeyError, IndexError, TypeError, ValueError):
             self.n_vocab = None
-        self.add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
-        self._bos_text = props.get("bos_token") or ""
-        self.template = ChatTemplate(props.get("chat_template"), bos_token=self._bos_text,
-                                     eos_token=props.get("eos_token") or "", control_tokens=self._control_texts)
-        self._bos_id = self._api.call("POST", "/tokenize", {"content": self._bos_text, "parse_special": True,
-                                                            "add_special": False})["tokens"][:1]
-        # The project's BPE tokenizer (same ids as llama.cpp's, much faster); handed
-        # over once it has loaded in the background. Until then llama.cpp tokenizes,
-        # through the internal API.
-        self.tokenizer: Any = None
+        from .prompt import PromptBuilder
+
+        add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
+        bos_text = props.get("bos_token") or ""
+        bos_id = self._api.call("POST", "/tokenize", {"content": bos_text, "parse_special": True,
+                                                      "add_special": False})["tokens"][:1]
+        template = ChatTemplate(props.get("chat_template"), bos_token=bos_text,
+                                eos_token=props.get("eos_token") or "", control_tokens=self._control_texts)
+        # Prompts are built apart from the engine (template + tokenizer, any thread).
+        self.prompts = PromptBuilder(name=self.name, template=template, n_ctx=n_ctx, n_vocab=self.n_vocab,
+                                     add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
+                                     fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
         self.kv_cache_bytes: int | None = None  # set by describe_cache()
         self._active = 0
         self._active_lock = threading.Lock()
@@ -266,10 +278,6 @@ class Engine:
         self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
         return self.kv_cache_bytes
 
-    def use_tokenizer(self, tokenizer: Any) -> None:
-        """Build prompts with the project's tokenizer from now on (called once it loaded)."""
-        self.tokenizer = tokenizer
-
     @property
     def busy(self) -> bool:
         """True while any generation runs (tests read it)."""
@@ -278,47 +286,21 @@ class Engine:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._api.close()
             self._server = None  # xllamacpp stops its loop and joins its thread
             shutil.rmtree(self._slot_dir, ignore_errors=True)
 
-    # -- tokens -------------------------------------------------------------------
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        """Token ids of text; `special=True` lets control-token text become control tokens."""
-        if not text:
-            return []
-        tok = self.tokenizer
-        if tok is not None:
-            return tok.encode(text, allowed_special="all" if special else ())
-        return list(self._engine_tokenize(text, special))
-
+    # -- llama.cpp's tokenizer, over the internal API --------------------------------
     @functools.lru_cache(maxsize=8192)
     def _engine_tokenize(self, text: str, special: bool) -> tuple[int, ...]:
-        # llama.cpp's own tokenizer over the internal API (~0.2 ms a call), until ours
-        # has loaded. Cached: a conversation's parts come back at every turn, and
-        # fitting a long one tokenizes the same parts several times.
+        # ~0.2 ms a call, used until our tokenizer has loaded. Cached: a conversation's
+        # parts come back at every turn, and fitting a long one tokenizes the same
+        # parts several times.
         body = {"content": text, "add_special": False, "parse_special": special}
         return tuple(self._api.call("POST", "/tokenize", body)["tokens"])
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._api.call("POST", "/detokenize", {"tokens": list(ids)})["content"]
-
-    def _tokens_of(self, parts: list[Part]) -> list[int]:
-        ids: list[int] = []
-        for p in parts:
-            ids.extend(self.tokenize(p.text, special=not p.is_content))
-        if self.add_bos and not (parts and not parts[0].is_content and parts[0].text.startswith(self._bos_text)):
-            ids[:0] = self._bos_id
-        return ids
-
-    def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """The prompt for a conversation. When the last message is the assistant's, its
-        text is continued (prefill): no generation prompt, and nothing after its text."""
-        prefill = bool(messages) and messages[-1]["role"] == "assistant"
-        try:
-            parts = self.template.render_parts(messages, add_generation_prompt=not prefill, continue_final=prefill)
-        except TemplateError as e:  # the conversation's fault (or the model's): a 4xx, never a 500
-            raise TemplateRefused(str(e)) from None
-        return self._tokens_of(parts)
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return str(self._api.call("POST", "/detokenize", {"tokens": list(ids)})["content"])
 
     def _control_texts(self) -> list[str] | None:
         """Texts of the vocabulary's control tokens: what llama.cpp turns into control
@@ -334,89 +316,6 @@ class Engine:
             return None
         return [t for t, kind in zip(texts, types) if kind in (_TOKEN_UNKNOWN, _TOKEN_CONTROL)]
 
-    def shared_prefix(self) -> list[int]:
-        """Tokens every default conversation starts with: the template's text before the
-        first message content (e.g. SmolLM2's default system prompt)."""
-        prefix: list[Part] = []
-        for p in self.template.render_parts([{"role": "user", "content": "x"}]):
-            if p.is_content:
-                break
-            prefix.append(p)
-        return self._tokens_of(prefix) if prefix else []
-
-    # -- context fitting ----------------------------------------------------------
-    def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> Prepared:
-        """Tokenize the conversation, dropping the oldest turns until it fits.
-
-        The system message (if first) and the last message are always kept. Raises
-        ContextOverflow when even those do not fit with room for an answer. Safe to
-        call from any thread.
-        """
-        if not messages:
-            raise EngineError("a conversation needs at least one message")
-        room = min(params.max_tokens, MIN_ANSWER_ROOM)
-        limit = self.n_ctx - room
-        head = [messages[0]] if messages[0]["role"] == "system" else []
-        body = list(messages[len(head):])
-
-        def attempt(drop: int) -> list[int]:
-            return self.prompt_tokens(head + body[drop:])
-
-        tokens = attempt(0)
-        dropped = 0
-        if len(tokens) > limit:
-            # Fewest dropped turns that fit: binary search (fit is monotonic in drops).
-            lo, hi = 1, len(body) - 1
-            best: tuple[int, list[int]] | None = None
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                t = attempt(mid)
-                if len(t) <= limit:
-                    best, hi = (mid, t), mid - 1
-                else:
-                    lo = mid + 1
-            if best is None:
-                need = len(attempt(len(body) - 1)) if len(body) > 1 else len(tokens)
-                raise ContextOverflow(
-                    f"the message needs {need} tokens of prompt, but the context window holds "
-                    f"{self.n_ctx} tokens and {room} must stay free for the answer. "
-                    "Send a shorter message, or start the server with a larger --ctx-size.",
-                    n_prompt_tokens=need, n_ctx=self.n_ctx,
-                )
-            dropped, tokens = best
-            # Do not open the kept history with an assistant turn.
-            while dropped < len(body) - 1 and body[dropped]["role"] == "assistant":
-                dropped += 1
-                tokens = attempt(dropped)
-        max_new = min(params.max_tokens, self.n_ctx - len(tokens))
-        return Prepared(tokens, dropped, max_new)
-
-    def prepare_text(self, text: str, params: SamplingParams) -> Prepared:
-        """A raw prompt (legacy completions), tokenized as llama-server's `/completion`
-        does: control-token text becomes control tokens, BOS added if the model wants it.
-        The whole prompt is the caller's own text, so there is no one to inject into."""
-        ids = self.tokenize(text, special=True)
-        if self.add_bos:
-            ids[:0] = self._bos_id
-        return self.prepare_tokens(ids, params)
-
-    def prepare_tokens(self, tokens: Sequence[int], params: SamplingParams) -> Prepared:
-        """A prompt given as token ids; raises ContextOverflow when it leaves no room for
-        an answer, EngineError for an id outside the vocabulary."""
-        tokens = list(tokens)
-        if not tokens:
-            raise EngineError("the prompt is empty")
-        if self.n_vocab is not None:
-            bad = next((t for t in tokens if not 0 <= t < self.n_vocab), None)
-            if bad is not None:
-                raise EngineError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
-        room = min(params.max_tokens, MIN_ANSWER_ROOM)
-        if len(tokens) > self.n_ctx - room:
-            raise ContextOverflow(
-                f"the prompt has {len(tokens)} tokens, but the context window holds {self.n_ctx} tokens and "
-                f"{room} must stay free for the answer. Send a shorter prompt, or start the server with a "
-                "larger --ctx-size.", n_prompt_tokens=len(tokens), n_ctx=self.n_ctx)
-        return Prepared(tokens, 0, min(params.max_tokens, self.n_ctx - len(tokens)))
 
     # -- slots --------------------------------------------------------------------
     def fill_slot(self, slot: int, tokens: list[int]) -> None:
@@ -555,7 +454,7 @@ class Engine:
                  cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
         """Prepare and run in a helper thread, yielding deltas then one Done (for the
         terminal chat and tests; the server goes through the scheduler)."""
-        prep = self.prepare(messages, params)
+        prep = self.prompts.prepare(messages, params)
         events: queue.SimpleQueue[Delta | Done | BaseException] = queue.SimpleQueue()
 
         def work() -> None:

@@ -166,8 +166,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
             server.servers[0].get_loop().call_soon_threadsafe(restore)
             restored.wait(5.0)
-        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.shared_prefix)
-        runtime.attach(scheduler, engine)  # the engine builds prompts too (thread-safe)
+        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix)
+        runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         host = f"[{config.host}]" if ":" in config.host else config.host

@@ -82,8 +82,8 @@ def test_two_chats_stream_at_the_same_time_and_both_finish(engine2):
         sch = Scheduler(engine2)
         try:
             params = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=60)
-            a = sch.submit(engine2.prepare(user(COUNT), params), params)
-            b = sch.submit(engine2.prepare(user("Count from 1 to 100 in words, separated by commas."), params),
+            a = sch.submit(engine2.prompts.prepare(user(COUNT), params), params)
+            b = sch.submit(engine2.prompts.prepare(user("Count from 1 to 100 in words, separated by commas."), params),
                            params)
             await asyncio.sleep(0)
             assert sch.active + sch.queued == 2
@@ -103,8 +103,8 @@ def test_cancel_frees_the_slot_for_the_next_queued_request(engine1):
     async def main():
         sch = Scheduler(engine1)
         try:
-            first = sch.submit(engine1.prepare(user(COUNT), LONG), LONG)
-            second = sch.submit(engine1.prepare(user("Say hello."), GREEDY), GREEDY)
+            first = sch.submit(engine1.prompts.prepare(user(COUNT), LONG), LONG)
+            second = sch.submit(engine1.prompts.prepare(user("Say hello."), GREEDY), GREEDY)
             assert sch.queued == 1  # one slot: the second waits
             t_cancel: list[float] = []
 
@@ -130,8 +130,8 @@ def test_a_cancelled_queued_request_leaves_the_queue_at_once(engine1):
     async def main():
         sch = Scheduler(engine1)
         try:
-            first = sch.submit(engine1.prepare(user(COUNT), LONG), LONG)
-            second = sch.submit(engine1.prepare(user("Say hello."), GREEDY), GREEDY)
+            first = sch.submit(engine1.prompts.prepare(user(COUNT), LONG), LONG)
+            second = sch.submit(engine1.prompts.prepare(user("Say hello."), GREEDY), GREEDY)
             second.cancel()
             assert sch.queued == 0
             _, done2 = await collect(second)
@@ -150,7 +150,7 @@ def test_queue_cap_refuses_at_once(engine1):
     async def main():
         sch = Scheduler(engine1, max_queue=1)
         try:
-            prep = engine1.prepare(user(COUNT), LONG)
+            prep = engine1.prompts.prepare(user(COUNT), LONG)
             running = sch.submit(prep, LONG)
             waiting = sch.submit(prep, LONG)
             with pytest.raises(QueueFull, match="limit is 1"):
@@ -167,17 +167,17 @@ def test_queue_cap_refuses_at_once(engine1):
 def test_shared_prefix_is_computed_once_and_restored_into_every_slot(chat_model_path):
     engine = Engine(chat_model_path, n_ctx=1024, parallel=3, threads=2)
     try:
-        prefix = engine.shared_prefix()
+        prefix = engine.prompts.shared_prefix()
         assert len(prefix) > 10  # SmolLM2's default system prompt
 
         async def main():
-            sch = Scheduler(engine, shared_prefix=engine.shared_prefix)
+            sch = Scheduler(engine, shared_prefix=engine.prompts.shared_prefix)
             try:
                 deadline = time.monotonic() + 30
                 while sch.prefix_tokens == 0 and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 assert sch.prefix_tokens == len(prefix)
-                tickets = [sch.submit(engine.prepare(user(f"Name a colour, number {i}."), GREEDY), GREEDY)
+                tickets = [sch.submit(engine.prompts.prepare(user(f"Name a colour, number {i}."), GREEDY), GREEDY)
                            for i in range(3)]
                 return [d for _, d in await asyncio.gather(*(collect(t) for t in tickets))]
             finally:
@@ -196,12 +196,12 @@ def test_next_turn_goes_to_the_slot_holding_its_conversation(engine2):
         try:
             first = user("Tell me about the sea in two sentences.")
             other = user("What is a prime number? One sentence.")
-            a = sch.submit(engine2.prepare(first, GREEDY), GREEDY)
-            b = sch.submit(engine2.prepare(other, GREEDY), GREEDY)
+            a = sch.submit(engine2.prompts.prepare(first, GREEDY), GREEDY)
+            b = sch.submit(engine2.prompts.prepare(other, GREEDY), GREEDY)
             (_, done_a), _ = await asyncio.gather(collect(a), collect(b))
             follow = first + [{"role": "assistant", "content": done_a.text},
                               {"role": "user", "content": "And about rivers?"}]
-            prep = engine2.prepare(follow, GREEDY)
+            prep = engine2.prompts.prepare(follow, GREEDY)
             _, done = await collect(sch.submit(prep, GREEDY))
             return prep, done
         finally:
@@ -219,7 +219,7 @@ def test_an_answer_does_not_depend_on_what_ran_in_the_slot_before(engine1):
     params = SamplingParams(temperature=0.0, max_tokens=40)
 
     async def answer(sch: Scheduler, messages) -> Done:
-        return (await collect(sch.submit(engine1.prepare(messages, params), params)))[1]
+        return (await collect(sch.submit(engine1.prompts.prepare(messages, params), params)))[1]
 
     async def main():
         sch = Scheduler(engine1)
