@@ -84,12 +84,14 @@ class SamplingParams:
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
     # Per-request constraints and extras, passed to llama.cpp as they are:
-    json_schema: Any = None  # a JSON Schema (dict) the answer must match; None: free text
+    json_schema: Any = None  # a JSON Schema (dict[str, Any]) the answer must match; None: free text
     n_probs: int = 0  # > 0: each Delta carries its tokens' logprobs with this many alternatives
     logit_bias: tuple[tuple[int, float | bool], ...] = ()  # (token id, bias); False bans the token
 
-    def with_overrides(self, **kw: object) -> "SamplingParams":
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+    def with_overrides(self, **kw: Any) -> "SamplingParams":
+        """A copy with the fields given (None: keep this one's)."""
+        changes: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
+        return replace(self, **changes)
 
 
 @dataclass
@@ -99,7 +101,7 @@ class Delta:
     # completes, {"id", "token", "bytes", "logprob", "top_logprobs": [{"id", "token",
     # "bytes", "logprob"}, ...]} (llama.cpp's shape). A token held back for a possible
     # stop string rides with the delta that finally sends its text.
-    logprobs: list[dict] | None = None
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -114,8 +116,8 @@ class Done:
     decode_tokens_per_s: float
     seed: int
     cached_tokens: int = 0  # prompt tokens the slot's cache already held
-    stats: dict = field(default_factory=dict)
-    logprobs: list[dict] | None = None  # every Delta's logprobs, in order (n_probs > 0)
+    stats: dict[str, Any] = field(default_factory=dict[str, Any])
+    logprobs: list[dict[str, Any]] | None = None  # every Delta's logprobs, in order (n_probs > 0)
 
     @property
     def total_tokens(self) -> int:
@@ -161,7 +163,7 @@ class _InternalAPI:
         for conn in conns:
             conn.close()
 
-    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body) if body is not None else None
         for attempt in (1, 2):
             conn = getattr(self._local, "conn", None)
@@ -332,7 +334,7 @@ class Engine:
     def erase_slot(self, slot: int) -> None:
         self._api.call("POST", f"/slots/{slot}?action=erase")
 
-    def _complete(self, body: dict, on_chunk: Callable[[dict], bool]) -> None:
+    def _complete(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
         import msgspec
 
         server = self._server
@@ -382,9 +384,9 @@ class Engine:
             body["n_probs"] = params.n_probs
         if params.logit_bias:
             body["logit_bias"] = [[tok, bias] for tok, bias in params.logit_bias]
-        all_probs: list[dict] | None = [] if params.n_probs > 0 else None
+        all_probs: list[dict[str, Any]] | None = [] if params.n_probs > 0 else None
 
-        def on_chunk(chunk: dict) -> bool:
+        def on_chunk(chunk: dict[str, Any]) -> bool:
             timings = chunk.get("timings")
             if timings:
                 st.completion = timings.get("predicted_n", st.completion)
@@ -483,9 +485,9 @@ class _StreamState:
     t_last: float | None = None
     finish: str = "length"
     stop_hit: bool = False
-    probs: list[dict] = field(default_factory=list)  # logprobs of tokens not yet sent
+    probs: list[dict[str, Any]] = field(default_factory=list)  # logprobs of tokens not yet sent
 
-    def take_probs(self, into: list[dict] | None) -> list[dict] | None:
+    def take_probs(self, into: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if into is None:
             return None
         out, self.probs = self.probs, []

@@ -53,7 +53,8 @@ class PromptBuilder:
             return []
         tok = self.tokenizer
         if tok is not None:
-            return tok.encode(text, allowed_special="all" if special else ())
+            ids: list[int] = tok.encode(text, allowed_special="all" if special else ())
+            return ids
         return list(self._fallback_tokenize(text, special))
 
 

@@ -66,7 +66,7 @@ class ChatTemplate:
         class _Sandbox(ImmutableSandboxedEnvironment):
             # Jinja's sandbox quietly renders an unsafe attribute (`__globals__`) as
             # undefined; a template that reaches for one is hostile, so fail loudly.
-            def unsafe_undefined(self, obj, attribute):  # type: ignore[override]
+            def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
                 raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} is not allowed")
 
         self.source = source or CHATML
