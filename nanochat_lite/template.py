@@ -70,11 +70,9 @@ class ChatTemplate:
                 raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} is not allowed")
 
         self.source = source or CHATML
-        self.is_fallback = source is None
         env = _Sandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         env.globals["raise_exception"] = _raise
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-        self._jinja_error = JinjaError
         try:
             self._template = env.from_string(self.source)
         except JinjaError as e:
