@@ -1,7 +1,9 @@
 """The scheduler in front of the real engine: streams running side by side, the queue's
 cap, cancellation freeing a slot for the next request, the shared prefix restored
 into every slot, slot choice by cached prefix, and cache isolation (an answer does
-not depend on what other conversations did in the slot before it)."""
+not depend on what other conversations did in the slot before it). At the end, its
+rules with the fake engine: arrival order, cancel before start, close, and an engine
+error failing only its own request."""
 
 from __future__ import annotations
 
@@ -238,3 +240,109 @@ def test_an_answer_does_not_depend_on_what_ran_in_the_slot_before(engine1):
 
     first, again = run_async(main)
     assert first.text and again.text == first.text
+
+
+# -- the scheduler's rules, with the fake engine (no model, milliseconds) ---------------
+
+def fake_scheduler(parallel: int = 1, **kw):
+    from fakes import FakeEngine
+
+    fake = FakeEngine(parallel=parallel)
+    return fake, Scheduler(fake, **kw)
+
+
+def test_queued_requests_start_in_arrival_order():
+    from fakes import SLOW
+
+    fake, sch = fake_scheduler(parallel=1)
+
+    async def main():
+        params = SamplingParams(max_tokens=4)
+        first = sch.submit(fake.prepare(user("hold " + SLOW), params), params)
+        await asyncio.to_thread(fake.started.wait, 10)
+        tickets = [sch.submit(fake.prepare(user(f"request {i}"), params), params) for i in range(5)]
+        assert sch.queued == 5
+        first.cancel()  # the slot frees; the five run one by one, in order
+        for t in tickets:
+            await collect(t)
+        await collect(first)
+
+    try:
+        run_async(main)
+    finally:
+        sch.close()
+    order = [c.messages[-1]["content"] for c in fake.calls[1:]]
+    assert order == [f"request {i}" for i in range(5)]
+
+
+def test_cancel_before_start_never_reaches_the_engine():
+    from fakes import SLOW
+
+    fake, sch = fake_scheduler(parallel=1)
+
+    async def main():
+        params = SamplingParams(max_tokens=4)
+        busy = sch.submit(fake.prepare(user("hold " + SLOW), params), params)
+        await asyncio.to_thread(fake.started.wait, 10)
+        waiting = sch.submit(fake.prepare(user("never run"), params), params)
+        waiting.cancel()
+        _, done = await collect(waiting)
+        assert done.finish_reason == "cancelled" and done.completion_tokens == 0
+        assert sch.queued == 0
+        busy.cancel()
+        await collect(busy)
+
+    try:
+        run_async(main)
+    finally:
+        sch.close()
+    assert [c.messages[-1]["content"] for c in fake.calls] == ["hold " + SLOW]
+
+
+def test_close_cancels_running_and_queued_requests_and_refuses_new_ones():
+    from fakes import SLOW
+
+    fake, sch = fake_scheduler(parallel=1)
+
+    async def main():
+        params = SamplingParams(max_tokens=1000)
+        running = sch.submit(fake.prepare(user("long " + SLOW), params), params)
+        await asyncio.to_thread(fake.started.wait, 10)
+        queued = sch.submit(fake.prepare(user("queued"), params), params)
+        sch.close()
+        _, done_q = await collect(queued)
+        _, done_r = await collect(running)
+        assert done_q.finish_reason == "cancelled"
+        assert done_r.finish_reason == "cancelled"
+        with pytest.raises(Exception, match="shutting down"):
+            sch.submit(fake.prepare(user("late"), params), params)
+
+    run_async(main)
+
+
+def test_an_engine_error_fails_its_request_only():
+    from fakes import CRASH, FAIL
+
+    fake, sch = fake_scheduler(parallel=2)
+
+    async def main():
+        params = SamplingParams(max_tokens=8)
+        bad = sch.submit(fake.prepare(user("x " + FAIL), params), params)
+        bug = sch.submit(fake.prepare(user("x " + CRASH), params), params)
+        good = sch.submit(fake.prepare(user("fine"), params), params)
+        with pytest.raises(Exception, match="failed mid-stream"):
+            await collect(bad)
+        with pytest.raises(RuntimeError, match="has a bug"):
+            await collect(bug)
+        _, done = await collect(good)
+        assert done.finish_reason == "stop" and done.text == "Hello, world!"
+        # both slots are free again
+        again = sch.submit(fake.prepare(user("again"), params), params)
+        _, done2 = await collect(again)
+        assert done2.finish_reason == "stop"
+        assert sch.active == 0 and sch.queued == 0
+
+    try:
+        run_async(main)
+    finally:
+        sch.close()
