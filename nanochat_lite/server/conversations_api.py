@@ -43,7 +43,7 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
 
 
 def _conversation_id(request: Request) -> str:
-    cid = request.path_params["cid"]
+    cid = str(request.path_params["cid"])
     limits.check_id(cid)
     return cid
 
@@ -156,7 +156,7 @@ MAX_EMBEDDED_PER_QUERY = 4096  # bounds one query's catch-up work; the rest wait
 SNIPPET_CHARS = 200
 
 
-async def _semantic_search(rt: Runtime, q: str, limit: int) -> list[dict]:
+async def _semantic_search(rt: Runtime, q: str, limit: int) -> list[dict[str, Any]]:
     """Messages ranked by cosine similarity to the query, with the embeddings engine.
 
     Vectors are computed lazily: each query first embeds (a bounded number of) the

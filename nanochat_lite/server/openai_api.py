@@ -80,9 +80,9 @@ def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict
         out.append({"role": role, "content": text})
     limits.check_conversation(out)
     # Only a leading system message is kept as such; later ones become user context.
-    for m in out[1:]:
-        if m["role"] == "system":
-            m["role"] = "user"
+    for turn in out[1:]:
+        if turn["role"] == "system":
+            turn["role"] = "user"
     if tools is not None:
         if out[-1]["role"] == "assistant":
             raise RequestError("a trailing assistant message (prefill) cannot be combined with tools",
@@ -179,13 +179,13 @@ async def chat_completions(request: Request) -> Response:
     model = rt.model_name
     want_probs = params.n_probs > 0
 
-    def probs_of(entries: list[dict] | None) -> dict | None:
+    def probs_of(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
         return {"content": op.chat_logprobs(entries or [], top), "refusal": None} if want_probs else None
 
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
             body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
                                     "model": model, "choices": choices}
             if usage is not None:

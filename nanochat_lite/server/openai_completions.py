@@ -118,14 +118,14 @@ async def completions(request: Request) -> Response:
     head = [echoes[i // n] if req.echo else "" for i in range(count)]
     offsets = [len(h) for h in head]  # text_offset of each choice's next token
 
-    def probs_of(i: int, entries: list[dict] | None) -> dict | None:
+    def probs_of(i: int, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
         if not want_probs:
             return None
         out = op.legacy_logprobs(entries or [], top, offsets[i])
         offsets[i] += sum(len(t) for t in out["tokens"])
         return out
 
-    def usage_of(dones: dict[int, Done]) -> dict:
+    def usage_of(dones: dict[int, Done]) -> dict[str, Any]:
         # Each prompt counted once (its n choices share it); completions add up.
         prompt = sum(d.prompt_tokens for i, d in dones.items() if i % n == 0)
         return openai_usage(prompt, sum(d.completion_tokens for d in dones.values()))
@@ -133,7 +133,7 @@ async def completions(request: Request) -> Response:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
             body: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
                                     "choices": choices}
             if usage is not None:

@@ -48,7 +48,7 @@ def check_schema(schema: Any, param: str) -> None:
     _check_node(schema, schema, param, 0, count)
 
 
-def _check_node(node: Any, root: dict, where: str, depth: int, count: list[int]) -> None:
+def _check_node(node: Any, root: dict[str, Any], where: str, depth: int, count: list[int]) -> None:
     if isinstance(node, bool):
         return  # true / false are schemas too
     if not isinstance(node, dict):
@@ -113,7 +113,7 @@ def _check_node(node: Any, root: dict, where: str, depth: int, count: list[int])
         _resolve_ref(node["$ref"], root, where)
 
 
-def _resolve_ref(ref: Any, root: dict, where: str) -> None:
+def _resolve_ref(ref: Any, root: dict[str, Any], where: str) -> None:
     if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
         raise RequestError(f"{where}.$ref must point inside the schema (\"#/$defs/Name\"), got {ref!r}; "
                            "remote references are not fetched", param=where)
@@ -215,7 +215,7 @@ def _lp(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else -9999.0
 
 
-def chat_logprobs(entries: Sequence[dict], top: int) -> list[dict]:
+def chat_logprobs(entries: Sequence[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """llama.cpp's per-token entries in OpenAI's chat shape (`choices[i].logprobs.content`)."""
     out = []
     for e in entries:
@@ -226,7 +226,7 @@ def chat_logprobs(entries: Sequence[dict], top: int) -> list[dict]:
     return out
 
 
-def legacy_logprobs(entries: Sequence[dict], top: int, offset: int) -> dict:
+def legacy_logprobs(entries: Sequence[dict[str, Any]], top: int, offset: int) -> dict[str, Any]:
     """The legacy completions shape: parallel lists, `top_logprobs` as {token: logprob}."""
     tokens, lps, tops, offsets = [], [], [], []
     pos = offset

@@ -48,7 +48,7 @@ class ToolPlan:
     """What tools change in a request: the system text to add and the answer's schema."""
 
     system: str
-    schema: dict
+    schema: dict[str, Any]
     allow_text: bool  # tool_choice "auto": the model may answer {"response": ...}
 
 
@@ -94,7 +94,7 @@ def plan(req: OAIChatRequest) -> ToolPlan | None:
     allow_text = choice in (None, "auto")
     defs: dict[str, Any] = {}
     calls = [_call_schema(t, defs) for t in chosen]
-    options: list[dict] = [{"type": "object", "properties": {"tool_call": c}, "required": ["tool_call"],
+    options: list[dict[str, Any]] = [{"type": "object", "properties": {"tool_call": c}, "required": ["tool_call"],
                             "additionalProperties": False} for c in calls]
     if allow_text:
         options.append({"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
@@ -112,7 +112,7 @@ def _params(t: Tool) -> Any:
     return {"type": "object"} if p is msgspec.UNSET or p is None else p
 
 
-def _call_schema(t: Tool, defs: dict[str, Any]) -> dict:
+def _call_schema(t: Tool, defs: dict[str, Any]) -> dict[str, Any]:
     """The schema of one call. The tool's `$defs` (pydantic writes them) move to the
     answer schema's root, where its `#/$defs/...` references then point."""
     params = _params(t)
@@ -144,7 +144,7 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def _describe(t: Tool) -> dict:
+def _describe(t: Tool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": t.function.name}
     if t.function.description:
         out["description"] = t.function.description
@@ -193,7 +193,7 @@ def tool_result_text(i: int, m: OAIMessage, content: str | None, calls: dict[str
 
 # -- the answer ---------------------------------------------------------------------------
 
-def parse_answer(text: str) -> tuple[str | None, list[dict] | None]:
+def parse_answer(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
     """The model's constrained JSON -> (content, tool_calls). Text that is not the
     expected JSON (cut by max_tokens) comes back as content, unchanged.
 

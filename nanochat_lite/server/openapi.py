@@ -136,7 +136,7 @@ _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
 
 def _routes(routes: Iterable[Any]) -> list[tuple[str, str, Any]]:
     """(OpenAPI path, method, route) for each route; HEAD (implied by GET) is left out."""
-    out = []
+    out: list[tuple[str, str, Any]] = []
     for r in routes:
         if isinstance(r, WebSocketRoute):
             out.append((r.path, "websocket", r))
@@ -172,7 +172,7 @@ def _responses(op: _Op, path: str, keys: bool) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _operation(path: str, method: str, keys: bool, body_refs: dict[type, dict]) -> dict:
+def _operation(path: str, method: str, keys: bool, body_refs: dict[type, dict[str, Any]]) -> dict[str, Any]:
     op = _OPS.get((method, path)) or _Op(f"{method.upper()} {path}", "see the route's documentation")
     out: dict[str, Any] = {"summary": op.summary, "operationId": f"{method}_{path}"}
     params: list[dict[str, Any]] = []

@@ -11,6 +11,8 @@ default it is tokenized as the plain text it is.
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 
 import msgspec
@@ -42,7 +44,7 @@ async def tokenize(request: Request) -> Response:
         req = decode(await read_body(request), TokenizeRequest)
         tok = await rt.tokenizer()
 
-        def run() -> dict:
+        def run() -> dict[str, Any]:
             ids = tok.encode(req.text, allowed_special="all" if req.special else ())
             if req.with_pieces:
                 return {"tokens": [{"id": i, "text": tok.piece_text(i)} for i in ids], "count": len(ids)}
