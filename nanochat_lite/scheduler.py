@@ -42,6 +42,13 @@ class QueueFull(EngineError):
     code = "server_busy"
 
 
+class QueueTimeout(EngineError):
+    """The request waited `max_queue_wait` seconds without getting a slot (HTTP 503)."""
+
+    code = "queue_timeout"
+    status = 503
+
+
 class EngineLike(Protocol):
     """What the scheduler needs of an engine (the real one, or a test's fake)."""
 
@@ -133,9 +140,10 @@ def _cancelled_done(ticket: Ticket) -> Done:
 
 class Scheduler:
     def __init__(self, engine: EngineLike, *, max_queue: int = 64,
-                 shared_prefix: Callable[[], list[int]] | None = None) -> None:
+                 shared_prefix: Callable[[], list[int]] | None = None, max_queue_wait: float | None = None) -> None:
         self.engine = engine
         self.max_queue = max_queue
+        self.max_queue_wait = max_queue_wait or None  # seconds in the queue before QueueTimeout; None: no limit
         self._slots = [_Slot(i) for i in range(max(1, engine.parallel))]
         self._queue: collections.deque[Ticket] = collections.deque()
         self._cv = threading.Condition()
@@ -182,7 +190,22 @@ class Scheduler:
                                 f"{self.max_queue}); retry in a few seconds")
             self._queue.append(ticket)
             self._dispatch()
+        if self.max_queue_wait is not None and not ticket.started:
+            # A timer on the ticket's loop, so a request at the back of a stalled queue
+            # hears back on time even when no slot frees up to run _dispatch.
+            ticket._loop.call_soon_threadsafe(ticket._loop.call_later, self.max_queue_wait, self._expire, ticket)
         return ticket
+
+    def _expire(self, ticket: Ticket) -> None:
+        with self._cv:
+            try:
+                self._queue.remove(ticket)
+            except ValueError:
+                return  # started, cancelled or finished in time
+            self._dispatch()
+        ticket.finished = True
+        ticket._put(QueueTimeout(f"the request waited {self.max_queue_wait:g} s for a free slot; "
+                                 "the server is overloaded, retry later"))
 
     def _drop(self, ticket: Ticket) -> None:
         with self._cv:

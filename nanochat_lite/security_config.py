@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .config import ConfigError
 
-ENV_API_KEY = "NANOCHAT_LITE_API_KEY"  # comma-separated [NAME:]KEY entries
+ENV_API_KEY = "NANOCHAT_LITE_API_KEY"  # comma-separated [NAME:]KEY[:TOKENS] entries
 DEFAULT_KEY_NAME = "default"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_KEY_CHARS = 512
@@ -31,6 +31,9 @@ MAX_KEY_NAME_CHARS = 64
 # subprotocol; secrets.token_urlsafe() output always is one.
 KEY_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# A daily token quota after a named key: alice:KEY:100000, alice:KEY:100k, alice:KEY:2M.
+_QUOTA_RE = re.compile(r"([0-9][0-9_]*)([kKmM]?)")
+MAX_DAILY_TOKEN_QUOTA = 10**12
 # A Host header or an origin's authority: a name, an IPv4 address or a bracketed IPv6
 # address, and an optional port. No userinfo, path or spaces ("evil@127.0.0.1" fails).
 _AUTHORITY_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
@@ -47,17 +50,20 @@ class SecurityConfig:
         "*" answers any Host (turns the DNS-rebinding defence off).
     cors_origins: origins (scheme://host[:port]) whose pages may call the API.
     host: the address the server listens on (its name is answered too).
+    daily_token_quotas: key name -> prompt + completion tokens per UTC day (429 past it).
     """
 
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # never in a log line
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    daily_token_quotas: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, key in self.keys.items():
             _check_key(name, key, where="SecurityConfig")
         object.__setattr__(self, "keys", dict(self.keys))
+        object.__setattr__(self, "daily_token_quotas", dict(self.daily_token_quotas))
         object.__setattr__(self, "allowed_hosts",
                            tuple(_normalize_host(h, flag="--allowed-host") for h in self.allowed_hosts))
         object.__setattr__(self, "cors_origins", tuple(_normalize_origin(o) for o in self.cors_origins))
@@ -87,8 +93,9 @@ class SecurityConfig:
         if not specs and env.get(ENV_API_KEY, "").strip():
             specs = [(s, ENV_API_KEY) for s in env[ENV_API_KEY].split(",") if s.strip()]
         listen = host or next(iter(flag("host")), None) or env.get("HOST") or "127.0.0.1"
-        return cls(keys=parse_keys(specs), allowed_hosts=tuple(flag("allowed_host")),
-                   cors_origins=tuple(flag("cors_origin")), host=listen)
+        key_specs, quotas = split_quotas(specs)
+        return cls(keys=parse_keys(key_specs), allowed_hosts=tuple(flag("allowed_host")),
+                   cors_origins=tuple(flag("cors_origin")), host=listen, daily_token_quotas=quotas)
 
     @property
     def loopback_only(self) -> bool:
@@ -117,18 +124,48 @@ class SecurityConfig:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The `serve` flags read by SecurityConfig.from_args."""
     g = parser.add_argument_group("security")
-    g.add_argument("--api-key", action="append", metavar="[NAME:]KEY",
+    g.add_argument("--api-key", action="append", metavar="[NAME:]KEY[:TOKENS]",
                    help="require this key on /api, /v1 and /ws (repeatable; a key without NAME: is named "
-                        f"'default'). Command lines are visible to other users: prefer {ENV_API_KEY} "
-                        "(comma-separated) or --api-keys-file")
+                        "'default'). NAME:KEY:TOKENS also caps the key's prompt + completion tokens per UTC "
+                        "day (100000, 100k, 2M; 429 once spent). Command lines are visible to other users: "
+                        f"prefer {ENV_API_KEY} (comma-separated) or --api-keys-file")
     g.add_argument("--api-keys-file", metavar="PATH",
-                   help="a file of NAME:KEY lines (blank lines and # comments ignored)")
+                   help="a file of NAME:KEY or NAME:KEY:TOKENS lines (blank lines and # comments ignored)")
     g.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this Host name, e.g. a reverse proxy's public name "
                         "(repeatable; loopback names, IP addresses and --host always are)")
     g.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let pages of this origin (https://app.example.com) call the API from the "
                         "browser (repeatable; none by default)")
+    from .limits_config import add_flags as add_limit_flags
+
+    add_limit_flags(parser)
+
+
+def split_quotas(specs: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Take the daily token quota off NAME:KEY:TOKENS specs (a key never contains ':').
+
+    split_quotas([("alice:k1:100k", "--api-key"), ("k2", "--api-key")])
+    -> ([("alice:k1", "--api-key"), ("k2", "--api-key")], {"alice": 100000})
+    """
+    out: list[tuple[str, str]] = []
+    quotas: dict[str, int] = {}
+    for spec, where in specs:
+        head, sep, tail = spec.strip().rpartition(":")
+        if not sep or head.count(":") != 1:
+            out.append((spec, where))
+            continue
+        m = _QUOTA_RE.fullmatch(tail.strip())
+        tokens = int(m[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[m[2].lower()] if m else 0
+        if not m or not 0 < tokens <= MAX_DAILY_TOKEN_QUOTA:
+            raise ConfigError(f"{where}: the daily token quota after NAME:KEY: must be a whole number of tokens "
+                              f"from 1 to {MAX_DAILY_TOKEN_QUOTA:,} (100000, 100k or 2M), got {tail.strip()[:20]!r}")
+        name = head.partition(":")[0].strip()
+        if not name:
+            raise ConfigError(f"{where}: a key with a daily token quota needs a name: NAME:KEY:TOKENS")
+        quotas[name] = tokens
+        out.append((head, where))
+    return out, quotas
 
 
 def parse_keys(specs: Iterable[tuple[str, str]]) -> dict[str, str]:

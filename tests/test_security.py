@@ -196,8 +196,9 @@ def test_key_name_reaches_the_request_and_the_stats(keyed):
         ws.send_json({"type": "ping"})
         assert ws.receive_json() == {"type": "pong"}
     stats = keyed.get("/api/stats", headers=bearer(KEY)).json()
-    assert stats["keys"] == {"alice": {"requests": 2, "websockets": 0},
-                             "bob": {"requests": 2, "websockets": 1}}
+    no_tokens = {"prompt_tokens": 0, "completion_tokens": 0, "tokens_today": 0, "daily_token_quota": None}
+    assert stats["keys"] == {"alice": {"requests": 2, "websockets": 0, **no_tokens},
+                             "bob": {"requests": 2, "websockets": 1, **no_tokens}}
     assert stats["requests"]["total"] >= 1  # the runtime's own figures are still there
 
 

@@ -81,16 +81,22 @@ def _inputs(value: Any) -> list[str] | list[list[int]]:
                        "of token ids (none of them empty)", param="input")
 
 
-def _vocabulary(model_dir: Path) -> list[str]:
+def _vocabulary(embedder: Any) -> list[str]:
+    """The embedding model's vocab.txt, or a 422 naming the model (never its folder):
+    without it, token ids cannot be turned back into text."""
+    model_dir = getattr(embedder, "model_dir", None)
+    name = getattr(embedder, "model_name", "the embedding model")
     key = str(model_dir)
     vocab = _vocabs.get(key)
     if vocab is None:
-        path = model_dir / "vocab.txt"
         try:
-            vocab = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise RequestError(f"token-id input needs the embedding model's vocabulary ({path}): {e.strerror}",
-                               code="not_available", status=503) from None
+            if model_dir is None:
+                raise FileNotFoundError
+            vocab = (Path(model_dir) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            raise RequestError(f"token-id input is not available with the embedding model {name!r}: it has no "
+                               "readable vocabulary (vocab.txt); send the input as text",
+                               code="token_ids_unsupported", status=422, param="input") from None
         _vocabs[key] = vocab
     return vocab
 
@@ -138,7 +144,7 @@ async def openai_embeddings(request: Request) -> Response:
                 raise RequestError(f"`input` holds {len(inputs)} token lists; the limit is {MAX_INPUTS}",
                                    param="input")
             embedder = await rt.embedder()
-            vocab = await asyncio.to_thread(_vocabulary, Path(embedder.model_dir))
+            vocab = await asyncio.to_thread(_vocabulary, embedder)
             texts = ids_to_text(inputs, vocab)  # type: ignore[arg-type]
         else:
             texts = _texts(inputs)  # type: ignore[arg-type]

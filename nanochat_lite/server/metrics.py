@@ -20,9 +20,10 @@ counted here). For every HTTP request and WebSocket connection it:
 in Prometheus's text exposition format, version 0.0.4:
 https://prometheus.io/docs/instrumenting/exposition_formats/
 
-Not here: per-key token counts (the runtime counts tokens and does not know keys);
-requests refused by the security middleware (401/403/421), which answers them
-before they reach this one.
+Requests refused before they reach this middleware — by the security middleware
+(400/401/403/421), the load limits (connlimits.py: 408, 429, 503) — are counted by
+`count_refused` and rendered as `nanochat_requests_refused_total{status, code}`.
+Tokens per API key name come from the key usage's ledger (quotas.py).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Metrics:
         self.requests: Counter[tuple[str, str, int, str]] = Counter()  # (route, method, status, key)
         self.durations: dict[str, Histogram] = {}  # route -> seconds
         self.in_flight = 0
+        self.refused: Counter[tuple[int, str]] = Counter()  # (status, code), refused before any route
+
+    def count_refused(self, status: int, code: str) -> None:
+        """A request or connection refused in front of the app (security, load limits)."""
+        self.refused[(status, code)] += 1
 
     def record(self, route: str, method: str, status: int, key: str, seconds: float) -> None:
         self.requests[(route, method, status, key if self.keys_configured else "")] += 1
@@ -241,8 +247,8 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render(runtime: Any, metrics: Metrics) -> str:
-    """The whole `/metrics` page."""
+def render(runtime: Any, metrics: Metrics, usage: Any = None) -> str:
+    """The whole `/metrics` page; `usage` is the KeyUsage when API keys are set."""
     out = _Exposition()
     stats = runtime.stats
     info = runtime.engine_info()
@@ -260,6 +266,29 @@ def render(runtime: Any, metrics: Metrics) -> str:
                   (([("route", r)], h) for r, h in sorted(metrics.durations.items())))
     out.one("http_requests_in_flight", "gauge", "HTTP requests and WebSocket connections open now",
             metrics.in_flight)
+    name = out.family("requests_refused_total", "counter",
+                      "Requests and connections refused before reaching a route (bad Host, foreign Origin, "
+                      "missing or wrong API key, read timeouts, connection and per-client caps, quotas), "
+                      "by status and code")
+    for (status, code), n in sorted(metrics.refused.items()):
+        out.sample(name, n, [("status", str(status)), ("code", code)])
+    if usage is not None:
+        snap = usage.snapshot()
+        name = out.family("key_requests_total", "counter", "HTTP requests and WebSockets per API key name")
+        for key, row in snap.items():
+            out.sample(name, row["requests"], [("key", key), ("kind", "http")])
+            out.sample(name, row["websockets"], [("key", key), ("kind", "websocket")])
+        name = out.family("key_tokens_total", "counter", "Prompt and completion tokens per API key name")
+        for key, row in snap.items():
+            out.sample(name, row["prompt_tokens"], [("key", key), ("kind", "prompt")])
+            out.sample(name, row["completion_tokens"], [("key", key), ("kind", "completion")])
+        name = out.family("key_tokens_today", "gauge", "Tokens per API key name since midnight UTC")
+        for key, row in snap.items():
+            out.sample(name, row["tokens_today"], [("key", key)])
+        name = out.family("key_daily_token_quota", "gauge", "Daily token quota per API key name (keys with one)")
+        for key, row in snap.items():
+            if row["daily_token_quota"] is not None:
+                out.sample(name, row["daily_token_quota"], [("key", key)])
 
     out.one("generations_total", "counter", "Generations started (chat turns and completions)",
             stats.requests_total)
@@ -292,5 +321,5 @@ def render(runtime: Any, metrics: Metrics) -> str:
 
 async def metrics_endpoint(request: Request) -> Response:
     """`GET /metrics`: Prometheus's text format (needs the API key when keys are set)."""
-    text = render(request.app.state.runtime, request.app.state.metrics)
+    text = render(request.app.state.runtime, request.app.state.metrics, getattr(request.app.state, "key_usage", None))
     return Response(text, media_type=CONTENT_TYPE)

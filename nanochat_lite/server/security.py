@@ -23,15 +23,18 @@ is stored, nothing is generated. It checks, in this order:
    WebSocket). 401 in the project's error shape, or OpenAI's on `/v1`. The page,
    its static files and `/health` stay public. The key's name goes into
    `scope["state"]["api_key_name"]` (`request.state.api_key_name`) and `KeyUsage`
-   counts requests per name.
+   counts requests per name (tokens per name: its `tokens` ledger, quotas.py).
 
 Every HTTP answer gets `X-Content-Type-Options: nosniff` and `Referrer-Policy:
 no-referrer`; API answers get `Cache-Control: no-store`.
 
-Not here: TLS (a reverse proxy's job); queue caps and rate limits; cookies or
-sessions (there are none: the key travels with each request, so a cross-site
-request has no ambient credential to ride on); token counts per key (the runtime
-owns tokens).
+Refusals are counted in `/metrics` (`Metrics.count_refused`, found through
+`scope["app"]`, which Starlette sets before its middleware runs).
+
+Not here: TLS (a reverse proxy's job); queue caps, connection caps, read timeouts,
+per-client caps and daily token quotas (connlimits.py, in front of this middleware);
+cookies or sessions (there are none: the key travels with each request, so a
+cross-site request has no ambient credential to ride on).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ import msgspec
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .quotas import TokenLedger
+
 from ..security_config import (
     DEFAULT_PORTS,
     ENV_API_KEY,
@@ -57,8 +62,8 @@ from ..security_config import (
     split_authority,
 )
 
-__all__ = ["ENV_API_KEY", "KeyUsage", "SecurityConfig", "SecurityMiddleware", "add_flags", "add_security_headers",
-           "needs_key", "parse_keys"]
+__all__ = ["ENV_API_KEY", "KeyIdentifier", "KeyUsage", "SecurityConfig", "SecurityMiddleware", "add_flags",
+           "add_security_headers", "needs_key", "parse_keys"]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PUBLIC_PATHS = frozenset({"/api/health", "/health"})
@@ -95,24 +100,73 @@ def _quote(value: str) -> str:
 
 # -- usage per key ---------------------------------------------------------------------------
 class KeyUsage:
-    """Requests (HTTP) and WebSocket connections per key name, since start-up.
+    """Requests (HTTP) and WebSocket connections per key name, since start-up, and the
+    tokens ledger (filled when generations end, through quotas.current_key).
 
     Counted where the key is checked, so it includes refused-later requests (a 400
-    for a bad body still used the key). Tokens per key are not here: the runtime
-    counts tokens and does not know keys.
+    for a bad body still used the key).
     """
 
-    def __init__(self, names: Iterable[str] = ()) -> None:
+    def __init__(self, names: Iterable[str] = (), quotas: Mapping[str, int] | None = None) -> None:
         self.requests: Counter[str] = Counter({n: 0 for n in names})
         self.websockets: Counter[str] = Counter({n: 0 for n in names})
+        self.tokens = TokenLedger(quotas)
 
     def count(self, name: str, *, websocket: bool) -> None:
         (self.websockets if websocket else self.requests)[name] += 1
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        """{"alice": {"requests": 12, "websockets": 1}, ...}"""
-        names = sorted(set(self.requests) | set(self.websockets))
-        return {n: {"requests": self.requests[n], "websockets": self.websockets[n]} for n in names}
+    def snapshot(self) -> dict[str, dict[str, int | None]]:
+        """{"alice": {"requests": 12, "websockets": 1, "prompt_tokens": 300, "completion_tokens": 80,
+        "tokens_today": 380, "daily_token_quota": None}, ...}"""
+        names = sorted(set(self.requests) | set(self.websockets) | set(self.tokens.names()))
+        return {n: {"requests": self.requests[n], "websockets": self.websockets[n], **self.tokens.snapshot(n)}
+                for n in names}
+
+
+class KeyIdentifier:
+    """Finds which configured key a request presents, in constant time per key."""
+
+    def __init__(self, keys: Mapping[str, str]) -> None:
+        self._digests = [(name, _digest(key)) for name, key in keys.items()]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def find(self, presented: str) -> str | None:
+        """The name of the key `presented` is, or None."""
+        digest = _digest(presented[:MAX_KEY_CHARS + 1])
+        found = None
+        for name, want in self._digests:  # every key, no early exit: constant time
+            if hmac.compare_digest(digest, want) and found is None:
+                found = name
+        return found
+
+    @staticmethod
+    def presented(scope: Scope, headers: dict[str, list[str]]) -> tuple[str | None, str | None]:
+        """(the key the request offers, the WebSocket subprotocol entry that carried it)."""
+        auth = _one(headers, "authorization")
+        if auth is not None:
+            scheme, _, value = auth.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return value.strip(), None
+        x_api_key = _one(headers, "x-api-key")
+        if x_api_key is not None:
+            return x_api_key.strip(), None
+        if scope["type"] == "websocket":
+            # Browsers cannot set headers on a WebSocket, so the page offers its key as a
+            # subprotocol, "bearer.KEY". Not ?api_key=KEY: query strings end up in access
+            # logs, proxy logs and browser history; this header is logged by nobody.
+            for p in scope.get("subprotocols") or ():
+                if p.startswith(WS_KEY_PREFIX):
+                    return p[len(WS_KEY_PREFIX):], p
+        return None, None
+
+    def identify(self, scope: Scope) -> str | None:
+        """The name of the valid key this request presents, or None (no refusal here)."""
+        if not self._digests:
+            return None
+        presented, _ = self.presented(scope, _header_dict(scope))
+        return self.find(presented) if presented is not None else None
 
 
 # -- the middleware --------------------------------------------------------------------------
@@ -147,7 +201,7 @@ class SecurityMiddleware:
         self.app = app
         self.config = config
         self.usage = usage if usage is not None else KeyUsage(config.keys)
-        self._digests = [(name, _digest(key)) for name, key in config.keys.items()]
+        self._keys = KeyIdentifier(config.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -237,33 +291,13 @@ class SecurityMiddleware:
     def _check_key(self, scope: Scope, headers: dict[str, list[str]], path: str,
                    websocket: bool) -> tuple[str | None, str | None]:
         """(key name, the subprotocol entry that carried the key) or _Refused(401)."""
-        if not self._digests or not needs_key(path):
+        if not self._keys or not needs_key(path):
             return None, None
-        presented, entry = None, None
-        auth = _one(headers, "authorization")
-        if auth is not None:
-            scheme, _, value = auth.strip().partition(" ")
-            if scheme.lower() == "bearer":
-                presented = value.strip()
-        x_api_key = _one(headers, "x-api-key")
-        if presented is None and x_api_key is not None:
-            presented = x_api_key.strip()
-        if presented is None and websocket:
-            # Browsers cannot set headers on a WebSocket, so the page offers its key as a
-            # subprotocol, "bearer.KEY". Not ?api_key=KEY: query strings end up in access
-            # logs, proxy logs and browser history; this header is logged by nobody.
-            for p in scope.get("subprotocols") or ():
-                if p.startswith(WS_KEY_PREFIX):
-                    presented, entry = p[len(WS_KEY_PREFIX):], p
-                    break
+        presented, entry = self._keys.presented(scope, headers)
         if presented is None:
             raise _Refused(401, "unauthorized", "this server needs an API key: send Authorization: Bearer KEY "
                            "(or X-Api-Key: KEY)", {"WWW-Authenticate": 'Bearer realm="nanochat-lite"'})
-        digest = _digest(presented[:MAX_KEY_CHARS + 1])
-        found = None
-        for name, want in self._digests:  # every key, no early exit: constant time
-            if hmac.compare_digest(digest, want) and found is None:
-                found = name
+        found = self._keys.find(presented)
         if found is None:
             raise _Refused(401, "unauthorized", "the API key is not valid",
                            {"WWW-Authenticate": 'Bearer realm="nanochat-lite", error="invalid_token"'})
@@ -294,6 +328,9 @@ class SecurityMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, r: _Refused, cors: str | None) -> None:
         path = scope.get("path", "")
+        metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+        if metrics is not None:
+            metrics.count_refused(r.status, r.code)
         if scope["type"] == "websocket":
             # Refused before accept: the server answers the handshake with 403. (A denial
             # response, ASGI's websocket.http.response, could say 401 or 421, but uvicorn's

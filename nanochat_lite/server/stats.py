@@ -14,6 +14,8 @@ import os
 import time
 from collections.abc import Sequence
 
+from .quotas import record_tokens
+
 WINDOW = 1000
 # Upper bounds of the histogram buckets, in seconds (+Inf is implied).
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -111,6 +113,7 @@ class Stats:
             return
         if cancelled:
             self.requests_cancelled += 1
+        record_tokens(prompt_tokens, completion_tokens)  # to the request's API key, if any
         self.tokens_in += prompt_tokens
         self.tokens_cached += cached_tokens
         self.tokens_out += completion_tokens
