@@ -141,14 +141,27 @@ async function openConversation(id, messageId) {
   }
   if (seq !== loadSeq) return;
   let messages = data.messages;
-  // The turn on the wire has its question stored already; its view shows it.
-  const live = session.current;
+  // A turn still pending here (on the wire, or sent before a reload) may be stored
+  // already, its answer too: its own view shows it, not the history.
+  const mine = new Set(pending.map((t) => t.clientId));
+  const theirAnswers = new Set(messages.filter((m) => m.role === "user" && mine.has(m.client_id) && m.answer_id)
+    .map((m) => m.answer_id));
+  messages = messages.filter((m) => !(m.role === "user" && m.client_id && mine.has(m.client_id))
+    && !(m.role === "assistant" && m.answer_id && theirAnswers.has(m.answer_id)));
+  const live = session.current; // a server without client ids: its question is the last message
   if (live && live.thread === thread && messages.length && messages[messages.length - 1].role === "user"
-      && messages[messages.length - 1].content === live.text) {
+      && messages[messages.length - 1].content === live.text && !messages[messages.length - 1].client_id) {
     messages = messages.slice(0, -1);
   }
   transcript.showHistory(messages);
   for (const t of pending) transcript.attach(t.view);
+  // An answer still being written (this page was reloaded, or another tab asked):
+  // follow it live from its start.
+  const last = messages[messages.length - 1];
+  if (last && last.role === "assistant" && last.status === "streaming" && last.answer_id) {
+    const view = transcript.follow(last.id);
+    if (view) session.follow(thread, last.answer_id, view);
+  }
   showHeader(data.conversation);
   showEmptyHint();
   if (messageId) {
@@ -191,6 +204,10 @@ session.addEventListener("conversation", (ev) => {
   sidebar.refresh().then(() => syncTitle());
 });
 session.addEventListener("answered", () => sidebar.refresh().then(() => syncTitle()));
+// An answer that could not be resumed: the store has what was written of it.
+session.addEventListener("lost", (ev) => {
+  if (ev.detail === thread && thread.id) openConversation(thread.id);
+});
 
 function syncTitle() {
   const conv = sidebar.items.find((c) => c.id === thread.id);
@@ -312,6 +329,15 @@ socket.connect();
 dashboard.start();
 api.health().then((h) => showModel(h.model), () => {});
 sidebar.refresh();
+// Messages an earlier page could not send (a reload, a closed tab) go out once the
+// socket is open; a new chat among them is the one shown if no conversation was open.
+const restored = session.restore((text) => transcript.newView(text));
 const startId = hashId() || loadConversationId();
+const newThread = restored.map((t) => t.thread).find((t) => !t.id);
 if (startId) openConversation(startId);
-else newChat();
+else if (newThread) {
+  newChat();
+  thread = newThread;
+  for (const t of restored) if (t.thread === newThread) transcript.attach(t.view);
+  showEmptyHint();
+} else newChat();

@@ -7,6 +7,8 @@
 import { el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
+const BUSY = new Set(["streaming", "reconnecting"]); // an answer still being written
+
 const STATUS_TEXT = {
   queued: "queued",
   offline: "queued: sends when the connection is back",
@@ -14,6 +16,7 @@ const STATUS_TEXT = {
   stopped: "stopped",
   cancelled: "stopped",
   interrupted: "interrupted: the connection was lost",
+  reconnecting: "connection lost: the answer resumes when it is back",
   failed: "failed",
   length: "cut at the max tokens limit",
 };
@@ -87,8 +90,27 @@ export class Transcript {
 
   /** A new turn's elements, attached at the end; returns its view for the chat session. */
   addTurn(text) {
-    const view = new TurnView(this, text);
+    const view = this.newView(text);
     this.attach(view);
+    return view;
+  }
+
+  /** A turn's view, not attached yet (a message restored from the outbox). */
+  newView(text) {
+    return new TurnView(this, text);
+  }
+
+  /** A view over the stored answer `messageId` shown by showHistory and its question,
+   * for following it live; null if it is not on screen. */
+  follow(messageId) {
+    const answer = document.getElementById("m-" + messageId);
+    if (!answer || !this.list.contains(answer) || answer.dataset.role !== "assistant") return null;
+    const user = answer.previousElementSibling;
+    const view = new TurnView(this, answer.dataset.question ?? "");
+    if (user && user.dataset.role === "user") view.user = user;
+    view.answer = answer;
+    answer.dataset.started = "1";
+    setStatus(answer, "streaming");
     return view;
   }
 
@@ -107,7 +129,7 @@ export class Transcript {
   updateAskAgain() {
     for (const b of this.list.querySelectorAll("[data-action=ask-again]")) b.hidden = true;
     const last = this.list.lastElementChild;
-    if (last && last.dataset.role === "assistant" && last.dataset.status !== "streaming" && last.dataset.question) {
+    if (last && last.dataset.role === "assistant" && !BUSY.has(last.dataset.status) && last.dataset.question) {
       last.querySelector("[data-action=ask-again]").hidden = false;
     }
   }
@@ -168,6 +190,21 @@ export class TurnView {
     this.answer.querySelector(".msg-model").textContent = frame.model || "";
   }
 
+  /** The server is still reading the question (a long prompt): no token yet. */
+  progress() {
+    setBadge(this.answer, "reading your message…");
+  }
+
+  /** The connection dropped mid-answer; the answer goes on on the server. */
+  reconnecting() {
+    this._flush();
+    setStatus(this.answer, "reconnecting");
+  }
+
+  resumed() {
+    setStatus(this.answer, "streaming");
+  }
+
   /** The whole answer so far; rendered at most once per frame. */
   token(answerText) {
     this._pending = answerText;
@@ -177,6 +214,9 @@ export class TurnView {
   _flush() {
     this._frame = 0;
     if (this._pending === null) return;
+    if (this.answer.dataset.status === "streaming" && this.answer.querySelector(".badge").textContent) {
+      setBadge(this.answer, ""); // "reading your message…" until the first token
+    }
     setAnswer(this.answer, this._pending);
     this._pending = null;
     this.transcript.scrollToEnd(false);
@@ -260,10 +300,14 @@ function setAnswer(li, text) {
 function setStatus(li, status) {
   li.dataset.status = status;
   // The transcript is a polite live region; a busy answer is read once it is finished.
-  li.setAttribute("aria-busy", String(status === "streaming"));
+  li.setAttribute("aria-busy", String(BUSY.has(status)));
+  setBadge(li, STATUS_TEXT[status] || "");
+}
+
+function setBadge(li, text) {
   const badge = li.querySelector(".badge");
-  badge.textContent = STATUS_TEXT[status] || "";
-  badge.hidden = !badge.textContent;
+  badge.textContent = text;
+  badge.hidden = !text;
 }
 
 function fmt(value, digits) {
