@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
-               "batch_size")
+               "batch_size", "resume_window")
+MAX_RESUME_WINDOW_S = 3600.0
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,10 @@ class Config:
     # 256, 1.9 s at 128, 0.89 s at 64, and the long prompt's first token as late
     # (30.2 s, 32.7 s, 30.9 s): small chunks cost the prefill almost nothing here.
     batch_size: int = 64
+    # Seconds an answer keeps generating after its client's connection dropped (without
+    # a stop), waiting for a resume; 0: cancelled at once. Finished answers stay
+    # resumable from memory as long, then from the store.
+    resume_window: float = 30.0
     home: Path = field(default_factory=lambda: default_home(os.environ))
     # Conversation store: a SQLite file, or a postgresql:// URL (kept as text: a Path would
     # fold its "//"); None = a SQLite file in the home folder.
@@ -85,6 +90,8 @@ class Config:
             c.parallel = _int(env["NANOCHAT_LITE_PARALLEL"], "NANOCHAT_LITE_PARALLEL")
         if env.get("NANOCHAT_LITE_MAX_QUEUE"):
             c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
+        if env.get("NANOCHAT_LITE_RESUME_WINDOW"):
+            c.resume_window = _float(env["NANOCHAT_LITE_RESUME_WINDOW"], "NANOCHAT_LITE_RESUME_WINDOW")
         if env.get("NANOCHAT_LITE_DB"):
             c.db = db_setting(env["NANOCHAT_LITE_DB"])
         if env.get("NANOCHAT_LITE_ENV"):
@@ -126,6 +133,9 @@ class Config:
                               "one conversation must fit in the shared cache")
         if not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size must be between 16 and 4096 tokens, got {self.batch_size}")
+        if not 0 <= self.resume_window <= MAX_RESUME_WINDOW_S:
+            raise ConfigError(f"--resume-window must be between 0 and {MAX_RESUME_WINDOW_S:g} seconds, "
+                              f"got {self.resume_window:g}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
 
@@ -140,6 +150,16 @@ def db_setting(value: str) -> Path | str:
     if value.lower().startswith(("postgresql://", "postgres://")):
         return value
     return Path(value).expanduser()
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if number != number:  # NaN passes every range check
+        raise ConfigError(f"{name}={value!r} is not a number")
+    return number
 
 
 def _int(value: str, name: str) -> int:

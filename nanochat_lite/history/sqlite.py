@@ -613,6 +613,6 @@ def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSIO
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    *fields, params, client_id, answer_id = row
-    return Message(*fields, params=None if params is None else json.loads(params), client_id=client_id,
-                   answer_id=answer_id)
+    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
+    return Message(mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model,
+                   None if params is None else json.loads(params), client_id, answer_id)

@@ -51,6 +51,17 @@ def sse(data: Any) -> bytes:
     return b"data: " + _encoder.encode(data) + b"\n\n"
 
 
+def sse_frame(frame: dict[str, Any]) -> bytes:
+    """One answer frame as an SSE event: `id: <seq>` (what EventSource sends back as
+    Last-Event-ID) before its data; a progress frame as a comment line, which keeps
+    proxies from closing the connection and that EventSource ignores."""
+    if frame.get("type") == "progress":
+        return b": progress\n\n"
+    seq = frame.get("seq")
+    data = sse(frame)
+    return b"id: %d\n" % seq + data if isinstance(seq, int) else data
+
+
 async def _wait_disconnect(request: Request) -> None:
     # After the body is read, the next ASGI message can only be http.disconnect.
     while True:

@@ -1,8 +1,8 @@
 """The server's life cycle: what the routes share, and whether it is ready.
 
 `Runtime` holds the conversation store, the stats, the default sampling parameters,
-and — once the start-up code has loaded the model — the scheduler (the only owner of
-the engine) and the prompt builder (template + tokenizer, safe from any thread). The
+the answers being streamed (answers.py: resumable, saved as they stream), and — once
+the start-up code has loaded the model — the scheduler (the only owner of the engine) and the prompt builder (template + tokenizer, safe from any thread). The
 routes never touch the engine. The tokenizer and the embeddings model load lazily,
 each once, through one `Lazy` helper.
 
@@ -12,12 +12,14 @@ Not here: a chat turn (turns.py), wire shapes (frames.py, errors.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..engine import Prepared, SamplingParams
 from ..history import ConversationStore
+from .answers import DEFAULT_RESUME_WINDOW_S, Answers
 from .errors import RequestError
 from .stats import Stats
 
@@ -103,7 +105,8 @@ class Lazy(Generic[T]):
 class Runtime:
     def __init__(self, *, store: ConversationStore, model_name: str, startup_ms: float | None = None,
                  defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None,
-                 tokenizer_factory: Callable[[], Any] | None = None) -> None:
+                 tokenizer_factory: Callable[[], Any] | None = None,
+                 resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
         self.store = store
         self.model_name = model_name
         self.state = "loading"  # -> "ready" | "error"
@@ -112,6 +115,11 @@ class Runtime:
         self.prompts: Prompter | None = None
         self.stats = Stats(startup_ms)
         self.defaults = defaults or SamplingParams()
+        self.answers = Answers(self, resume_window_s=resume_window_s)
+        try:  # answers a crashed server left 'streaming' are over: keep their text, mark them
+            store.interrupt_streaming()
+        except Exception as e:  # a locked database: requests will say so; serve anyway
+            logging.getLogger("nanochat_lite").warning("could not mark unfinished answers interrupted: %s", e)
         self.embed_lock = asyncio.Lock()  # one embedding batch at a time
         self.embedder_cache: Lazy[Any] = Lazy(
             embedder_factory,
@@ -149,6 +157,7 @@ class Runtime:
     def close(self) -> None:
         if self.scheduler:
             self.scheduler.close()
+        self.answers.close()
 
     def require_ready(self) -> tuple[SchedulerLike, Prompter]:
         if self.state != "ready" or self.scheduler is None or self.prompts is None:

@@ -35,6 +35,9 @@ class ChatRequest(Sampling, kw_only=True):
     stream: bool = False
     conversation_id: str | None = None
     system: str | None = None
+    # The client's own id for this message (1-64 printable ASCII): sent again (a retry,
+    # a page reloaded), the message is not stored or answered twice.
+    client_id: str | None = None
 
 
 class WSFrame(msgspec.Struct, kw_only=True):
@@ -43,6 +46,14 @@ class WSFrame(msgspec.Struct, kw_only=True):
 
 class WSChat(ChatRequest, kw_only=True):
     type: Literal["chat"]
+
+
+class WSResume(msgspec.Struct, kw_only=True):
+    """Resume an answer after a dropped connection: every event with seq > `after`."""
+
+    type: Literal["resume"]
+    answer_id: str
+    after: int = -1
 
 
 class TextPart(msgspec.Struct, kw_only=True):

@@ -1,22 +1,26 @@
 """A chat turn, the same whichever door it came through (`/api/chat`, `/ws`).
 
-validate → find the conversation → build the prompt once (history fitted to the
+validate → a `client_id` seen before? then the turn is that message's (no second
+generation) → find the conversation → build the prompt once (history fitted to the
 context: a message that cannot fit is refused here) → take a place in the queue
-(refused with 503 when it is full) → store the user's message (acknowledged from
-here on) → stream the engine's events → store the answer (complete, stopped,
-interrupted or failed). `/v1/*` use `build` + `submit` + `stream` without a
-conversation. The doors only translate events into their wire format (frames.py).
+(refused with 503 when it is full) → store the user's message and the assistant's
+row, `streaming` (acknowledged from here on) → answers.py takes the generation over:
+numbers its events, saves the text as it grows, stores the end (complete, stopped,
+interrupted or failed) and lets clients follow or resume it. `/v1/*` use `build` +
+`submit` + `stream` without a conversation. The doors only translate frames into
+their wire format (frames.py).
 
 Between the engine and a client's socket a token crosses at most two hand-offs:
 the scheduler's worker thread → the ticket's queue on the event loop (Ticket._put),
-and, for SSE, the pump task → the response's queue (http.event_stream). Everything
-else is async generators in one task.
+then the answer's buffer, read by each follower (and, for SSE, the pump task → the
+response's queue in http.event_stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,9 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
+from ..history import AlreadyExists, StoreError
+from ..history.store import check_client_id
 from ..scheduler import QueueFull, Ticket
 from ..template import TemplateError
-from . import frames, limits
+from . import limits
+from .answers import Answer, storage_unavailable
 from .errors import RequestError
 from .runtime import Runtime
 from .schemas import ChatRequest
@@ -43,6 +50,32 @@ class Turn:
     params: SamplingParams
     ticket: Ticket
     started: float  # time.perf_counter() when the request arrived
+    answer_id: str = ""
+    message_id: int = 0  # the assistant's row, stored 'streaming'
+    client_id: str | None = None
+
+
+class Duplicate(Exception):
+    """The chat's client_id names a message already stored: its answer is `answer_id`."""
+
+    def __init__(self, answer_id: str | None, client_id: str) -> None:
+        super().__init__(answer_id)
+        self.answer_id = answer_id
+        self.client_id = client_id
+
+
+@dataclass
+class Opened:
+    """What a door streams for a chat: a live answer to follow from the start, or the
+    frames of an earlier one rebuilt from the store (a client_id sent again)."""
+
+    answer: Answer | None
+    replayed: list[dict[str, Any]]
+
+
+def shutting_down() -> RequestError:
+    return RequestError("the server is shutting down; retry in a moment", code="server_shutdown", status=503,
+                        retry_after=2)
 
 
 # -- building and queueing a prompt -------------------------------------------------
@@ -99,37 +132,83 @@ def submit_all(rt: Runtime, prepared: list[Prepared], params: list[SamplingParam
 
 # -- a chat turn --------------------------------------------------------------------
 
+async def open_chat(rt: Runtime, req: ChatRequest, *, key_name: str | None,
+                    stop: threading.Event | None = None, resumable: bool = True) -> Opened:
+    """A chat turn, started (begin_turn, then answers.py takes it over) or, for a
+    client_id already stored, the earlier answer. Raises RequestError."""
+    if rt.answers.closing:
+        raise shutting_down()
+    try:
+        turn = await begin_turn(rt, req, stop)
+    except Duplicate as d:
+        if d.answer_id is not None:
+            a = rt.answers.find(d.answer_id, key_name)
+            if a is not None:
+                return Opened(a, [])
+            replayed = await rt.answers.replay(d.answer_id, with_start=True)
+            replayed[0]["client_id"] = d.client_id
+            return Opened(None, replayed)
+        raise RequestError(f"a message with client_id {d.client_id!r} is stored without an answer",
+                           code="answer_not_found", status=404, param="client_id") from None
+    a = rt.answers.start(answer_id=turn.answer_id, conversation_id=turn.conversation_id,
+                         message_id=turn.message_id, client_id=turn.client_id, key_name=key_name,
+                         ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable)
+    return Opened(a, [])
+
+
 async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None = None) -> Turn:
-    """Validate, build the prompt, queue it and store the user's message. Raises
-    RequestError; when it does, nothing was stored."""
+    """Validate, build the prompt, queue it and store the user's message and the
+    assistant's row (`streaming`). Raises RequestError (when it does, nothing was
+    stored) or Duplicate (the client_id is stored already; nothing was queued)."""
     started = time.perf_counter()
     _, prompts = rt.require_ready()
     limits.check_message(req.message)
     limits.check_system(req.system)
     limits.check_id(req.conversation_id)
+    client_id = getattr(req, "client_id", None)
+    try:
+        check_client_id(client_id)
+    except ValueError as e:
+        raise RequestError(str(e), code="invalid_request", param="client_id") from None
     params = limits.sampling(rt.defaults, req)
     # One trip off the loop for the store read and the prompt.
-    conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params)
-    ticket = submit(rt, prepared, params, stop)
     try:
-        cid = await asyncio.to_thread(_store_user, rt, req, conv, system, params)
+        conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params, client_id)
+    except StoreError as e:
+        raise storage_unavailable(e) from None
+    ticket = submit(rt, prepared, params, stop)
+    answer_id = secrets.token_hex(12)
+    try:
+        cid, message_id = await asyncio.to_thread(_store_user, rt, req, conv, system, params, client_id, answer_id)
+    except AlreadyExists:  # the same client_id, sent twice at once: the other one stored it
+        ticket.cancel()
+        found = await asyncio.to_thread(rt.store.message_by_client_id, client_id)  # type: ignore[arg-type]
+        raise Duplicate(found.answer_id if found else None, client_id or "") from None
+    except StoreError as e:
+        ticket.cancel()
+        raise storage_unavailable(e) from None
     except BaseException:
         ticket.cancel()
         raise
-    return Turn(cid, params, ticket, started)
+    return Turn(cid, params, ticket, started, answer_id, message_id, client_id)
 
 
-def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], params: SamplingParams
-               ) -> tuple[Any, str | None, Prepared]:
+def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], params: SamplingParams,
+               client_id: str | None = None) -> tuple[Any, str | None, Prepared]:
     """The conversation (None for a new one), its system prompt and the prompt to send."""
     store = rt.store
+    if client_id is not None:
+        seen = store.message_by_client_id(client_id)
+        if seen is not None:
+            raise Duplicate(seen.answer_id, client_id)
     if req.conversation_id is not None:
         conv = store.get(req.conversation_id)
         if conv is None:
             raise RequestError(f"no conversation with id {req.conversation_id!r}",
                                code="conversation_not_found", status=404, param="conversation_id")
         system = (req.system or None) if req.system is not None else conv.system
-        history = [m for m in store.messages(conv.id) if m.status != "failed" and m.content]
+        # Not failed answers, nor one still streaming (another tab's, unfinished).
+        history = [m for m in store.messages(conv.id) if m.status not in ("failed", "streaming") and m.content]
     else:
         conv, system, history = None, req.system or None, []
     messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
@@ -140,31 +219,19 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
     return conv, system, build_now(prepare, messages, params)
 
 
-def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams) -> str:
+def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams,
+                client_id: str | None, answer_id: str) -> tuple[str, int]:
+    """Store the user's message and the assistant's (empty, `streaming`) row; their ids."""
     store = rt.store
     if conv is None:
         conv = store.create(system=system)
     elif system != conv.system:
         store.set_system(conv.id, system)
-    store.add_message(conv.id, "user", req.message, params=params_dict(params))
-    return str(conv.id)
-
-
-async def turn_frames(rt: Runtime, turn: Turn) -> AsyncIterator[dict[str, Any]]:
-    """One chat turn as the frames SSE and the WebSocket share: start, token…, done.
-
-    "done" comes once the stream has ended, so the answer is stored when it arrives.
-    """
-    yield frames.start_frame(turn.conversation_id, rt.model_name)
-    final = None
-    async for ev in stream(rt, turn.ticket, turn.params, turn.conversation_id):
-        if isinstance(ev, Delta):
-            yield frames.token_frame(ev.text)
-        else:
-            final = ev
-    if final is not None:
-        yield frames.done_frame(final, conversation_id=turn.conversation_id, model=rt.model_name,
-                                processing_ms=(time.perf_counter() - turn.started) * 1000)
+    pd = params_dict(params)
+    store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id)
+    answer = store.add_message(conv.id, "assistant", "", status="streaming", model=rt.model_name, params=pd,
+                               answer_id=answer_id)
+    return str(conv.id), answer.id
 
 
 # -- streaming a queued generation --------------------------------------------------

@@ -25,7 +25,9 @@ def fake() -> FakeEngine:
 
 @pytest.fixture
 def runtime(fake: FakeEngine) -> Iterator[Runtime]:
-    rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
+    # resume_window_s=0: a client that goes away cancels its answer at once, as these
+    # tests expect; the resume window has its own tests (test_resume.py).
+    rt = Runtime(store=ConversationStore(":memory:"), model_name="fake", resume_window_s=0)
     rt.set_engine(fake)
     yield rt
     rt.close()

@@ -69,10 +69,12 @@ def sse_events(text: str) -> list[Any]:
     """The `data:` payloads of an SSE body, JSON-decoded ("[DONE]" kept as a string)."""
     events = []
     for block in text.split("\n\n"):
-        if not block.strip():
+        # An answer's events have an `id: <seq>` line first; `: progress` is a comment.
+        lines = [line for line in block.split("\n") if line and not line.startswith((":", "id: "))]
+        if not lines:
             continue
-        assert block.startswith("data: "), f"not an SSE data block: {block!r}"
-        data = block[len("data: "):]
+        assert len(lines) == 1 and lines[0].startswith("data: "), f"not an SSE data block: {block!r}"
+        data = lines[0][len("data: "):]
         events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
