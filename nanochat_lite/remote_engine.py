@@ -22,7 +22,8 @@ Errors become `EngineError`s with a `status` the server answers with: an upstrea
 that cannot be reached, or answers 5xx, 401/403/404 (its key or model name is set up
 wrong), is `EngineUnavailable` (503 `engine_unavailable`); a 4xx about the request
 is `EngineRejected` (400, with the upstream's message). A background probe
-(`GET /models`) keeps `health()` current for `/api/health`.
+(`GET /models`) keeps `health()` current for `/api/health`. The wire format (request
+body, chunks, error mapping) is in `openai_wire.py`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ import socket
 import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .engine import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
+from .openai_wire import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable, StreamState,
+                          Upstream, drop_oldest, error_for, request_body, why)
+
+__all__ = ["EngineBusy", "EngineProtocolError", "EngineRejected", "EngineUnavailable", "RemoteEngine",
+           "RemotePrepared", "Upstream"]
 
 log = logging.getLogger("nanochat_lite")
 
@@ -50,38 +55,9 @@ PROBE_INTERVAL_S = 2.0  # health probe period while nothing else talks to the up
 FRESH_S = 1.0  # an upstream heard from this recently is not probed before a request
 POOL_IDLE_S = 2.0  # keep-alive connections older than this are not reused (servers close them at ~5 s)
 FIT_ATTEMPTS = 6  # context-overflow retries, each dropping more of the oldest turns
-MAX_ERROR_CHARS = 500  # of an upstream's error message, quoted in ours
 # The scheduler reserves prompt + answer tokens in a KV pool of this size; the upstream
 # manages its own cache, so the pool is made large enough never to hold a request back.
 UNBOUNDED_POOL = 1 << 40
-
-
-class EngineUnavailable(EngineError):
-    """The upstream cannot serve now: unreachable, failing, or set up wrong."""
-
-    code = "engine_unavailable"
-    status = 503
-
-
-class EngineRejected(EngineError):
-    """The upstream refused this request (a 4xx about its content)."""
-
-    code = "invalid_request"
-    status = 400
-
-
-class EngineBusy(EngineError):
-    """The upstream said 429: too many requests."""
-
-    code = "server_busy"
-    status = 503
-
-
-class EngineProtocolError(EngineError):
-    """The upstream's answer was not the OpenAI stream it should be."""
-
-    code = "engine_protocol_error"
-    status = 502
 
 
 @dataclass
@@ -90,36 +66,6 @@ class RemotePrepared(Prepared):
 
     messages: list[dict[str, str]] | None = None  # chat: sent to /chat/completions
     prompt: str | None = None  # legacy: sent to /completions
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Where the upstream is. `parse("http://gpu:8000")` -> base path "/v1"."""
-
-    scheme: str
-    host: str
-    port: int
-    base: str  # path prefix of the OpenAI routes, e.g. "/v1"
-
-    @classmethod
-    def parse(cls, url: str) -> "Upstream":
-        """An OpenAI base URL; a URL without a path means its `/v1`. Raises ValueError."""
-        u = urllib.parse.urlsplit(url.strip())
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"{url!r} is not an http(s) URL: expected e.g. http://127.0.0.1:8000/v1")
-        if u.query or u.fragment or u.username or u.password:
-            raise ValueError(f"{url!r}: give the key with --engine-key, and no query or fragment")
-        try:
-            port = u.port or (443 if u.scheme == "https" else 80)
-        except ValueError:
-            raise ValueError(f"{url!r} has an invalid port") from None
-        base = u.path.rstrip("/") or "/v1"
-        return cls(u.scheme, u.hostname, port, base)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.base}"
 
 
 class RemoteEngine:
@@ -175,7 +121,7 @@ class RemoteEngine:
             self._watch_cv.notify_all()
 
     # -- health -------------------------------------------------------------------
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         """The upstream's state as last seen (never blocks): for /api/health and /api/stats."""
         return {"engine": "openai", "url": self.upstream.url, "model": self.model, "state": self._state,
                 "error": self._error, "checked_s_ago": round(time.monotonic() - self._checked, 1)
@@ -204,12 +150,12 @@ class RemoteEngine:
             finally:
                 resp.close()
         except (OSError, http.client.HTTPException) as e:
-            self._mark("unreachable", f"the engine upstream at {self.upstream.url} did not answer: {_why(e)}")
+            self._mark("unreachable", f"the engine upstream at {self.upstream.url} did not answer: {why(e)}")
             return False
         finally:
             conn.close()
         if resp.status != 200:
-            err = _error_for(resp.status, raw, self.upstream.url)
+            err = error_for(resp.status, raw, self.upstream.url)
             self._mark("error", str(err))
             return False
         try:
@@ -262,7 +208,7 @@ class RemoteEngine:
             conn.connect()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise EngineUnavailable(f"the engine upstream at {up.url} cannot be reached: {_why(e)}. Check that "
+            raise EngineUnavailable(f"the engine upstream at {up.url} cannot be reached: {why(e)}. Check that "
                                     "it runs and that --engine points at it.") from None
         assert conn.sock is not None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -379,7 +325,7 @@ class RemoteEngine:
                     break
                 except ContextOverflow:
                     # Nothing was sent to the client yet: drop the oldest turns and ask again.
-                    fewer = _drop_oldest(messages) if messages is not None and attempt < FIT_ATTEMPTS else None
+                    fewer = drop_oldest(messages) if messages is not None and attempt < FIT_ATTEMPTS else None
                     if fewer is None:
                         raise
                     dropped += len(messages) - len(fewer)  # type: ignore[arg-type]
@@ -398,44 +344,12 @@ class RemoteEngine:
         emit(done)
         return done
 
-    def _body(self, prep: RemotePrepared, messages: list[dict[str, str]] | None, params: SamplingParams,
-              seed: int) -> tuple[str, dict]:
-        body: dict[str, Any] = {
-            "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": prep.max_new, "temperature": params.temperature, "top_p": params.top_p,
-            "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
-            "seed": seed,
-            # Not OpenAI's, but read by llama-server, vLLM, Ollama and Nanochat-Lite (an
-            # upstream that does not know one ignores it). vLLM names the penalty its own way.
-            "top_k": params.top_k, "min_p": params.min_p,
-            "repeat_penalty": params.repeat_penalty, "repetition_penalty": params.repeat_penalty,
-        }
-        if self.model:
-            body["model"] = self.model
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if params.logit_bias:
-            body["logit_bias"] = {str(t): (-100 if b is False else float(b)) for t, b in params.logit_bias}
-        if messages is not None:
-            body["messages"] = messages
-            if params.json_schema is not None:
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "answer", "schema": params.json_schema, "strict": True}}
-            if params.n_probs > 0:
-                body["logprobs"], body["top_logprobs"] = True, params.n_probs
-            return "/chat/completions", body
-        body["prompt"] = prep.prompt
-        if params.json_schema is not None:
-            raise EngineError("a JSON schema is not supported for raw prompts with a remote engine")
-        if params.n_probs > 0:
-            body["logprobs"] = params.n_probs
-        return "/completions", body
-
     def _stream(self, prep: RemotePrepared, messages: list[dict[str, str]] | None, params: SamplingParams,
-                seed: int, emit: Callable[[Delta | Done], None], cancel: threading.Event) -> "_StreamState":
-        path, body = self._body(prep, messages, params, seed)
+                seed: int, emit: Callable[[Delta | Done], None], cancel: threading.Event) -> "StreamState":
+        path, body = request_body(model=self.model, messages=messages, prompt=prep.prompt, max_new=prep.max_new,
+                                  params=params, seed=seed)
         data = json.dumps(body).encode()
-        st = _StreamState(all_probs=[] if params.n_probs > 0 else None)
+        st = StreamState(all_probs=[] if params.n_probs > 0 else None)
         if cancel.is_set():
             st.finish = "cancelled"
             return st
@@ -465,12 +379,12 @@ class RemoteEngine:
                     if reused and isinstance(e, (ConnectionError, http.client.RemoteDisconnected,
                                                  http.client.BadStatusLine)):
                         continue
-                    self._mark("unreachable", f"the engine upstream at {self.upstream.url} did not answer: {_why(e)}")
+                    self._mark("unreachable", f"the engine upstream at {self.upstream.url} did not answer: {why(e)}")
                     raise EngineUnavailable(self._error or "the engine upstream did not answer") from None
             assert resp is not None and conn is not None
             if resp.status != 200:
                 raw = resp.read(1 << 20)
-                err = _error_for(resp.status, raw, self.upstream.url)
+                err = error_for(resp.status, raw, self.upstream.url)
                 if isinstance(err, EngineUnavailable):
                     self._mark("error", str(err))
                 raise err
@@ -480,9 +394,9 @@ class RemoteEngine:
             if cancel.is_set():
                 st.finish = "cancelled"
             else:
-                self._mark("unreachable", f"the engine upstream at {self.upstream.url} broke off: {_why(e)}")
+                self._mark("unreachable", f"the engine upstream at {self.upstream.url} broke off: {why(e)}")
                 raise EngineUnavailable(f"the engine upstream at {self.upstream.url} broke off the answer: "
-                                        f"{_why(e)}") from None
+                                        f"{why(e)}") from None
         finally:
             self._watch_remove(key)
             if resp is not None and not reusable:
@@ -494,7 +408,7 @@ class RemoteEngine:
                     conn.close()
         return st
 
-    def _read_events(self, resp: http.client.HTTPResponse, st: "_StreamState", emit: Callable[[Delta | Done], None],
+    def _read_events(self, resp: http.client.HTTPResponse, st: "StreamState", emit: Callable[[Delta | Done], None],
                      cancel: threading.Event, *, chat: bool) -> bool:
         """Read the SSE stream into `st`, emitting Deltas. True when it ended cleanly
         (`[DONE]` and the body read to its end), so the connection can be reused."""
@@ -517,7 +431,7 @@ class RemoteEngine:
             field, _, value = line.partition(b":")
             value = value.strip()
             if field == b"error":  # llama-server's error event
-                raise _error_for(500, value, self.upstream.url, in_stream=True)
+                raise error_for(500, value, self.upstream.url, in_stream=True)
             if field != b"data":
                 continue
             if value == b"[DONE]":
@@ -531,144 +445,6 @@ class RemoteEngine:
             if not isinstance(chunk, dict):
                 raise EngineProtocolError(f"the engine upstream at {self.upstream.url} sent {value[:100]!r}")
             if "error" in chunk:
-                raise _error_for(500, value, self.upstream.url, in_stream=True)
+                raise error_for(500, value, self.upstream.url, in_stream=True)
             self._last_ok = time.monotonic()
             st.take(chunk, emit, chat=chat)
-
-
-@dataclass
-class _StreamState:
-    all_probs: list[dict] | None = None
-    parts: list[str] | None = None
-    prompt: int = 0
-    completion: int | None = None  # from the upstream's usage
-    cached: int = 0
-    chunks: int = 0  # content chunks seen: the count when the upstream sends no usage
-    t_first: float | None = None
-    t_last: float | None = None
-    finish: str = "length"
-    finished: bool = False
-
-    def __post_init__(self) -> None:
-        self.parts = []
-
-    def take(self, chunk: dict, emit: Callable[[Delta | Done], None], *, chat: bool) -> None:
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.prompt = int(usage.get("prompt_tokens") or 0)
-            self.completion = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict):
-                self.cached = int(details.get("cached_tokens") or 0)
-        choices = chunk.get("choices") or ()
-        if not choices or not isinstance(choices[0], dict):
-            return
-        c = choices[0]
-        if chat:
-            delta = c.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-        else:
-            text = c.get("text")
-        probs = _probs(c.get("logprobs"), chat=chat) if self.all_probs is not None else None
-        if text or probs:
-            now = time.perf_counter()
-            if text:
-                if self.t_first is None:
-                    self.t_first = now
-                self.t_last = now
-                self.chunks += 1
-            assert self.parts is not None
-            self.parts.append(text or "")
-            if probs and self.all_probs is not None:
-                self.all_probs.extend(probs)
-            emit(Delta(text or "", probs if self.all_probs is not None else None))
-        finish = c.get("finish_reason")
-        if finish:
-            self.finished = True
-            self.finish = "length" if finish == "length" else "stop"
-
-
-def _probs(lp: Any, *, chat: bool) -> list[dict] | None:
-    """An upstream chunk's logprobs as the engine's entries ({"token", "logprob",
-    "bytes", "top_logprobs": [...]}); the legacy completions shape is converted."""
-    if not isinstance(lp, dict):
-        return None
-    if chat:
-        content = lp.get("content")
-        return [e for e in content if isinstance(e, dict)] if isinstance(content, list) else None
-    tokens, values, tops = lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
-    out = []
-    for i, tok in enumerate(tokens):
-        alts = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        out.append({"token": tok, "logprob": values[i] if i < len(values) else None,
-                    "bytes": list(str(tok).encode()),
-                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(str(t).encode())}
-                                     for t, v in alts.items()]})
-    return out
-
-
-def _drop_oldest(messages: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
-    """The conversation with about half of its droppable turns gone (oldest first; the
-    leading system message and the last message stay; the kept part does not open
-    with an assistant turn). None when nothing is left to drop.
-
-    >>> [m["content"] for m in _drop_oldest([{"role": "user", "content": c} for c in "abcde"])]
-    ['c', 'd', 'e']
-    """
-    if not messages:
-        return None
-    head = messages[:1] if messages[0]["role"] == "system" else []
-    body = messages[len(head):]
-    if len(body) <= 1:
-        return None
-    drop = len(body) // 2
-    while drop < len(body) - 1 and body[drop]["role"] == "assistant":
-        drop += 1
-    return head + body[drop:]
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, socket.timeout):
-        return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
-
-
-def _error_for(status: int, raw: bytes, url: str, *, in_stream: bool = False) -> EngineError:
-    """An upstream error (HTTP status and body, or an error event) as an EngineError."""
-    message, code = _error_text(raw)
-    said = f"the engine upstream at {url} answered {status}: {message}" if not in_stream else \
-        f"the engine upstream at {url} failed mid-answer: {message}"
-    low = f"{code} {message}".lower()
-    if code == "context_length_exceeded" or code == "context_overflow" or "exceed_context" in low or (
-            "context" in low and ("length" in low or "exceed" in low or "too long" in low)):
-        return ContextOverflow(f"the conversation does not fit the engine's context: {message}")
-    if in_stream:
-        return EngineUnavailable(said)
-    if status in (401, 403):
-        return EngineUnavailable(f"the engine upstream at {url} refused this server's key ({status}: {message}); "
-                                 "check --engine-key")
-    if status == 404:
-        return EngineUnavailable(f"the engine upstream at {url} answered 404 ({message}): check the URL "
-                                 "(the OpenAI base, e.g. http://host:8000/v1) and --engine-model")
-    if status == 429:
-        return EngineBusy(f"the engine upstream is busy: {message}; retry in a few seconds")
-    if 400 <= status < 500:
-        return EngineRejected(f"the engine refused the request: {message}")
-    return EngineUnavailable(said)
-
-
-def _error_text(raw: bytes) -> tuple[str, str | None]:
-    """(message, code) from an OpenAI-style error body, or the body's start."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        text = raw.decode("utf-8", "replace").strip()
-        return (text[:MAX_ERROR_CHARS] or "no details"), None
-    err = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(err, dict):
-        msg = err.get("message") or err.get("detail") or json.dumps(err)[:MAX_ERROR_CHARS]
-        code = err.get("code")
-        return str(msg)[:MAX_ERROR_CHARS], code if isinstance(code, str) else None
-    return str(err)[:MAX_ERROR_CHARS], None

@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from nanochat_lite.engine import ContextOverflow, Delta, Done, EngineError, SamplingParams
+from nanochat_lite.openai_wire import drop_oldest
 from nanochat_lite.remote_engine import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable,
-                                         RemoteEngine, Upstream, _drop_oldest)
+                                         RemoteEngine, Upstream)
 from serverproc import ServerProc, free_port
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=24)
@@ -181,10 +182,10 @@ def test_bad_upstream_urls(url):
 def test_drop_oldest_keeps_system_and_last():
     msgs = [{"role": "system", "content": "S"}] + [
         {"role": "user" if i % 2 == 0 else "assistant", "content": str(i)} for i in range(7)]
-    fewer = _drop_oldest(msgs)
+    fewer = drop_oldest(msgs)
     assert fewer is not None and fewer[0]["content"] == "S" and fewer[-1]["content"] == "6"
     assert fewer[1]["role"] == "user" and len(fewer) < len(msgs)
-    assert _drop_oldest([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}]) is None
+    assert drop_oldest([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}]) is None
 
 
 # -- a scripted upstream, for answers a healthy one never gives ----------------------
