@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
-               "batch_size", "resume_window")
+               "batch_size", "resume_window", "engine", "engine_key", "engine_model")
 MAX_RESUME_WINDOW_S = 3600.0
 
 
@@ -67,6 +67,11 @@ class Config:
     db: Path | str | None = None
     environment: str = "production"
     seed: int | None = None  # server-wide default seed; None = random per request
+    # Generation by an OpenAI-compatible server instead of a model here: "openai:URL"
+    # (its OpenAI base, e.g. openai:http://gpu:8000/v1), with its key and model name.
+    engine: str | None = None
+    engine_key: str | None = field(default=None, repr=False)
+    engine_model: str | None = None
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -96,6 +101,9 @@ class Config:
             c.db = db_setting(env["NANOCHAT_LITE_DB"])
         if env.get("NANOCHAT_LITE_ENV"):
             c.environment = env["NANOCHAT_LITE_ENV"]
+        c.engine = env.get("NANOCHAT_LITE_ENGINE") or None
+        c.engine_key = env.get("NANOCHAT_LITE_ENGINE_KEY") or None
+        c.engine_model = env.get("NANOCHAT_LITE_ENGINE_MODEL") or None
         return c
 
     @classmethod
@@ -138,6 +146,21 @@ class Config:
                               f"got {self.resume_window:g}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.engine is not None:
+            self.engine_url()
+
+    def engine_url(self) -> str | None:
+        """The upstream's URL of --engine openai:URL (None: the built-in engine).
+
+        "openai:http://gpu:8000/v1" -> "http://gpu:8000/v1"
+        """
+        if self.engine is None:
+            return None
+        kind, _, url = self.engine.partition(":")
+        if kind != "openai" or not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"--engine {self.engine!r}: expected openai:URL with the OpenAI base URL of a "
+                              "server, e.g. --engine openai:http://127.0.0.1:8000/v1")
+        return url
 
     @property
     def db_path(self) -> Path | str:

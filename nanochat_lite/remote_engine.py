@@ -85,8 +85,9 @@ class RemoteEngine:
         # What the server's reports read of an engine; unknown here, told by the upstream.
         self.n_ctx = 0
         self.kv_size = UNBOUNDED_POOL
+        self.kv_cache_bytes: int | None = None
+        self.threads = 0  # none here: the upstream computes
         self.n_vocab: int | None = None
-        self.tokenizer: Any = None  # the server may hand one over; unused (the upstream tokenizes)
         self.closed = False
         self._ssl = ssl.create_default_context() if self.upstream.scheme == "https" else None
         self._lock = threading.Lock()
@@ -106,6 +107,18 @@ class RemoteEngine:
     @property
     def name(self) -> str:
         return self.model or f"openai:{self.upstream.host}"
+
+    @property
+    def prompts(self) -> RemoteEngine:
+        """The prompt builder the server uses: this engine (it keeps messages as they are)."""
+        return self
+
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """Ignored: the upstream tokenizes with its own vocabulary."""
+
+    def shared_prefix(self) -> list[int]:
+        """No tokens are computed here, so none are shared between slots."""
+        return []
 
     @property
     def busy(self) -> bool:

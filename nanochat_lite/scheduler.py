@@ -172,10 +172,14 @@ class Scheduler:
     def info(self) -> dict[str, Any]:
         """Slots, queue and cache figures (for /api/stats and /api/health)."""
         eng = self.engine
-        return {"slots": self.slots, "slots_in_use": self.active, "queued": self.queued,
-                "max_queue": self.max_queue, "ctx_size": eng.n_ctx, "kv_size": eng.kv_size,
-                "kv_cache_bytes": eng.kv_cache_bytes, "shared_prefix_tokens": self.prefix_tokens,
-                "threads": eng.threads}
+        info: dict[str, Any] = {
+            "slots": self.slots, "slots_in_use": self.active, "queued": self.queued, "max_queue": self.max_queue,
+            "ctx_size": eng.n_ctx, "kv_size": eng.kv_size, "kv_cache_bytes": eng.kv_cache_bytes,
+            "shared_prefix_tokens": self.prefix_tokens, "threads": eng.threads}
+        health = getattr(eng, "health", None)
+        if health is not None:  # a remote engine (remote_engine.py): its upstream, not a cache here
+            info.update(ctx_size=eng.n_ctx or None, kv_size=None, threads=None, upstream=health())
+        return info
 
     # -- requests -----------------------------------------------------------------
     def submit(self, prepared: Prepared, params: SamplingParams, cancel: threading.Event | None = None,

@@ -33,6 +33,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--resume-window", type=float, metavar="SECONDS",
                    help="an answer whose client dropped goes on this long, waiting for a resume; 0: cancel at once "
                         "(env NANOCHAT_LITE_RESUME_WINDOW; 30)")
+    s.add_argument("--engine", help="generate with an OpenAI-compatible server instead of a model here: "
+                                    "openai:URL, its OpenAI base URL (env NANOCHAT_LITE_ENGINE)")
+    s.add_argument("--engine-key", help="the key that server wants (env NANOCHAT_LITE_ENGINE_KEY, which keeps "
+                                        "it out of the process list)")
+    s.add_argument("--engine-model", help="the model to ask that server for (env NANOCHAT_LITE_ENGINE_MODEL; "
+                                          "default: the first it lists)")
     s.add_argument("--batch-size", "-b", type=int,
                    help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
 

@@ -138,10 +138,15 @@ def parse_after(last_event_id: str | None, after: str | None) -> int:
 async def health(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     if rt.state == "ready":
-        return json_response({"status": "ok", "model": rt.model_name,
-                              "uptime": round(time.time() - rt.stats.started, 3),
-                              "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued,
-                              "slots": rt.scheduler.slots if rt.scheduler else None})
+        body = {"status": "ok", "model": rt.model_name, "uptime": round(time.time() - rt.stats.started, 3),
+                "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued,
+                "slots": rt.scheduler.slots if rt.scheduler else None}
+        upstream = rt.engine_info().get("upstream")  # with --engine openai:URL
+        if upstream is not None:
+            body["upstream"] = upstream
+            if upstream["state"] in ("unreachable", "error"):
+                return json_response({**body, "status": "engine_unavailable", "error": upstream["error"]}, 503)
+        return json_response(body)
     if rt.state == "error":
         return json_response({"status": "error", "error": rt.error}, 503)
     return json_response({"status": "loading"}, 503)

@@ -84,7 +84,9 @@ def _prompt_error(e: Exception, param: str, overflow_code: str | None) -> Reques
     if isinstance(e, ContextOverflow):
         return RequestError(str(e), code=overflow_code or e.code, param=param,
                             extra={"n_prompt_tokens": e.n_prompt_tokens, "n_ctx": e.n_ctx})
-    return RequestError(str(e), code=getattr(e, "code", "invalid_request"), param=param)
+    # An upstream that cannot serve (remote_engine.EngineUnavailable) carries status 503.
+    return RequestError(str(e), code=getattr(e, "code", "invalid_request"), param=param,
+                        status=getattr(e, "status", 400))
 
 
 def build_now(make: Callable[..., Prepared], *args: Any, param: str = "messages",
