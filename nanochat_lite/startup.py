@@ -93,7 +93,7 @@ class _EngineLoader:
 
     def _load(self, path: Path, name: str, config: Config) -> None:
         try:
-            self.engine = load_engine(path, name, config)
+            self.engine = _remote_engine(config) if config.engine else load_engine(path, name, config)
         except CLIError as e:
             self.error = str(e)
         finally:
@@ -111,7 +111,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
     t_start = interpreter_start()
     security = SecurityConfig.from_args(args, config.env, host=config.host)  # bad keys: exit before any work
-    path, name = resolve_model(config)
+    # --engine openai:URL: an upstream server generates; no model is loaded here.
+    path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
     sock = _bind(config)
     port = sock.getsockname()[1]
     store = _open_store(config)
@@ -127,7 +128,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         return Tokenizer.from_gguf(path)
 
     runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=make_tokenizer)
+                      tokenizer_factory=None if config.engine else make_tokenizer)
     if config.seed is not None:
         from .engine import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
@@ -171,14 +172,18 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         host = f"[{config.host}]" if ":" in config.host else config.host
+        where = f"({path})" if path else f"from {engine.upstream.url}"
+        engine_line = (f"{engine.threads} threads · {engine.parallel} slots · context {engine.n_ctx} tokens per "
+                       f"chat, {engine.kv_size} shared") if path else f"up to {engine.parallel} answers at once upstream"
         print(f"Nanochat-Lite {__version__}\n"
-              f"  Model:        {name} ({path})\n"
-              f"  Environment:  {config.environment} · {engine.threads} threads · {engine.parallel} slots · "
-              f"context {engine.n_ctx} tokens per chat, {engine.kv_size} shared\n"
+              f"  Model:        {engine.name} {where}\n"
+              f"  Environment:  {config.environment} · {engine_line}\n"
               f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
               f"  Ready at:     http://{host}:{port}", flush=True)
         if warning := app.state.security.exposure_warning():
             print(f"  WARNING:      {warning}", flush=True)
+        if config.engine:
+            return  # no tokenizer or cache here: the upstream has them
         # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens,
         # builds prompts and serves /api/tokenize. Loading it (and reading the GGUF
         # header for the KV-cache figure) is ~0.5 s of Python holding the GIL: measured,
@@ -210,6 +215,17 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _remote_engine(config: Config):
+    """The engine for --engine openai:URL (remote_engine.py); a bad URL is a CLIError."""
+    from .remote_engine import RemoteEngine
+
+    try:
+        return RemoteEngine(config.engine_url() or "", key=config.engine_key, model=config.engine_model,
+                            parallel=config.parallel)
+    except ValueError as e:
+        raise CLIError(f"--engine: {e}") from None
 
 
 # Seconds without a request before the background loads (our tokenizer, the GGUF header).
