@@ -40,6 +40,7 @@ class ServerProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()  # else an unclosed-file ResourceWarning (an error under pytest's settings)
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(self.url + "/api/health", timeout=1.0).status_code == 200:

@@ -367,5 +367,6 @@ def test_embeddings_memory_without_the_route(embedding_model_dir: Path, model_ho
         r = embeddings_memory(fake, model_home, 1, ["one text", "another"])
     finally:
         httpd.shutdown()
+        httpd.server_close()  # shutdown() only stops the loop; the listening socket stays open
     assert "separate" in r["how"] and "HTTP 501" in r["how"]
     assert r["peak_rss_bytes"] >= r["rss_bytes"] > 50 * 2**20  # the model alone is ~90 MB on disk
