@@ -143,11 +143,11 @@ async function openConversation(id, messageId) {
   let messages = data.messages;
   // A turn still pending here (on the wire, or sent before a reload) may be stored
   // already, its answer too: its own view shows it, not the history.
-  const mine = new Set(pending.map((t) => t.clientId));
-  const theirAnswers = new Set(messages.filter((m) => m.role === "user" && mine.has(m.client_id) && m.answer_id)
-    .map((m) => m.answer_id));
-  messages = messages.filter((m) => !(m.role === "user" && m.client_id && mine.has(m.client_id))
-    && !(m.role === "assistant" && m.answer_id && theirAnswers.has(m.answer_id)));
+  const mine = new Set(pending.map((t) => t.clientId).filter(Boolean));
+  const answerIds = new Set(pending.map((t) => t.answerId).filter(Boolean));
+  for (const m of messages) if (m.role === "user" && m.answer_id && mine.has(m.client_id)) answerIds.add(m.answer_id);
+  messages = messages.filter((m) => !(m.answer_id && answerIds.has(m.answer_id))
+    && !(m.role === "user" && m.client_id && mine.has(m.client_id)));
   const live = session.current; // a server without client ids: its question is the last message
   if (live && live.thread === thread && messages.length && messages[messages.length - 1].role === "user"
       && messages[messages.length - 1].content === live.text && !messages[messages.length - 1].client_id) {

@@ -73,15 +73,15 @@ export class ChatSession extends EventTarget {
   }
 
   /** Show the live answer `answerId` of `thread` (one this page did not ask for: it was
-   * reloaded mid-answer) in `view`, from its start, unless another turn is on the wire
-   * or that answer could not be resumed before. */
+   * reloaded mid-answer) in `view`, from its start: next, before any queued message
+   * (the server follows one answer per socket). Not an answer that could not be
+   * resumed before. */
   follow(thread, answerId, view) {
-    if (this.current || this._lost.has(answerId)) return false;
+    if (this._lost.has(answerId) || this.pending().some((t) => t.answerId === answerId)) return false;
     const turn = newTurn(thread, view.text, view, null);
-    Object.assign(turn, { started: true, answerId, resuming: true });
-    this.current = turn;
-    if (this.socket.state === "open") this._resume(turn);
-    this._changed();
+    Object.assign(turn, { started: true, answerId, follow: true });
+    this.queue.unshift(turn);
+    this._pump();
     return true;
   }
 
@@ -111,14 +111,26 @@ export class ChatSession extends EventTarget {
   _pump() {
     if (this.current || !this.queue.length || this.socket.state !== "open") return;
     const turn = this.queue[0];
+    if (turn.follow) {
+      if (!this.socket.send({ type: "resume", answer_id: turn.answerId, after: turn.seq })) return;
+      this.queue.shift();
+      this.current = turn;
+      turn.resuming = true;
+      this._changed();
+      return;
+    }
     const frame = { type: "chat", message: turn.text, ...this.options(turn.thread), client_id: turn.clientId };
     if (turn.thread.id) frame.conversation_id = turn.thread.id;
     if (!this.socket.send(frame)) return;
     this.queue.shift();
     this.current = turn;
     turn.view.sent();
-    for (const t of this.queue) t.view.queued("waiting");
+    this._showQueued("waiting");
     this._changed();
+  }
+
+  _showQueued(why) {
+    for (const t of this.queue) if (!t.follow) t.view.queued(why);
   }
 
   _finish() {
@@ -152,7 +164,7 @@ export class ChatSession extends EventTarget {
     }
     // A frame of another answer than the one being shown: not for this turn.
     if (frame.answer_id && turn.answerId && frame.answer_id !== turn.answerId) return;
-    if (frame.type === "start" && frame.client_id && frame.client_id !== turn.clientId) return;
+    if (frame.type === "start" && frame.client_id && turn.clientId && frame.client_id !== turn.clientId) return;
     if (typeof frame.seq === "number" && !frame.replayed) {
       if (frame.seq <= turn.seq) return; // already applied: a repeat after a resume
       if (frame.seq > turn.seq + 1 && frame.type !== "snapshot") {
@@ -240,7 +252,7 @@ export class ChatSession extends EventTarget {
     const turn = this.current;
     if (state === "open") {
       if (turn && turn.resuming) this._resume(turn);
-      for (const t of this.queue) t.view.queued(this.current ? "waiting" : "sending");
+      this._showQueued(this.current ? "waiting" : "sending");
       this._pump();
       return;
     }
@@ -257,7 +269,7 @@ export class ChatSession extends EventTarget {
         this._changed();
       }
     }
-    for (const t of this.queue) t.view.queued("offline");
+    this._showQueued("offline");
   }
 
   _changed() {

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from serverproc import free_port
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: kept in a set
 class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
@@ -60,12 +60,16 @@ class CutProxy:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
+            await self._server.wait_closed()
             for link in list(self._links):
                 self._drop(link)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         self._call(close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def cut(self) -> int:
         """Reset every connection now; returns how many there were."""
@@ -86,9 +90,13 @@ class CutProxy:
 
         self._call(arm())
 
-    @property
-    def armed(self) -> bool:
-        return self._armed is not None
+    def disarm(self) -> None:
+        """Forget a cut_websocket_after() that has not happened."""
+
+        async def disarm() -> None:
+            self._armed = None
+
+        self._call(disarm())
 
     def _call(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)

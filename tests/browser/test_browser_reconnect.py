@@ -1,6 +1,8 @@
-"""The page survives the server dying: the answer being written is marked interrupted,
+"""The page survives the server dying: the answer being written waits to be resumed,
 a message typed during the outage waits, and once a new server listens on the same
-port (same database) the page reconnects by itself and the message is answered."""
+port (same database) the page reconnects by itself; the new server does not know the
+old answer, so the page shows what the store kept of it (marked interrupted), and the
+waiting message is answered."""
 
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ def test_outage_queues_and_reconnects(tmp_path, chat_model_path, new_page):
         first.kill()
 
         page.wait_for_selector("#conn[data-state=disconnected]", timeout=5_000)
-        page.wait_for_selector(".msg-assistant[data-status=interrupted]", timeout=5_000)
-        assert "interrupted" in page.inner_text(".msg-assistant .badge")
+        page.wait_for_selector(".msg-assistant[data-status=reconnecting]", timeout=5_000)
+        assert "resumes" in page.inner_text(".msg-assistant .badge")
         cut = answers(page)[0]["raw"]
         assert len(cut) > 20
 
@@ -44,7 +46,9 @@ def test_outage_queues_and_reconnects(tmp_path, chat_model_path, new_page):
         page.wait_for_selector("#conn[data-state=connected]", timeout=40_000)
         wait_answers(page, 2, timeout=90_000)
         [cut_answer, answer] = answers(page)
-        assert cut_answer["status"] == "interrupted" and cut_answer["raw"] == cut
+        # The store saves a streaming answer at least every second: what the page shows
+        # now is what was saved, a part of what it had shown before the kill.
+        assert cut_answer["status"] == "interrupted" and cut.startswith(cut_answer["raw"]), (cut_answer, cut)
         assert answer["status"] in ("complete", "length") and answer["raw"].strip()
         assert page.get_attribute(".msg-user >> nth=1", "data-status") == "sent"
 

@@ -237,3 +237,27 @@ def test_sent_but_not_started_is_sent_again_with_the_same_id(echo_server, new_pa
     assert page.evaluate("() => JSON.parse(localStorage.getItem('nanochat-lite.outbox')).length") == 1
     srv.push(start("A5", "c-5", again["client_id"]))
     page.wait_for_function("() => localStorage.getItem('nanochat-lite.outbox') === null")
+
+
+def test_reload_mid_answer_follows_it_live(echo_server, new_page):
+    """A page opened on a conversation whose last answer is still being written (this tab
+    was reloaded mid-answer) follows that answer from its start, in place."""
+    cid = real_conversation(echo_server)
+    store = echo_server.runtime.store
+    store.add_message(cid, "user", "still writing?", client_id="u-F1", answer_id="F1")
+    store.add_message(cid, "assistant", "part", status="streaming", answer_id="F1")
+    page = new_page().page
+    srv = ScriptedServer(page)
+    page.goto(f"{echo_server.url}/#c={cid}")
+    srv.wait(lambda: srv.frames("resume"), "the resume")
+    assert srv.frames("resume") == [{"type": "resume", "answer_id": "F1", "after": -1}]
+    assert status(page) == "streaming" and shown(page) == "part"
+    srv.push(start("F1", cid, "u-F1"), tok(1, "part"), tok(2, " and the rest"))
+    page.wait_for_function("() => [...document.querySelectorAll('.msg-assistant')].pop().dataset.raw"
+                           " === 'part and the rest'")
+    srv.push(done(3, "F1", cid, "part and the rest"))
+    page.wait_for_selector(".msg-assistant[data-status=complete] >> nth=1")
+    assert page.locator(".msg-assistant").count() == 2 and page.locator(".msg-user").count() == 2
+    # The page is free again: a new message goes out as a chat.
+    send(page, "next")
+    srv.wait(lambda: srv.frames("chat"), "the chat frame")
