@@ -165,3 +165,13 @@ def _fake_probs(piece: str, n: int) -> list[dict]:
     alts = [piece] + [f"alt{k}" for k in range(1, n)]
     top = [{"id": k, "token": t, "bytes": list(t.encode()), "logprob": -0.5 - k} for k, t in enumerate(alts)]
     return [{**top[0], "top_logprobs": top}]
+
+
+def attach_fake(rt, engine: "FakeEngine | None" = None, scheduler=None) -> "FakeEngine":
+    """Serve `rt` with a fake engine, as start-up does with the real one: a scheduler
+    that owns the engine, and the engine as the prompt builder. Returns the engine."""
+    from nanochat_lite.scheduler import Scheduler
+
+    engine = engine if engine is not None else FakeEngine()
+    rt.attach(scheduler if scheduler is not None else Scheduler(engine), engine)
+    return engine

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from fakes import FakeEngine
+from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.limits import MAX_BODY_BYTES
@@ -91,7 +91,7 @@ class FakeEmbedder:
 def client() -> Iterator[TestClient]:
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake",
                  tokenizer_factory=ByteTokenizer, embedder_factory=FakeEmbedder)
-    rt.set_engine(FakeEngine())
+    attach_fake(rt, FakeEngine())
     app = create_app(rt, security=SecurityConfig(allowed_hosts=("testserver",)))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import FakeEngine
+from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.security import SecurityConfig
@@ -20,7 +20,7 @@ TEST_SECURITY = SecurityConfig(allowed_hosts=("testserver",))  # TestClient send
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    rt.set_engine(FakeEngine())
+    attach_fake(rt, FakeEngine())
     yield rt
     rt.close()
     rt.store.close()

@@ -19,7 +19,7 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from fakes import REPLY, SLOW, FakeEngine
+from fakes import attach_fake, REPLY, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.scheduler import Scheduler
 from nanochat_lite.server import Runtime, create_app
@@ -121,7 +121,7 @@ def _make(security: SecurityConfig, fake: FakeEngine | None = None, scheduler: A
           extra_routes: list | None = None) -> tuple[TestClient, Runtime]:
     fake = fake or FakeEngine()
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    rt.set_engine(fake, scheduler)
+    attach_fake(rt, fake, scheduler)
     return TestClient(create_app(rt, extra_routes, security=security), raise_server_exceptions=False), rt
 
 

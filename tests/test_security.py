@@ -40,7 +40,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from fakes import FakeEngine
+from fakes import attach_fake, FakeEngine
 from nanochat_lite import models
 from nanochat_lite.config import ConfigError
 from nanochat_lite.history import ConversationStore
@@ -67,7 +67,7 @@ KEYS = {"alice": KEY, "bob": KEY2}
 # -- one place that builds the app (the Runtime/engine API may change) ----------------------
 def _runtime() -> Runtime:
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    rt.set_engine(FakeEngine())
+    attach_fake(rt, FakeEngine())
     return rt
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import SLOW, FakeEngine
+from fakes import attach_fake, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.scheduler import Scheduler
 from nanochat_lite.server import Runtime, create_app
@@ -25,7 +25,7 @@ def busy_client() -> Iterator[tuple[TestClient, Runtime, FakeEngine]]:
     """One slot, room for one waiting request."""
     fake = FakeEngine(parallel=1)
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    rt.set_engine(fake, Scheduler(fake, max_queue=1))
+    attach_fake(rt, fake, Scheduler(fake, max_queue=1))
     app = create_app(rt, security=SecurityConfig(allowed_hosts=("testserver",)))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c, rt, fake

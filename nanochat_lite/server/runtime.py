@@ -144,12 +144,6 @@ class Runtime:
         self.scheduler = scheduler
         self.state = "ready"
 
-    def set_engine(self, engine: Any, scheduler: SchedulerLike | None = None) -> None:
-        """TEMPORARY (tests being moved): attach(scheduler or Scheduler(engine), engine)."""
-        from ..scheduler import Scheduler
-
-        self.attach(scheduler or Scheduler(engine), engine)
-
     def set_error(self, message: str) -> None:
         self.error = message
         self.state = "error"

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from fakes import SLOW, FakeEngine
+from fakes import attach_fake, SLOW, FakeEngine
 from nanochat_lite.engine import Delta, Done, SamplingParams
 
 # One inference thread: Chromium needs the other core of a 2-core machine. With two
@@ -68,7 +68,7 @@ class InProcessServer:
         from serverproc import free_port
 
         self.runtime = Runtime(store=ConversationStore(":memory:"), model_name=engine.name)
-        self.runtime.set_engine(engine)
+        attach_fake(self.runtime, engine)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(self.runtime, security=security)  # a SecurityConfig, or None: the defaults

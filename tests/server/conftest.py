@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import FakeEngine
+from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from server_helpers import TEST_SECURITY, Frames
@@ -28,7 +28,7 @@ def runtime(fake: FakeEngine) -> Iterator[Runtime]:
     # resume_window_s=0: a client that goes away cancels its answer at once, as these
     # tests expect; the resume window has its own tests (test_resume.py).
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake", resume_window_s=0)
-    rt.set_engine(fake)
+    attach_fake(rt, fake)
     yield rt
     rt.close()
     rt.store.close()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import OVERFLOW, REPLY, FakeEngine
+from fakes import attach_fake, OVERFLOW, REPLY, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.security import SecurityConfig
@@ -128,7 +128,7 @@ def emb_client(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nem\n##bed\nit\n.\n", encoding="utf-8")
     embedder = FakeEmbedder(tmp_path)
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake", embedder_factory=lambda: embedder)
-    rt.set_engine(FakeEngine())
+    attach_fake(rt, FakeEngine())
     with TestClient(create_app(rt, security=SecurityConfig(allowed_hosts=("testserver",))),
                     raise_server_exceptions=False) as c:
         yield c, embedder
@@ -264,7 +264,7 @@ def test_bad_tool_requests_are_400(client, fake, body):
 
 def test_aliases_need_the_key_like_v1(fake):
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    rt.set_engine(fake)
+    attach_fake(rt, fake)
     app = create_app(rt, security=SecurityConfig(allowed_hosts=("testserver",), keys={"alice": "k" * 32}))
     with TestClient(app, raise_server_exceptions=False) as c:
         for method, path in [("POST", "/chat/completions"), ("POST", "/completions"), ("GET", "/models"),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import SLOW, FakeEngine
+from fakes import attach_fake, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.history import sqlite as sqlite_backend
 from nanochat_lite.server import Runtime, answers, create_app
@@ -34,7 +34,7 @@ def fake() -> FakeEngine:
 
 def make_runtime(fake: FakeEngine, store: Any = None, window: float = WINDOW_S) -> Runtime:
     rt = Runtime(store=store or ConversationStore(":memory:"), model_name="fake", resume_window_s=window)
-    rt.set_engine(fake)
+    attach_fake(rt, fake)
     return rt
 
 
