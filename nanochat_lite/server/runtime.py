@@ -21,6 +21,7 @@ from ..engine import Prepared, SamplingParams
 from ..history import ConversationStore
 from .answers import DEFAULT_RESUME_WINDOW_S, Answers
 from .errors import RequestError
+from .redact import redact_paths
 from .stats import Stats
 
 T = TypeVar("T")
@@ -124,12 +125,13 @@ class Runtime:
         self.embedder_cache: Lazy[Any] = Lazy(
             embedder_factory,
             missing=RequestError("embeddings are not enabled on this server", code="not_available", status=404),
-            failed=lambda e: RequestError(f"the embeddings model is not available: {e}", code="model_error",
+            failed=lambda e: RequestError(f"the embeddings model is not available: {redact_paths(str(e))}",
+                                          code="model_error",
                                           status=503))
         self.tokenizer_cache: Lazy[Any] = Lazy(
             tokenizer_factory,
             missing=RequestError("no tokenizer is available on this server", code="not_available", status=404),
-            failed=lambda e: RequestError(f"the built-in tokenizer cannot read this model: {e}",
+            failed=lambda e: RequestError(f"the built-in tokenizer cannot read this model: {redact_paths(str(e))}",
                                           code="tokenizer_unsupported", status=422))
 
     # -- life cycle ---------------------------------------------------------------
