@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run the whole test suite against the real models.
 # Installs what a fresh machine lacks (Chromium for the browser tests, PostgreSQL for the
-# PostgreSQL store tests, via apt; the tests start their own throwaway PostgreSQL cluster).
+# PostgreSQL store tests, nginx for the replica tests, via apt; the tests start their own throwaway PostgreSQL cluster).
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,11 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     echo "Installing PostgreSQL for the PostgreSQL store tests ..." >&2
     apt_install postgresql
+fi
+# nginx for the replica tests (tests/test_replicas.py starts its own on a free port).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "Installing nginx for the replica tests ..." >&2
+    apt_install nginx
 fi
 # Pull the real models once (verified by sha256); the tests use them.
 .venv/bin/nanochat-lite pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
