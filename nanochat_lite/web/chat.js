@@ -140,8 +140,8 @@ export class ChatSession extends EventTarget {
   }
 
   _resume(turn) {
-    turn.resumeSent = this.socket.send({ type: "resume", answer_id: turn.answerId, after: turn.seq });
-    if (turn.resumeSent && turn.stopAfterResume) {
+    const sent = this.socket.send({ type: "resume", answer_id: turn.answerId, after: turn.seq });
+    if (sent && turn.stopAfterResume) {
       turn.stopAfterResume = false;
       this.socket.send({ type: "stop" });
     }
