@@ -191,7 +191,6 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     acked: dict[int, tuple[str, str]] = {}  # message id -> (conversation id, content)
     runs_with_acks = 0
-    started = time.monotonic()
     for run in range(kills):
         proc = subprocess.Popen(
             [sys.executable, str(CHILD), str(path), "--seed", str(run), "--max-seconds", "20"],
@@ -230,4 +229,3 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
 
     print(f"{kills} kills ({runs_with_acks} runs had ACKed writes), {len(acked)} acknowledged messages checked")
     assert runs_with_acks >= kills // 2 and len(acked) > 100
-    assert time.monotonic() - started < 60
