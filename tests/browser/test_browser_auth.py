@@ -5,6 +5,8 @@ exports; a reload does not ask again."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -46,7 +48,7 @@ def test_page_asks_for_the_key_and_keeps_it(keyed_server, new_page):
     with page.expect_download() as download:
         page.click("#export-md")
     assert download.value.suggested_filename.endswith(".md")
-    assert "hello through the key" in open(download.value.path(), encoding="utf-8").read()
+    assert "hello through the key" in Path(download.value.path()).read_text(encoding="utf-8")
 
     page.reload()
     page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
