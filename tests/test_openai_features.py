@@ -3,13 +3,15 @@
 logprobs, logit bias, n, prefill, legacy completions, token-id embeddings.
 
 Kept small (few samples, short answers): the machine has two cores. The contract
-side (shapes, 400s) is in test_openai_contract.py, with the fake engine.
+side (shapes, 400s) is in tests/server/test_openai_contract.py and
+test_openai_completions.py, with the fake engine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import httpx
@@ -243,6 +245,7 @@ def test_embeddings_token_ids(server, embedding_model_dir):
 
 
 def test_leaving_an_n_stream_stops_every_generation(server):
+    before = server.stats()
     body = {"messages": ask("Write the numbers from 1 to 500, separated by commas."), "n": 2, "stream": True,
             "max_tokens": 1000, "temperature": 0, "repeat_penalty": 1.0}
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -252,7 +255,19 @@ def test_leaving_an_n_stream_stops_every_generation(server):
                 seen.add(json.loads(line[6:])["choices"][0]["index"])
                 if seen == {0, 1}:
                     break
-    server.wait_idle(within=10)
+    # A wait, not the check (the cores are shared). The client left, so no Done counts
+    # these answers' tokens: the engine's are the seconds it took to go idle times its own
+    # measured decode speed, and must be far short of max_tokens (both scale alike when busy).
+    took = server.wait_idle(within=120)
+    deadline = time.monotonic() + 120
+    while (after := server.stats())["requests"]["cancelled"] == before["requests"]["cancelled"]:
+        assert time.monotonic() < deadline, after["requests"]
+        time.sleep(0.02)
+    if not after["decode_tokens_per_s"]["mean"]:  # no finished answer yet to measure the speed by
+        httpx.post(server.url + "/api/chat", json={"message": "Count to twenty.", "max_tokens": 24}, timeout=600)
+    tokens_per_s = server.stats()["decode_tokens_per_s"]["mean"]
+    assert tokens_per_s, server.stats()
+    assert took * tokens_per_s < body["max_tokens"] // 2, (took, tokens_per_s)
 
 
 def test_tool_choice_required_gives_a_valid_call(client):
