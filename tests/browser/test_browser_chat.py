@@ -72,10 +72,18 @@ def test_stop_really_stops_the_generation(server, new_page):
         const li = document.querySelector('.msg-assistant');
         return li && li.dataset.status === 'streaming' && li.dataset.raw.length > 40;
     }""", timeout=30_000)
-    assert server.stats()["requests"]["generating"] == 1
+    before = server.stats()
+    assert before["requests"]["generating"] == 1
     page.click("#stop")
-    took = server.wait_idle(within=1.0)
-    assert took <= 1.0
+    # Waiting is not the check (the cores are shared): the answer was cancelled, and it
+    # generated far fewer than its 1,500 max_tokens.
+    server.wait_idle(within=120)
+    deadline = time.monotonic() + 120
+    while (after := server.stats())["requests"]["cancelled"] == before["requests"]["cancelled"]:
+        assert time.monotonic() < deadline, after["requests"]
+        time.sleep(0.02)
+    assert after["requests"]["cancelled"] == before["requests"]["cancelled"] + 1
+    assert after["tokens"]["completion"] - before["tokens"]["completion"] < 1500 // 2, after["tokens"]
     page.wait_for_selector(".msg-assistant[data-status=stopped]", timeout=5_000)
     text = answers(page)[0]["raw"]
     time.sleep(0.5)
@@ -108,7 +116,7 @@ def test_dashboard_shows_the_servers_numbers(server, new_page):
     for k, question in enumerate(["Say hi.", "Say bye."], start=1):
         send(page, question)
         wait_answers(page, k)
-    server.wait_idle(within=5)
+    server.wait_idle(within=60)  # a wait before reading the numbers, not a speed bound
     page.click("#tab-dashboard")
     assert page.is_visible("#panel-dashboard") and page.is_hidden("#panel-chat")
     stats = server.stats()
