@@ -210,6 +210,22 @@ def test_report_targets_of_issue_10() -> None:
     assert rows["10 chats TTFT p95"][3] == "missed by 100 ms"
 
 
+
+def test_report_front_cost_section_and_target() -> None:
+    summary = {"n": 3, "median": 50.0, "p95": 60.0, "p99": 60.0, "min": 40.0, "max": 60.0}
+    front = {"direct": {"ttft_ms": summary, "decode_tok_s": summary}, "added_ttft_ms_p50": 4.5,
+             "front": {"ttft_ms": {**summary, "median": 54.5}, "decode_tok_s": summary}, "rounds": 3,
+             "max_tokens": 32}
+    results = {"sections": {"front": front}}
+    table = report.tables(results)[0]  # then the targets table
+    assert table.title == "Front cost" and [r[0] for r in table.rows] == ["straight to the upstream",
+                                                                           "through the front"]
+    assert table.rows[1][1].startswith("54.5")
+    (row,) = report.targets(results)
+    assert row[0].startswith("front adds to TTFT p50") and row[3] == "met"
+    front["added_ttft_ms_p50"] = 12.0
+    assert report.targets(results)[0][3] == "missed by 2 ms"
+
 # -- against the real model ---------------------------------------------------------------
 def _positive(d: dict) -> bool:
     return d["n"] > 0 and all(d[k] > 0 for k in ("median", "p95", "p99", "min", "max"))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # the module stays importable for --help without the bench extra
     from .peers import PeerOptions
 
-SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings")
+SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings", "front")
 CTX = 2048  # context per conversation, the same for every server (llama_cpp.server's default)
 # llama-server in the serving sections: 10 slots sharing one KV cache of 8192 cells when the
 # build has --kv-unified (else CTX per slot), so 10 simultaneous chats all get a slot.
@@ -157,6 +157,11 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
                             stream_tokens=FAIR_STREAM_TOKENS[q], start_wait_s=FAIR_START_WAIT_S[q],
                             time_box_s=FAIR_TIME_BOX_S[q], absent=absent, log=_say)
 
+    def front() -> dict:
+        from . import front_cost
+
+        return front_cost.run(model=str(model), threads=threads, rounds=8 if quick else 20)
+
     def embeddings() -> dict:
         from .. import models
 
@@ -164,7 +169,7 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
 
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
-            "fairness": fair, "embeddings": embeddings}
+            "fairness": fair, "embeddings": embeddings, "front": front}
 
 
 def run_suite(model: Path, home: Path, threads: int, quick: bool, wanted: list[str], opts: PeerOptions,
