@@ -26,7 +26,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -100,7 +100,7 @@ class Ticket:
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
-    async def events(self):
+    async def events(self) -> AsyncIterator[Delta | Done]:
         """Async iterator over Delta events, ending with Done; raises the engine's error."""
         while True:
             item = await self._events.get()

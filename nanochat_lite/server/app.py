@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from . import chat_api, conversations_api, embeddings_api, limits_api, openai_api, openai_completions, tokenize_api, ws
 from .errors import RequestError, api_error, error_response
@@ -57,7 +57,7 @@ async def index(request: Request) -> Response:
 
 
 class _StaticWithCSP(StaticFiles):
-    async def get_response(self, path: str, scope) -> Response:  # type: ignore[override]
+    async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -122,7 +122,7 @@ class _SecuredStarlette(Starlette):
         return _OpenAIAliases(SecurityMiddleware(inner, self._security, self._usage))
 
 
-def create_app(runtime: Runtime, extra_routes: list | None = None, *,
+def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
                security: SecurityConfig | None = None) -> Starlette:
     """The app. `security=None` means the defaults: loopback Host names (and IP
     literals) only, no cross-origin writes, no CORS, no API key."""

@@ -145,7 +145,7 @@ async def openai_embeddings(request: Request) -> Response:
                                    param="input")
             embedder = await rt.embedder()
             vocab = await asyncio.to_thread(_vocabulary, embedder)
-            texts = ids_to_text(inputs, vocab)  # type: ignore[arg-type]
+            texts = ids_to_text(inputs, vocab)
         else:
             texts = _texts(inputs)  # type: ignore[arg-type]
         embedder, result = await _embed(rt, texts)

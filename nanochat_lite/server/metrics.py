@@ -90,7 +90,7 @@ def route_label(scope: Scope) -> str:
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if REQUEST_ID_RE.fullmatch(text):
                 return text
             break
@@ -184,9 +184,9 @@ def enable_access_log(stream: IO[str] | None = None) -> None:
     Idempotent. `serve` calls it; in-process apps stay quiet unless a caller does."""
     if any(getattr(h, "_nanochat_access", False) for h in log.handlers):
         return
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    handler._nanochat_access = True  # type: ignore[attr-defined]
+    setattr(handler, "_nanochat_access", True)  # marks ours, for the check above
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the root logger's handlers (if any) would print it twice

@@ -43,6 +43,7 @@ import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import msgspec
 from starlette.datastructures import MutableHeaders
@@ -345,7 +346,7 @@ class SecurityMiddleware:
         if path == "/v1" or path.startswith("/v1/"):
             kind = "authentication_error" if r.status == 401 else "invalid_request_error"
             code = "invalid_api_key" if r.status == 401 else r.code
-            body: dict = {"error": {"message": r.message, "type": kind, "param": None, "code": code}}
+            body: dict[str, Any] = {"error": {"message": r.message, "type": kind, "param": None, "code": code}}
         else:
             body = {"success": False, "error": {"code": r.code, "message": r.message}}
         payload = msgspec.json.encode(body)

@@ -13,6 +13,7 @@ import collections
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .quotas import record_tokens
 
@@ -126,7 +127,7 @@ class Stats:
         if tokens_per_s:
             self._tps.append(tokens_per_s)
 
-    def snapshot(self, *, queued: int, generating: int, model: str | None) -> dict:
+    def snapshot(self, *, queued: int, generating: int, model: str | None) -> dict[str, Any]:
         lat, ttft, tps = list(self._latency), list(self._ttft), list(self._tps)
         return {
             "model": model,
