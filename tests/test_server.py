@@ -22,7 +22,9 @@ LONG = {"message": "Write the numbers from 1 to 500, separated by commas.", "tem
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, chat_model_path):
     tmp = tmp_path_factory.mktemp("server")
-    with ServerProc(tmp, "--threads", "2") as s:  # the default model, pulled by chat_model_path
+    # --resume-window 0: the disconnect tests below expect a dropped client to cancel its
+    # answer at once (the resume window has its own tests: test_resume_server.py).
+    with ServerProc(tmp, "--threads", "2", "--resume-window", "0") as s:  # the default model
         yield s
 
 
@@ -202,7 +204,11 @@ def test_websocket_protocol(server):
         ws.send(json.dumps({"type": "chat", "message": "Again.", "max_tokens": 5,
                             "conversation_id": done["conversation_id"]}))
         start = json.loads(ws.recv(timeout=60))
-        assert start == {"type": "start", "conversation_id": done["conversation_id"], "model": "smollm2-135m-instruct"}
+        # Resumable answers (docs/protocol.md) add seq 0, answer_id and events_url.
+        assert start == {"type": "start", "conversation_id": done["conversation_id"], "model": "smollm2-135m-instruct",
+                         "seq": 0, "answer_id": start["answer_id"],
+                         "events_url": f"/api/answers/{start['answer_id']}/events"}
+        assert start["answer_id"] != frames[0]["answer_id"]
         while json.loads(ws.recv(timeout=60))["type"] != "done":
             pass
 
