@@ -28,6 +28,7 @@ from . import IMPORTED_AT, __version__
 from .commands.common import CLIError, load_engine, resolve_model
 from .commands.common import say as _say
 from .config import Config
+from .server.redact import redact_paths
 
 
 def process_age_s() -> float:
@@ -111,6 +112,9 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
     t_start = interpreter_start()
     security = SecurityConfig.from_args(args, config.env, host=config.host)  # bad keys: exit before any work
+    from .limits_config import NetLimits
+
+    limits = NetLimits.from_args(args, config.env)
     # --engine openai:URL: an upstream server generates; no model is loaded here.
     path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
     sock = _bind(config)
@@ -125,18 +129,31 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     def make_tokenizer():
         from .tokenizer import Tokenizer
 
-        return Tokenizer.from_gguf(path)
+        try:
+            return Tokenizer.from_gguf(path)
+        except (ValueError, OSError) as e:  # what clients read names the file, not where it is
+            raise ValueError(redact_paths(str(e))) from None
 
     runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=None if config.engine else make_tokenizer)
+                      tokenizer_factory=None if config.engine else make_tokenizer, resume_window_s=config.resume_window)
     if config.seed is not None:
         from .engine import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
     app = create_app(runtime, security=security)
-    server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
-        timeout_graceful_shutdown=2,
-    ))
+    from .server.connlimits import ConnLimitsMiddleware, uvicorn_options
+
+    # Load limits outermost: connection cap and read timeouts in the HTTP protocol,
+    # WebSocket cap, generations per client and token quotas before the app.
+    refused = app.state.metrics.count_refused
+    served = ConnLimitsMiddleware(app, limits, security=security, usage=app.state.key_usage, on_refused=refused)
+    from .server.shutdown import GracefulServer, ShutdownGate
+
+    # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
+    # are stored as interrupted, their clients get a final event; then exit status 0.
+    server = GracefulServer(uvicorn.Config(
+        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
+        timeout_graceful_shutdown=2, **uvicorn_options(limits, refused),
+    ), runtime)
     from .server.metrics import enable_access_log
 
     enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
@@ -149,7 +166,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
             engine = loader.wait()
         except CLIError as e:
             failure.append(str(e))
-            runtime.set_error(str(e))
+            runtime.set_error(redact_paths(str(e)))  # /api/health shows it: no paths
             server.should_exit = True
             return
         # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
@@ -167,7 +184,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
             server.servers[0].get_loop().call_soon_threadsafe(restore)
             restored.wait(5.0)
-        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix)
+        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix,
+                              max_queue_wait=limits.max_queue_wait_s)
         runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
@@ -247,6 +265,11 @@ def _embedder_factory(config: Config):
         from . import models
         from .embeddings import Embedder
 
-        return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say), threads=config.threads)
+        try:
+            return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say),
+                            threads=config.threads)
+        except Exception as e:  # what clients read names the file, not where it is
+            _say(f"embeddings: {e}")
+            raise RuntimeError(redact_paths(str(e))) from None
 
     return make
