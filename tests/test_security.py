@@ -316,7 +316,7 @@ def test_cross_site_writes_are_refused(serve):
         r = client.post("/api/chat", content=body, headers={**text_plain, **headers})
         assert_api_refusal(r, 403, "origin_not_allowed")
         r = client.post("/v1/chat/completions", content=json.dumps(OPENAI_CHAT), headers={**text_plain, **headers})
-        assert_openai_refusal(r, 403, "invalid_request_error", "origin_not_allowed")
+        assert_openai_refusal(r, 403, "permission_error", "origin_not_allowed")  # errors.OPENAI_TYPES
     assert conversation_count(client) == 0
     cid = client.post("/api/chat", json=CHAT).json()["data"]["conversation_id"]
     for method, kwargs in (("PATCH", {"json": {"title": "x"}}), ("DELETE", {})):
@@ -367,7 +367,7 @@ def test_cors_only_for_configured_origins(serve):
     assert int(r.headers["access-control-max-age"]) > 0
     for origin in (EVIL, "https://app.example.com:8443", "http://app.example.com", "null"):
         r = preflight(client, origin)
-        assert_openai_refusal(r, 403, "invalid_request_error", "origin_not_allowed")
+        assert_openai_refusal(r, 403, "permission_error", "origin_not_allowed")
         assert "access-control-allow-origin" not in r.headers
     # The actual request from the allowed origin still needs the key, and gets the headers.
     r = client.post("/v1/chat/completions", json=OPENAI_CHAT, headers={"Origin": app_origin})

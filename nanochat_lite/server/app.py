@@ -21,7 +21,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
 from . import chat_api, conversations_api, embeddings_api, limits_api, openai_api, openai_completions, tokenize_api, ws
+from ..history import StorageUnavailable
 from .errors import RequestError, api_error, error_response
+from .redact import redact_paths
 from .http import json_response
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .runtime import Runtime
@@ -41,6 +43,18 @@ async def http_error(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     e = RequestError(f"{message}: {request.method} {request.url.path}", code=code, status=exc.status_code)
     return error_response(e, request.url.path, headers=getattr(exc, "headers", None))
+
+
+# Seconds a client is told to wait (Retry-After) when the database cannot answer.
+STORAGE_RETRY_AFTER_S = 5
+
+
+async def storage_error(request: Request, exc: Exception) -> Response:
+    """A locked, full or unreachable database on any route: 503, never a 500."""
+    log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    e = RequestError(f"the conversation store cannot answer now: {redact_paths(str(exc))}; retry in a moment",
+                     code="storage_unavailable", status=503, retry_after=STORAGE_RETRY_AFTER_S)
+    return error_response(e, request.url.path)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -157,7 +171,8 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
     ]
     if WEB_DIR.is_dir():
         routes.append(Mount("/static", app=_StaticWithCSP(directory=WEB_DIR), name="static"))
-    app = _SecuredStarlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error},
+    handlers = {HTTPException: http_error, StorageUnavailable: storage_error, Exception: server_error}
+    app = _SecuredStarlette(routes=routes, exception_handlers=handlers,
                             security=security, usage=usage, metrics=metrics)
     app.state.runtime = runtime
     app.state.security = security

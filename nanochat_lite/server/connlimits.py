@@ -45,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..limits_config import NetLimits
+from .errors import RequestError, api_body, openai_body
 from .quotas import TokenLedger, current_key
 from .security import KeyIdentifier, KeyUsage, SecurityConfig, add_security_headers
 
@@ -136,12 +137,8 @@ def end_generation(scope: Scope) -> None:
 # -- the middleware ----------------------------------------------------------------------------
 def refusal_body(path: str, status: int, code: str, message: str) -> bytes:
     """The JSON of a refusal: OpenAI's error shape under /v1 (and its aliases), ours elsewhere."""
-    if path.startswith(OPENAI_PREFIXES):
-        # The types of errors.OPENAI_TYPES (what the openai client maps to its exceptions).
-        kind = {408: "timeout_error", 429: "rate_limit_error"}.get(
-            status, "server_error" if status >= 500 else "invalid_request_error")
-        return msgspec.json.encode({"error": {"message": message, "type": kind, "param": None, "code": code}})
-    return msgspec.json.encode({"success": False, "error": {"code": code, "message": message}})
+    e = RequestError(message, code=code, status=status)
+    return msgspec.json.encode(openai_body(e) if path.startswith(OPENAI_PREFIXES) else api_body(e))
 
 
 class ConnLimitsMiddleware:

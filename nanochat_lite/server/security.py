@@ -43,12 +43,12 @@ import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import msgspec
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import RequestError, api_body, is_openai_path, openai_body
 from .quotas import TokenLedger
 
 from ..security_config import (
@@ -343,12 +343,11 @@ class SecurityMiddleware:
                 await send({"type": "websocket.close", "code": WS_REFUSED_CLOSE_CODE,
                             "reason": reason.decode("utf-8", "ignore")})
             return
-        if path == "/v1" or path.startswith("/v1/"):
-            kind = "authentication_error" if r.status == 401 else "invalid_request_error"
-            code = "invalid_api_key" if r.status == 401 else r.code
-            body: dict[str, Any] = {"error": {"message": r.message, "type": kind, "param": None, "code": code}}
+        if is_openai_path(path):
+            code = "invalid_api_key" if r.status == 401 else r.code  # OpenAI's code for a bad key
+            body = openai_body(RequestError(r.message, code=code, status=r.status))
         else:
-            body = {"success": False, "error": {"code": r.code, "message": r.message}}
+            body = api_body(RequestError(r.message, code=r.code, status=r.status))
         payload = msgspec.json.encode(body)
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in r.headers.items()]

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from . import turns
+from . import connlimits, turns
 from .answers import Answer
 from .chat_api import check_answer_id, key_name
 from .errors import RequestError, error_frame
@@ -143,8 +143,15 @@ async def websocket_chat(ws: WebSocket) -> None:
                     continue
                 following = None
                 if chat is not None:
+                    # The per-client cap on generations and the key's token quota, as the
+                    # HTTP doors have them in the middleware (connlimits.py).
+                    refused = connlimits.begin_generation(ws.scope)
+                    if refused is not None:
+                        await error(*refused)
+                        continue
                     stop_event = threading.Event()
                     current = asyncio.create_task(run_chat(chat, stop_event))
+                    current.add_done_callback(lambda _task: connlimits.end_generation(ws.scope))
                 elif resume is not None:
                     current = asyncio.create_task(run_resume(resume))
             else:
