@@ -28,6 +28,8 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 # Pull the real models once (verified by sha256); the tests use them.
 .venv/bin/nanochat-lite pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
+# Types first (pyproject.toml's [tool.mypy]: --strict on the server, the scheduler and the engines).
+.venv/bin/python -m mypy
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -465,7 +465,7 @@ class PostgresStore:
                    WHERE v.message_id IS NULL AND m.content != '' ORDER BY m.id LIMIT %s""",
                 (model, limit),
             ).fetchall()
-        return [(mid, _dec(content)) for mid, content in rows]
+        return [(mid, _dec(content) or "") for mid, content in rows]
 
     def put_vectors(self, model: str, vectors: builtins.list[tuple[int, bytes]]) -> None:
         """Store embedding vectors (raw float32 bytes) for messages; ids deleted since are skipped."""
@@ -606,7 +606,7 @@ def _migrate(conn: psycopg.Connection[Any], *, url: str, target: int = SCHEMA_VE
             if version >= target:
                 return
             for statement in _MIGRATIONS[version]:
-                conn.execute(statement)  # type: ignore[arg-type]  (our own constant SQL)
+                conn.execute(statement)  # our own constant SQL
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version + 1,))
 
@@ -631,7 +631,7 @@ def _conversation(row: tuple[Any, ...]) -> Conversation:
 
 def _message(row: tuple[Any, ...]) -> Message:
     mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
-    return Message(mid, cid, role, _dec(content), status, created_at, pt, ct, ttft, dur, _dec(model),
+    return Message(mid, cid, role, _dec(content) or "", status, created_at, pt, ct, ttft, dur, _dec(model),
                    None if params is None else json.loads(params), client_id, answer_id)
 
 
