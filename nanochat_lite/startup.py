@@ -28,7 +28,7 @@ from . import IMPORTED_AT, __version__
 from .commands.common import CLIError, load_engine, resolve_model
 from .commands.common import say as _say
 from .config import Config
-from .server.redact import redact_paths
+from .redact import redact_paths
 
 
 def process_age_s() -> float:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Scope
 from . import chat_api, conversations_api, embeddings_api, limits_api, openai_api, openai_completions, tokenize_api, ws
 from ..history import StorageUnavailable
 from .errors import RequestError, api_error, error_response
-from .redact import redact_paths
+from ..redact import redact_paths
 from .http import json_response
 from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .runtime import Runtime

@@ -21,7 +21,7 @@ from ..engine import Prepared, SamplingParams
 from ..history import ConversationStore
 from .answers import DEFAULT_RESUME_WINDOW_S, Answers
 from .errors import RequestError
-from .redact import redact_paths
+from ..redact import redact_paths
 from .stats import Stats
 
 T = TypeVar("T")
