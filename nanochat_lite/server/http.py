@@ -89,42 +89,18 @@ async def until_disconnect(request: Request, work: "asyncio.Future[Any] | Any") 
 
 
 def event_stream(request: Request, body: AsyncIterator[bytes], on_error: Callable[[RequestError], bytes]) -> Response:
-    """An SSE response whose source is closed (so its generation is cancelled) as soon as
-    the client disconnects."""
+    """An SSE response of `body`'s chunks; a RequestError from `body` becomes its last chunk.
+
+    No queue of our own between `body` and the socket: Starlette's StreamingResponse
+    listens for the client's disconnect beside the stream (uvicorn speaks ASGI 2.3) and
+    cancels it, which closes `body` and so cancels or releases its generation."""
 
     async def run() -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for chunk in body:
-                    await queue.put(chunk)
-            except RequestError as e:
-                await queue.put(on_error(e))
-            finally:
-                await queue.put(None)
-
-        producer = asyncio.ensure_future(pump())
-        watcher = asyncio.ensure_future(_wait_disconnect(request))
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    return  # client gone
-                chunk = getter.result()
-                if chunk is None:
-                    return
+            async for chunk in body:
                 yield chunk
-        finally:
-            watcher.cancel()
-            if not producer.done():
-                producer.cancel()
-                try:
-                    await producer
-                except BaseException:
-                    pass
+        except RequestError as e:
+            yield on_error(e)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(run(), media_type="text/event-stream", headers=headers)

@@ -10,10 +10,10 @@ interrupted or failed) and lets clients follow or resume it. `/v1/*` use `build`
 `submit` + `stream` without a conversation. The doors only translate frames into
 their wire format (frames.py).
 
-Between the engine and a client's socket a token crosses at most two hand-offs:
-the scheduler's worker thread → the ticket's queue on the event loop (Ticket._put),
-then the answer's buffer, read by each follower (and, for SSE, the pump task → the
-response's queue in http.event_stream).
+Between the engine and a client's socket a token crosses two hand-offs: the
+scheduler's worker thread → the ticket's queue on the event loop (Ticket._put), then
+the answer's task → its buffer, read by each follower (answers.py), which writes it to
+the SSE response or the WebSocket itself. (`/v1/*` have no answer task: one hand-off.)
 """
 
 from __future__ import annotations
