@@ -4,32 +4,14 @@ number (say, 200 for a search the server allows up to 500) fails here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.security import SecurityConfig
+from server_helpers import TEST_SECURITY
 
-TEST_SECURITY = SecurityConfig(allowed_hosts=("testserver",))  # TestClient sends Host: testserver
-
-
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
-    attach_fake(rt, FakeEngine())
-    yield rt
-    rt.close()
-    rt.store.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime, security=TEST_SECURITY), raise_server_exceptions=False) as c:
-        yield c
+# `runtime` and `client` (a fake engine, an in-memory store) come from conftest.py.
 
 
 @pytest.fixture
