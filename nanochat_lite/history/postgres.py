@@ -65,87 +65,13 @@ from .store import (
     merge_hits,
     render_export,
 )
+from .postgres_schema import _TS_CONFIG, _WORD_CHARS, SCHEMA_VERSION, _migrate
 from .text import MAX_QUERY_TERMS, _clean, _clean_title, make_title
 
 CONNECT_TIMEOUT_S = 5  # an unreachable server must not hang start-up
-_MIGRATION_LOCK = 7_245_118_301  # pg_advisory_xact_lock key: one migrator at a time
 _ESC = "\U0010fffd"  # a private-use character: the escape for NUL (see the module docstring)
-_INDEX_CHARS = 100_000
-_WORD_CHARS = 255  # PostgreSQL regex counts stop at 255; 255 × 4 bytes < the 2047-byte lexeme limit
-_TS_CONFIG = "nanochat_lite"
 _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=16, MinWords=6, ShortWord=0"
 
-# What the tsvector is built from: NULs (escaped) become spaces, long runs are cut.
-_INDEXED_CONTENT = (r"left(regexp_replace(replace(content, U&'\+10FFFD0', ' '), "
-                    rf"'(\S{{{_WORD_CHARS}}})\S*', '\1', 'g'), {_INDEX_CHARS})")
-
-# Each entry is one schema version; PostgreSQL's DDL is transactional, so each step runs
-# in one transaction with the version bump and a crash mid-step leaves the previous one.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: conversations and messages. BIGSERIAL ids are never reused (a sequence only
-    # goes up), so ids held elsewhere (URLs, vectors) cannot point at another message.
-    (
-        """CREATE TABLE conversations (
-            seq BIGSERIAL PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            title TEXT NOT NULL DEFAULT '',
-            system TEXT,
-            created_at DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL
-        )""",
-        "CREATE INDEX conversations_recent ON conversations(updated_at DESC, seq DESC)",
-        """CREATE TABLE messages (
-            id BIGSERIAL PRIMARY KEY,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-            content TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'complete'
-                CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted')),
-            created_at DOUBLE PRECISION NOT NULL,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            ttft_ms DOUBLE PRECISION,
-            duration_ms DOUBLE PRECISION,
-            model TEXT,
-            params TEXT
-        )""",
-        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
-    ),
-    # 2: full-text search over message content and titles (generated columns fill
-    # themselves for old rows).
-    (
-        "CREATE EXTENSION IF NOT EXISTS unaccent",
-        f"CREATE TEXT SEARCH CONFIGURATION {_TS_CONFIG} (COPY = simple)",
-        f"""ALTER TEXT SEARCH CONFIGURATION {_TS_CONFIG}
-            ALTER MAPPING FOR hword, hword_part, word WITH unaccent, simple""",
-        f"""ALTER TABLE messages ADD COLUMN tsv tsvector GENERATED ALWAYS AS
-            (to_tsvector('{_TS_CONFIG}'::regconfig, {_INDEXED_CONTENT})) STORED""",
-        "CREATE INDEX messages_tsv ON messages USING GIN (tsv)",
-        f"""ALTER TABLE conversations ADD COLUMN tsv tsvector GENERATED ALWAYS AS
-            (to_tsvector('{_TS_CONFIG}'::regconfig, title)) STORED""",
-        "CREATE INDEX conversations_tsv ON conversations USING GIN (tsv)",
-    ),
-    # 3: embedding vectors of messages, for semantic search (filled lazily, per model).
-    (
-        """CREATE TABLE message_vectors (
-            message_id BIGINT PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-            model TEXT NOT NULL,
-            vector BYTEA NOT NULL
-        )""",
-    ),
-    # 4: answers saved as they stream (status 'streaming'), a client's id on a user
-    # message (sent twice, stored once) and the answer's id.
-    (
-        "ALTER TABLE messages DROP CONSTRAINT messages_status_check",
-        """ALTER TABLE messages ADD CONSTRAINT messages_status_check
-            CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted', 'streaming'))""",
-        "ALTER TABLE messages ADD COLUMN client_id TEXT, ADD COLUMN answer_id TEXT",
-        "CREATE UNIQUE INDEX messages_client_id ON messages(client_id) WHERE client_id IS NOT NULL",
-        "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
-        "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CONVERSATION_SELECT = """
     SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
@@ -585,30 +511,6 @@ def _prefix_query(conn: psycopg.Connection[Any], words: builtins.list[str]) -> s
         return prefixed
     except psycopg.DataError:
         return " & ".join(f"({p})" for p in parts)
-
-
-def _migrate(conn: psycopg.Connection[Any], *, url: str, target: int = SCHEMA_VERSION) -> None:
-    """Apply the migrations after the database's version, each in its own transaction.
-    Several replicas may start at once: an advisory lock lets one migrate at a time, and
-    the version is read again under it, so each step runs exactly once."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    while True:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = (row[0] if row else None) or 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{url}: the conversation database has schema version {version}, but "
-                    f"this Nanochat-Lite knows versions up to {SCHEMA_VERSION}. Upgrade "
-                    "Nanochat-Lite, or use another database."
-                )
-            if version >= target:
-                return
-            for statement in _MIGRATIONS[version]:
-                conn.execute(statement)  # our own constant SQL
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version + 1,))
 
 
 def _get(conn: psycopg.Connection[Any], conversation_id: str) -> Conversation | None:

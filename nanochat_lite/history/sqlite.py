@@ -11,7 +11,7 @@ Full-text search uses FTS5 indexes kept in step with the tables by triggers, ins
 same transactions. User text never reaches the MATCH syntax: each word becomes a quoted
 prefix term (`deploy NEAR(srv*` -> `"deploy" * "NEAR(srv*" *`).
 
-The schema moves forward only, through `_MIGRATIONS`; a file written by a newer
+The schema moves forward only, through `_MIGRATIONS` (sqlite_schema.py); a file written by a newer
 Nanochat-Lite is refused rather than guessed at.
 
 Not handled here: limits on message size (the server checks them), the model,
@@ -51,140 +51,10 @@ from .store import (
     merge_hits,
     render_export,
 )
+from .sqlite_schema import SCHEMA_VERSION, _migrate, _transaction
 from .text import _clean, _clean_title, _match_expression, make_title
 
 BUSY_TIMEOUT_MS = 5000  # another process (a CLI export) may hold the write lock briefly
-# unicode61 with "So" added so emoji are words; remove_diacritics 2 lets "cafe" find "café".
-_TOKENIZE = "unicode61 remove_diacritics 2 categories 'L* N* Co So'"
-
-# Each entry is one schema version: its statements run in one transaction, together with
-# the version bump, so a crash mid-migration leaves the previous version intact.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: conversations and messages.
-    (
-        # `seq` is an explicit integer key because the FTS index refers to rows by rowid,
-        # and VACUUM may renumber an implicit rowid.
-        """CREATE TABLE conversations (
-            seq INTEGER PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            title TEXT NOT NULL DEFAULT '',
-            system TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        "CREATE INDEX conversations_recent ON conversations(updated_at DESC, seq DESC)",
-        # AUTOINCREMENT: a deleted message's id is never reused, so ids held elsewhere
-        # (URLs, embedding vectors) cannot come to point at a different message.
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-            content TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'complete'
-                CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted')),
-            created_at REAL NOT NULL,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            ttft_ms REAL,
-            duration_ms REAL,
-            model TEXT,
-            params TEXT
-        )""",
-        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
-    ),
-    # 2: full-text search over message content and titles (backfilled for old rows).
-    (
-        f"""CREATE VIRTUAL TABLE messages_fts USING fts5(
-            content, content='messages', content_rowid='id', tokenize="{_TOKENIZE}")""",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        f"""CREATE VIRTUAL TABLE conversations_fts USING fts5(
-            title, content='conversations', content_rowid='seq', tokenize="{_TOKENIZE}")""",
-        """CREATE TRIGGER conversations_fts_insert AFTER INSERT ON conversations BEGIN
-            INSERT INTO conversations_fts(rowid, title) VALUES (new.seq, new.title);
-        END""",
-        """CREATE TRIGGER conversations_fts_delete AFTER DELETE ON conversations BEGIN
-            INSERT INTO conversations_fts(conversations_fts, rowid, title)
-                VALUES ('delete', old.seq, old.title);
-        END""",
-        """CREATE TRIGGER conversations_fts_update AFTER UPDATE OF title ON conversations
-        BEGIN
-            INSERT INTO conversations_fts(conversations_fts, rowid, title)
-                VALUES ('delete', old.seq, old.title);
-            INSERT INTO conversations_fts(rowid, title) VALUES (new.seq, new.title);
-        END""",
-        "INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')",
-        "INSERT INTO conversations_fts(conversations_fts) VALUES ('rebuild')",
-    ),
-    # 3: embedding vectors of messages, for semantic search (filled lazily, per model).
-    (
-        """CREATE TABLE message_vectors (
-            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-            model TEXT NOT NULL,
-            vector BLOB NOT NULL
-        )""",
-    ),
-    # 4: answers saved as they stream (status 'streaming'), a client's id on a user
-    # message (sent twice, stored once) and the answer's id. SQLite cannot change a
-    # CHECK constraint, so the table is rebuilt (its ids kept: the FTS index and the
-    # vectors refer to them; _migrate turns foreign keys off around it, so dropping the
-    # old table cascades nowhere).
-    (
-        """CREATE TABLE messages_v4 (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
-            content TEXT NOT NULL,
-            status TEXT NOT NULL DEFAULT 'complete'
-                CHECK (status IN ('complete', 'stopped', 'failed', 'interrupted', 'streaming')),
-            created_at REAL NOT NULL,
-            prompt_tokens INTEGER,
-            completion_tokens INTEGER,
-            ttft_ms REAL,
-            duration_ms REAL,
-            model TEXT,
-            params TEXT,
-            client_id TEXT,
-            answer_id TEXT
-        )""",
-        """INSERT INTO messages_v4 (id, conversation_id, role, content, status, created_at,
-               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)
-           SELECT id, conversation_id, role, content, status, created_at,
-               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params FROM messages""",
-        # AUTOINCREMENT's high-water mark moves over: ids of deleted messages stay unused.
-        "DELETE FROM sqlite_sequence WHERE name = 'messages_v4'",
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages_v4', seq FROM sqlite_sequence WHERE name = 'messages'",
-        "DROP TABLE messages",
-        "ALTER TABLE messages_v4 RENAME TO messages",
-        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
-        "CREATE UNIQUE INDEX messages_client_id ON messages(client_id) WHERE client_id IS NOT NULL",
-        "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
-        "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CONVERSATION_SELECT = """
     SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
@@ -195,6 +65,9 @@ _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
 # SQLite result codes (the low byte of sqlite_errorcode) that mean "not now", not "a bug":
 # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
 _UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})
+
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 
 class SQLiteStore:
@@ -572,44 +445,6 @@ class SQLiteStore:
     def _get(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
         row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = ?", (conversation_id,)).fetchone()
         return None if row is None else Conversation(*row)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Connection]:
-    conn.execute(begin)
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # SQLite may already have rolled back on its own
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _migrate(conn: sqlite3.Connection, *, path: str, target: int = SCHEMA_VERSION) -> None:
-    """Apply the migrations after the file's version, each in its own transaction.
-
-    Another process may be migrating the same file: the version is read again after
-    taking the write lock, so each step runs exactly once.
-    """
-    conn.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction: set before
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    while True:
-        with _transaction(conn, "BEGIN IMMEDIATE"):
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0] or 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{path}: the conversation database has schema version {version}, but "
-                    f"this Nanochat-Lite knows versions up to {SCHEMA_VERSION}. Upgrade "
-                    "Nanochat-Lite, or use another history file."
-                )
-            if version >= target:
-                return
-            for statement in _MIGRATIONS[version]:
-                conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
 
 
 def _message(row: tuple[Any, ...]) -> Message:
