@@ -2,7 +2,7 @@
 (Playwright's route_web_socket stands in for /ws; pages and REST come from the echo
 server). Each test sends exactly the frames a case needs: a repeat after a resume, a
 gap, a snapshot, a done rebuilt from the store, an unknown answer, the outbox.
-The real server and real dropped connections are in test_resume.py."""
+The real server and real dropped connections are in test_browser_resume.py."""
 
 from __future__ import annotations
 
