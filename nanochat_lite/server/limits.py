@@ -42,6 +42,7 @@ MAX_SCHEMA_DEPTH = 32  # nesting of a response_format / tool JSON Schema
 MAX_SCHEMA_NODES = 5_000  # subschemas in one JSON Schema
 MAX_PROMPT_TOKENS = 32_768  # token ids in one /v1/completions or /v1/embeddings input
 MAX_WS_FRAME_BYTES = MAX_BODY_BYTES
+MAX_EMBED_WAITERS = 32  # embedding requests waiting for the one running batch; past it 503 server_busy
 
 
 def check_range(name: str, value: float | int | None, lo: float, hi: float) -> None:

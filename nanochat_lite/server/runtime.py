@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..engine import Prepared, SamplingParams
 from ..history import ConversationStore
 from .answers import DEFAULT_RESUME_WINDOW_S, Answers
+from . import limits
 from .errors import RequestError
 from ..redact import redact_paths
 from .stats import Stats
@@ -103,6 +104,30 @@ class Lazy(Generic[T]):
         return await asyncio.to_thread(self.get)
 
 
+class BoundedLock:
+    """An asyncio lock with a bounded line: past `max_waiters` waiting, entering raises
+    RequestError 503 `server_busy` at once instead of joining the line."""
+
+    def __init__(self, max_waiters: int) -> None:
+        self._lock = asyncio.Lock()
+        self._max_waiters = max_waiters
+        self.waiting = 0
+
+    async def __aenter__(self) -> None:
+        if self._lock.locked() and self.waiting >= self._max_waiters:
+            raise RequestError(f"{self.waiting} embedding requests are already waiting (the limit is "
+                               f"{self._max_waiters}); retry in a few seconds", code="server_busy", status=503,
+                               retry_after=2)
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Runtime:
     def __init__(self, *, store: ConversationStore, model_name: str, startup_ms: float | None = None,
                  defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None,
@@ -121,7 +146,7 @@ class Runtime:
             store.interrupt_streaming()
         except Exception as e:  # a locked database: requests will say so; serve anyway
             logging.getLogger("nanochat_lite").warning("could not mark unfinished answers interrupted: %s", e)
-        self.embed_lock = asyncio.Lock()  # one embedding batch at a time
+        self.embed_lock = BoundedLock(limits.MAX_EMBED_WAITERS)  # one embedding batch at a time
         self.embedder_cache: Lazy[Any] = Lazy(
             embedder_factory,
             missing=RequestError("embeddings are not enabled on this server", code="not_available", status=404),
