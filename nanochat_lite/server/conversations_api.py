@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..history import NotFound
-from . import limits
+from . import limits, semantic
 from .errors import RequestError, api_error
 from .http import json_response, read_body
 from .runtime import Runtime
@@ -143,48 +143,9 @@ async def search(request: Request) -> Response:
             raise RequestError(f"`mode` must be text or semantic, got {mode!r}", param="mode")
         limit = _int_param(request, "limit", 20, 1, MAX_PAGE)
         if mode == "semantic":
-            results = await _semantic_search(rt, q, limit) if q.strip() else []
+            results = await semantic.search(rt, q, limit) if q.strip() else []
         else:
             results = await _call(rt.store.search, q, limit=limit)
     except RequestError as e:
         return api_error(e)
     return json_response({"success": True, "data": {"query": q, "mode": mode, "results": results}})
-
-
-EMBED_BATCH = 128
-MAX_EMBEDDED_PER_QUERY = 4096  # bounds one query's catch-up work; the rest waits for the next
-SNIPPET_CHARS = 200
-
-
-async def _semantic_search(rt: Runtime, q: str, limit: int) -> list[dict[str, Any]]:
-    """Messages ranked by cosine similarity to the query, with the embeddings engine.
-
-    Vectors are computed lazily: each query first embeds (a bounded number of) the
-    messages that have none yet and stores them, so later queries only embed the query.
-    """
-    import numpy as np
-
-    embedder = await rt.embedder()
-    model = embedder.model_name
-    for _ in range(MAX_EMBEDDED_PER_QUERY // EMBED_BATCH):
-        rows = await _call(rt.store.unembedded, model, limit=EMBED_BATCH)
-        if not rows:
-            break
-        async with rt.embed_lock:
-            result = await _call(embedder.embed, [content for _, content in rows])
-        blobs = [(mid, vec.astype("<f4").tobytes()) for (mid, _), vec in zip(rows, result.vectors)]
-        await _call(rt.store.put_vectors, model, blobs)
-    async with rt.embed_lock:
-        query = (await _call(embedder.embed, [q])).vectors[0]
-    items = await _call(rt.store.vectors, model)
-    if not items:
-        return []
-    matrix = np.frombuffer(b"".join(blob for _, blob in items), dtype="<f4").reshape(len(items), -1)
-    scores = matrix @ query  # (n,): cosine, both sides are unit vectors
-    hits = []
-    for i in np.argsort(-scores)[:limit]:
-        hit = dict(items[i][0])
-        hit["snippet"] = hit["snippet"][:SNIPPET_CHARS]
-        hit["score"] = round(float(scores[i]), 4)
-        hits.append(hit)
-    return hits
