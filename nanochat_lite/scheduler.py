@@ -36,6 +36,7 @@ log = logging.getLogger("nanochat_lite")
 
 PREFIX_FILE = "shared-prefix.bin"
 PREFIX_AFTER_IDLE_S = 0.3  # seconds without requests before the shared prefix is computed
+CLOSE_WAIT_S = 10.0  # close() waits this long, at most, for running engine calls to end
 
 
 class QueueFull(EngineError):
@@ -149,11 +150,13 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stopping = False
         self.prefix_tokens = 0  # shared-prefix tokens restored into every slot
-        for slot in self._slots:
-            threading.Thread(target=self._work, args=(slot,), name=f"nanochat-slot-{slot.id}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._work, args=(slot,), name=f"nanochat-slot-{slot.id}",
+                                          daemon=True) for slot in self._slots]
         if shared_prefix is not None:
-            threading.Thread(target=self._share_prefix, args=(shared_prefix,), name="nanochat-prefix",
-                             daemon=True).start()
+            self._threads.append(threading.Thread(target=self._share_prefix, args=(shared_prefix,),
+                                                  name="nanochat-prefix", daemon=True))
+        for t in self._threads:
+            t.start()
 
     # -- what the server reads ----------------------------------------------------
     @property
@@ -221,7 +224,10 @@ class Scheduler:
         ticket.finished = True
         ticket._put(_cancelled_done(ticket))
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Cancel what runs and waits, refuse new requests, and wait (up to `wait_s`) for
+        the threads that call the engine to end: closing the engine under a running call
+        crashed the process (a SIGTERM during the shared-prefix copy: exit 134/139)."""
         with self._cv:
             self._stopping = True
             waiting = list(self._queue)
@@ -233,6 +239,10 @@ class Scheduler:
         for t in waiting:
             t.cancelled.set()
             t._put(_cancelled_done(t))
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- slot choice (callers hold self._cv) ---------------------------------------
     def _dispatch(self) -> None:
@@ -319,6 +329,8 @@ class Scheduler:
         engine = cast(PrefixEngine, self.engine)  # only given shared_prefix with such an engine
         try:
             self._wait_idle(PREFIX_AFTER_IDLE_S)
+            if self._stopping:
+                return
             tokens = shared_prefix()
             if not tokens:
                 return
@@ -358,6 +370,8 @@ class Scheduler:
 
     def _claim_idle(self, *, empty_only: bool = False) -> _Slot | None:
         with self._cv:
+            if self._stopping:
+                return None
             for s in self._slots:
                 if not s.busy and not (empty_only and s.tokens):
                     s.busy = True
