@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from fakes import CRASH, FAIL, SLOW, FakeEngine
 from nanochat_lite.engine import Delta, Done, Engine, SamplingParams
 from nanochat_lite.scheduler import QueueFull, Scheduler, common_prefix
 
@@ -247,22 +248,28 @@ def test_an_answer_does_not_depend_on_what_ran_in_the_slot_before(engine1):
 # -- the scheduler's rules, with the fake engine (no model, milliseconds) ---------------
 
 def fake_scheduler(parallel: int = 1, **kw):
-    from fakes import FakeEngine
-
     fake = FakeEngine(parallel=parallel)
     return fake, Scheduler(fake, **kw)
 
 
-def test_queued_requests_start_in_arrival_order():
-    from fakes import SLOW
+def ask(fake, sch, text: str, params: SamplingParams):
+    return sch.submit(fake.prepare(user(text), params), params)
 
+
+async def hold(fake, sch, text: str, params: SamplingParams):
+    """A slow request that holds a slot; returns once it is generating."""
+    ticket = ask(fake, sch, text + " " + SLOW, params)
+    await asyncio.to_thread(fake.started.wait, 10)
+    return ticket
+
+
+def test_queued_requests_start_in_arrival_order():
     fake, sch = fake_scheduler(parallel=1)
 
     async def main():
         params = SamplingParams(max_tokens=4)
-        first = sch.submit(fake.prepare(user("hold " + SLOW), params), params)
-        await asyncio.to_thread(fake.started.wait, 10)
-        tickets = [sch.submit(fake.prepare(user(f"request {i}"), params), params) for i in range(5)]
+        first = await hold(fake, sch, "hold", params)
+        tickets = [ask(fake, sch, f"request {i}", params) for i in range(5)]
         assert sch.queued == 5
         first.cancel()  # the slot frees; the five run one by one, in order
         for t in tickets:
@@ -278,15 +285,12 @@ def test_queued_requests_start_in_arrival_order():
 
 
 def test_cancel_before_start_never_reaches_the_engine():
-    from fakes import SLOW
-
     fake, sch = fake_scheduler(parallel=1)
 
     async def main():
         params = SamplingParams(max_tokens=4)
-        busy = sch.submit(fake.prepare(user("hold " + SLOW), params), params)
-        await asyncio.to_thread(fake.started.wait, 10)
-        waiting = sch.submit(fake.prepare(user("never run"), params), params)
+        busy = await hold(fake, sch, "hold", params)
+        waiting = ask(fake, sch, "never run", params)
         waiting.cancel()
         _, done = await collect(waiting)
         assert done.finish_reason == "cancelled" and done.completion_tokens == 0
@@ -302,36 +306,31 @@ def test_cancel_before_start_never_reaches_the_engine():
 
 
 def test_close_cancels_running_and_queued_requests_and_refuses_new_ones():
-    from fakes import SLOW
-
     fake, sch = fake_scheduler(parallel=1)
 
     async def main():
         params = SamplingParams(max_tokens=1000)
-        running = sch.submit(fake.prepare(user("long " + SLOW), params), params)
-        await asyncio.to_thread(fake.started.wait, 10)
-        queued = sch.submit(fake.prepare(user("queued"), params), params)
+        running = await hold(fake, sch, "long", params)
+        queued = ask(fake, sch, "queued", params)
         sch.close()
         _, done_q = await collect(queued)
         _, done_r = await collect(running)
         assert done_q.finish_reason == "cancelled"
         assert done_r.finish_reason == "cancelled"
         with pytest.raises(Exception, match="shutting down"):
-            sch.submit(fake.prepare(user("late"), params), params)
+            ask(fake, sch, "late", params)
 
     run_async(main)
 
 
 def test_an_engine_error_fails_its_request_only():
-    from fakes import CRASH, FAIL
-
     fake, sch = fake_scheduler(parallel=2)
 
     async def main():
         params = SamplingParams(max_tokens=8)
-        bad = sch.submit(fake.prepare(user("x " + FAIL), params), params)
-        bug = sch.submit(fake.prepare(user("x " + CRASH), params), params)
-        good = sch.submit(fake.prepare(user("fine"), params), params)
+        bad = ask(fake, sch, "x " + FAIL, params)
+        bug = ask(fake, sch, "x " + CRASH, params)
+        good = ask(fake, sch, "fine", params)
         with pytest.raises(Exception, match="failed mid-stream"):
             await collect(bad)
         with pytest.raises(RuntimeError, match="has a bug"):
@@ -339,7 +338,7 @@ def test_an_engine_error_fails_its_request_only():
         _, done = await collect(good)
         assert done.finish_reason == "stop" and done.text == "Hello, world!"
         # both slots are free again
-        again = sch.submit(fake.prepare(user("again"), params), params)
+        again = ask(fake, sch, "again", params)
         _, done2 = await collect(again)
         assert done2.finish_reason == "stop"
         assert sch.active == 0 and sch.queued == 0
