@@ -23,8 +23,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .http import api_error, json_response, openai_error, read_body
-from .limits import MAX_MESSAGE_CHARS, MAX_PROMPT_TOKENS, RequestError
+from .errors import RequestError, api_error, openai_error
+from .http import json_response, read_body
+from .limits import MAX_MESSAGE_CHARS, MAX_PROMPT_TOKENS
 from .runtime import Runtime
 from .schemas import decode
 

@@ -11,10 +11,8 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from .errors import RequestError, api_error, openai_error
+from .errors import RequestError
 from .limits import MAX_BODY_BYTES
-
-__all__ = ["api_error", "openai_error"]  # re-exported for the routes that import them from here
 
 _encoder = msgspec.json.Encoder()
 

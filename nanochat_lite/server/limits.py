@@ -16,8 +16,6 @@ from .errors import RequestError
 if TYPE_CHECKING:
     from .schemas import Sampling
 
-__all__ = ["RequestError"]  # re-exported: limits raise it
-
 MAX_BODY_BYTES = 1 << 20  # 1 MiB; larger bodies get 413
 MAX_MESSAGE_CHARS = 8_000
 MAX_SYSTEM_CHARS = 8_000

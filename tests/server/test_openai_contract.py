@@ -16,7 +16,7 @@ import pytest
 from fakes import OVERFLOW, REPLY, FakeEngine
 from nanochat_lite.engine import SamplingParams
 from nanochat_lite.server import limits as L
-from nanochat_lite.server.limits import RequestError
+from nanochat_lite.server.errors import RequestError
 from nanochat_lite.server.openai_params import check_schema
 from openai_helpers import TEXT, chat, error, events, user
 
