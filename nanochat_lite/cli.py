@@ -4,7 +4,7 @@ Start-up is a feature: this module imports only the standard library at the top,
 only the module of the command that was named (every one for --help). llama.cpp,
 Starlette and uvicorn are imported where they are used, and for `serve` the model loads
 in a thread beside the web-stack imports while the socket is already bound (see
-`startup.py`). Configuration (flags over environment over defaults) is `config.py`'s.
+`commands/boot.py`). Configuration (flags over environment over defaults) is `config.py`'s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A stand-in for `nanochat_lite.engine.Engine` for server tests: same `prepare` /
+"""A stand-in for `nanochat_lite.engines.local.Engine` for server tests: same `prepare` /
 `run` surface (and the slot calls the scheduler makes), no model, behaviour chosen by
 markers in the last message.
 
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nanochat_lite.engine import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
+from nanochat_lite.generation import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
 
 OVERFLOW = "<<overflow>>"
 FAIL = "<<engine-error>>"
@@ -170,7 +170,7 @@ def _fake_probs(piece: str, n: int) -> list[dict]:
 def attach_fake(rt, engine: "FakeEngine | None" = None, scheduler=None) -> "FakeEngine":
     """Serve `rt` with a fake engine, as start-up does with the real one: a scheduler
     that owns the engine, and the engine as the prompt builder. Returns the engine."""
-    from nanochat_lite.scheduler import Scheduler
+    from nanochat_lite.engines.scheduler import Scheduler
 
     engine = engine if engine is not None else FakeEngine()
     rt.attach(scheduler if scheduler is not None else Scheduler(engine), engine)

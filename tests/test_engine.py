@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from nanochat_lite.engine import ContextOverflow, Delta, Done, Engine, SamplingParams, _split_stop
+from nanochat_lite.generation import ContextOverflow, Delta, Done, SamplingParams
+from nanochat_lite.engines.local import Engine, _split_stop
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=40)
 LONG_PROMPT = "Write the numbers from 1 to 500, separated by commas."  # greedy: a long answer
@@ -128,7 +129,7 @@ def test_user_text_never_becomes_control_tokens(engine):
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
 ])
 def test_user_text_never_becomes_control_tokens_whatever_the_template(engine, monkeypatch, source):
-    from nanochat_lite.template import ChatTemplate
+    from nanochat_lite.engines.template import ChatTemplate
 
     monkeypatch.setattr(engine.prompts, "template", ChatTemplate(source, control_tokens=engine._control_texts))
     im_start, im_end = (engine.prompts.tokenize(t, special=True)[0] for t in ("<|im_start|>", "<|im_end|>"))

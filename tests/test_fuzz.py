@@ -35,8 +35,8 @@ from starlette.testclient import TestClient
 from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.limits import MAX_BODY_BYTES
-from nanochat_lite.server.security import SecurityConfig
+from nanochat_lite.server.wire.limits import MAX_BODY_BYTES
+from nanochat_lite.server.guards.security import SecurityConfig
 
 MIN_REQUESTS = 1_000
 BODY_EXAMPLES = 90  # per operation with a request body
@@ -244,7 +244,7 @@ def test_openapi_module_is_not_imported_at_start_up() -> None:
             "from nanochat_lite.history import ConversationStore\n"
             "from nanochat_lite.server import Runtime, create_app\n"
             "create_app(Runtime(store=ConversationStore(':memory:'), model_name='x'))\n"
-            "print('nanochat_lite.server.openapi' in sys.modules)\n")
+            "print('nanochat_lite.server.routes.openapi' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False", out
 

@@ -25,8 +25,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from nanochat_lite.server.connlimits import ClientGate, refusal_body
-from nanochat_lite.server.quotas import TokenLedger
+from nanochat_lite.server.guards.connlimits import ClientGate, refusal_body
+from nanochat_lite.server.guards.quotas import TokenLedger
 from serverproc import ServerProc
 
 pytestmark = pytest.mark.model

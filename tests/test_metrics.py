@@ -1,4 +1,4 @@
-"""Observability (`nanochat_lite.server.metrics`): `/metrics`, request ids, the access log.
+"""Observability (`nanochat_lite.server.observe.metrics`): `/metrics`, request ids, the access log.
 
 The app runs in-process with the fake engine (tests/fakes.py). `/metrics` is read by
 a small parser of Prometheus's text format written here from its specification
@@ -21,10 +21,10 @@ from starlette.testclient import TestClient
 
 from fakes import attach_fake, REPLY, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
-from nanochat_lite.scheduler import Scheduler
+from nanochat_lite.engines.scheduler import Scheduler
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.metrics import access_line, escape_field
-from nanochat_lite.server.security import SecurityConfig
+from nanochat_lite.server.observe.metrics import access_line, escape_field
+from nanochat_lite.server.guards.security import SecurityConfig
 
 TEST_SECURITY = SecurityConfig(allowed_hosts=("testserver",))
 KEY = "sk-metrics-test-0123456789"

@@ -1,4 +1,4 @@
-"""RemoteEngine (nanochat_lite/remote_engine.py) on its own.
+"""RemoteEngine (nanochat_lite/remote.py) on its own.
 
 Against a real upstream (a second `nanochat-lite serve` process, which is
 OpenAI-compatible): deltas add up to the answer, token counts are the upstream's,
@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nanochat_lite.engine import ContextOverflow, Delta, Done, EngineError, SamplingParams
-from nanochat_lite.openai_wire import drop_oldest
-from nanochat_lite.remote_engine import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable,
-                                         RemoteEngine, Upstream)
+from nanochat_lite.generation import ContextOverflow, Delta, Done, EngineError, SamplingParams
+from nanochat_lite.engines.openai_client import drop_oldest
+from nanochat_lite.engines.remote import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable,
+    RemoteEngine, Upstream)
 from serverproc import ServerProc, free_port
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=24)

@@ -45,13 +45,7 @@ from nanochat_lite import models
 from nanochat_lite.config import ConfigError
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.security import (
-    ENV_API_KEY,
-    SecurityConfig,
-    add_flags,
-    needs_key,
-    parse_keys,
-)
+from nanochat_lite.server.guards.security import ENV_API_KEY, SecurityConfig, add_flags, needs_key, parse_keys
 
 KEY = "alice-4f0c1d6b0b3f4e0e9d7a2c5b8e1f3a6d"
 KEY2 = "bob-9b2e7c4a1d8f6e3b0a5c2d9e7f4b1a8c"

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 
 from fakes import attach_fake, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
-from nanochat_lite.scheduler import Scheduler
+from nanochat_lite.engines.scheduler import Scheduler
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.security import SecurityConfig
+from nanochat_lite.server.guards.security import SecurityConfig
 
 
 @pytest.fixture

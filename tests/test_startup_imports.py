@@ -1,5 +1,5 @@
 """Cold start depends on what `serve` imports before it starts loading the model: the
-model loads in a thread *beside* the web stack's imports (startup.py). Importing the
+model loads in a thread *beside* the web stack's imports (commands/boot.py). Importing the
 web stack first (it once came in through a one-line helper import, server/redact.py:
 +0.4 s before the model load began) serializes them again. Checked by module names,
 not by time: the machine's speed does not matter."""
@@ -15,7 +15,7 @@ HEAVY = ("starlette", "uvicorn", "msgspec", "nanochat_lite.server", "xllamacpp",
 
 def test_serve_imports_nothing_heavy_before_it_starts_the_model_load() -> None:
     code = ("import json, sys\n"
-            "import nanochat_lite.cli, nanochat_lite.commands.serve, nanochat_lite.startup\n"
+            "import nanochat_lite.cli, nanochat_lite.commands.serve, nanochat_lite.commands.boot\n"
             f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanochat_lite.template import CHATML, ChatTemplate, TemplateError
+from nanochat_lite.engines.template import CHATML, ChatTemplate, TemplateError
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|im_end|> there"}]
 

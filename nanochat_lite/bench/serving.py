@@ -68,7 +68,7 @@ def cold_start(peers: list[Peer], absent: dict[str, str], runs: int,
 def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
     """The prompt as nanochat-lite builds it: the GGUF's template rendered in our sandbox;
     template text may hold control tokens, message text may not."""
-    from ..template import ChatTemplate
+    from ..engines.template import ChatTemplate
 
     template = ChatTemplate(llm.metadata.get("tokenizer.chat_template"))
     ids: list[int] = []

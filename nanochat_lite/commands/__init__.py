@@ -1,6 +1,6 @@
 """The CLI's sub-commands, one module per group; `nanochat_lite.cli` builds the parser and dispatches.
 
-    serve.py      serve              flags only; the start-up is `nanochat_lite.startup`
+    serve.py      serve              flags only; the start-up is `nanochat_lite.commands.boot`
     chat.py       chat               a conversation in the terminal
     models.py     pull, models       the model store
     tokenizer.py  tokenizer train|encode

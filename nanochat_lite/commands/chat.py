@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     say(f"Loading {name} ...")
     config.parallel = 1  # one conversation: one slot
     engine = load_engine(path, name, config)
-    from ..engine import EngineError, SamplingParams
+    from ..generation import EngineError, SamplingParams
 
     params = SamplingParams(seed=config.seed)
     history: list[dict[str, str]] = []

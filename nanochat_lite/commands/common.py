@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..engine import Engine
+    from ..engines.local import Engine
 
 
 class CLIError(Exception):
@@ -69,7 +69,8 @@ def resolve_model(config: Config) -> tuple[Path, str]:
 
 def load_engine(path: Path, name: str, config: Config) -> Engine:
     """Load the engine or raise CLIError with a diagnosis of the file."""
-    from ..engine import Engine, ModelLoadError
+    from ..engines.local import Engine
+    from ..generation import ModelLoadError
     from ..gguf import GGUFError, check
 
     try:

@@ -1,4 +1,4 @@
-"""``nanochat-lite serve``: its flags; the start-up itself is `nanochat_lite.startup.serve`.
+"""``nanochat-lite serve``: its flags; the start-up itself is `nanochat_lite.commands.boot.serve`.
 
 Standard library only at import time (plus `security_config`'s flag declarations, which
 import nothing heavy): `serve`'s cold start is the product's headline figure.
@@ -44,6 +44,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from ..startup import serve
+    from .boot import serve
 
     return serve(config, args)

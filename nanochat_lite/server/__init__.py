@@ -1,6 +1,6 @@
 """The HTTP and WebSocket server. Public API: `create_app`, `Runtime`."""
 
 from .app import create_app
-from .runtime import Runtime
+from .chat.runtime import Runtime
 
 __all__ = ["create_app", "Runtime"]

@@ -20,14 +20,16 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
-from . import chat_api, conversations_api, embeddings_api, limits_api, openai_api, openai_completions, tokenize_api, ws
+from .routes import (chat as chat_api, conversations as conversations_api, embeddings as embeddings_api,
+    limits as limits_api, tokenize as tokenize_api, ws)
+from .routes.openai import chat as openai_api, completions as openai_completions
 from ..history import StorageUnavailable
-from .errors import RequestError, api_error, error_response
+from .wire.errors import RequestError, api_error, error_response
 from ..redact import redact_paths
-from .http import json_response
-from .metrics import Metrics, MetricsMiddleware, metrics_endpoint
-from .runtime import Runtime
-from .security import KeyUsage, SecurityConfig, SecurityMiddleware
+from .wire.http import json_response
+from .observe.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from .chat.runtime import Runtime
+from .guards.security import KeyUsage, SecurityConfig, SecurityMiddleware
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 log = logging.getLogger("nanochat_lite")
@@ -94,7 +96,7 @@ async def openapi(request: Request) -> Response:
     """`GET /openapi.json`, built on first request (openapi.py is not imported before)."""
     doc = request.app.state.openapi
     if doc is None:
-        from .openapi import document
+        from .routes.openapi import document
 
         doc = request.app.state.openapi = msgspec.json.encode(
             document(request.app.routes, keys=bool(request.app.state.security.keys)))

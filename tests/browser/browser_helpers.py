@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from fakes import attach_fake, SLOW, FakeEngine
-from nanochat_lite.engine import Delta, Done, SamplingParams
+from nanochat_lite.generation import Delta, Done, SamplingParams
 
 # One inference thread: Chromium needs the other core of a 2-core machine. With two
 # (model + browser + test on 2 cores) llama.cpp's threads wait on each other and a

@@ -1,4 +1,4 @@
-"""Each limit in `nanochat_lite.server.limits` at its bound and one step past it.
+"""Each limit in `nanochat_lite.server.wire.limits` at its bound and one step past it.
 
 At the bound the request is accepted and the value reaches the engine; one step past,
 it is rejected before anything is stored or generated. Fake engine, no model.
@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from fakes import REPLY, FakeEngine
 from nanochat_lite.server import Runtime
-from nanochat_lite.server import limits as L
+from nanochat_lite.server.wire import limits as L
 from server_helpers import (
     A, API_OVER, MIB, OK_MESSAGES, V, V1_OVER, assert_api_error, assert_error, assert_openai_error, chunks, padded, user,
 )

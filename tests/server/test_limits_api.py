@@ -29,7 +29,7 @@ def chat(client: TestClient, message: str = "hi", **fields: object) -> tuple[int
 
 
 def test_known_values(lim: dict) -> None:
-    # The numbers of limits.py and conversations_api.py today; the search box once
+    # The numbers of wire/limits.py and routes/conversations.py today; the search box once
     # allowed 200 characters while the server took 500.
     assert lim["message_chars"] == 8_000
     assert lim["system_chars"] == 8_000

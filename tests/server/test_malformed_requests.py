@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from fakes import OVERFLOW, FakeEngine
 from nanochat_lite.server import Runtime
-from nanochat_lite.server import limits as L
+from nanochat_lite.server.wire import limits as L
 from server_helpers import A, API_OVER, MIB, OK_MESSAGES, V, V1_OVER, assert_error, chunks, deep, j, padded, user
 
 

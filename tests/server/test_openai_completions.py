@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from fakes import attach_fake, OVERFLOW, REPLY, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.security import SecurityConfig
+from nanochat_lite.server.guards.security import SecurityConfig
 from openai_helpers import TEXT, V, chat, error, events, user
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 
 from fakes import OVERFLOW, REPLY, FakeEngine
-from nanochat_lite.engine import SamplingParams
-from nanochat_lite.server import limits as L
-from nanochat_lite.server.errors import RequestError
-from nanochat_lite.server.openai_params import check_schema
+from nanochat_lite.generation import SamplingParams
+from nanochat_lite.server.wire import limits as L
+from nanochat_lite.server.wire.errors import RequestError
+from nanochat_lite.server.routes.openai.params import check_schema
 from openai_helpers import TEXT, chat, error, events, user
 
 
@@ -269,7 +269,7 @@ def test_default_params_untouched():
 
 
 def test_prefill_template_leaves_the_turn_open():
-    from nanochat_lite.template import CHATML, ChatTemplate
+    from nanochat_lite.engines.template import CHATML, ChatTemplate
 
     t = ChatTemplate(CHATML)
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure <|im_end|> and"}]
@@ -281,7 +281,7 @@ def test_prefill_template_leaves_the_turn_open():
 
 
 def test_prefill_with_empty_assistant_text_opens_the_turn():
-    from nanochat_lite.template import CHATML, ChatTemplate
+    from nanochat_lite.engines.template import CHATML, ChatTemplate
 
     t = ChatTemplate(CHATML)
     parts = t.render_parts([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],

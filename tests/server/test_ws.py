@@ -1,4 +1,4 @@
-"""The WebSocket protocol (`nanochat_lite.server.ws`): pong, error frames that leave the
+"""The WebSocket protocol (`nanochat_lite.server.routes.ws`): pong, error frames that leave the
 socket usable, busy, stop, context overflow, disconnect, engine errors mid-stream.
 
 Every read times out (`server_helpers.Frames`): a server that never answers fails the
@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from fakes import CRASH, FAIL, FAIL_AFTER, OVERFLOW, REPLY, SLOW, SLOW_TOKENS, FakeEngine
 from nanochat_lite.server import Runtime
-from nanochat_lite.server import limits as L
+from nanochat_lite.server.wire import limits as L
 from server_helpers import A, Frames, assert_api_error, deep, failed_requests, padded
 
 

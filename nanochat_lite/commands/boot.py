@@ -1,0 +1,275 @@
+"""`nanochat-lite serve`: start-up, in the order that gets the first token out soonest.
+
+1. Resolve the model (a pulled model is checked by size, not hashed) and bind the
+   socket: from here on a client's connection waits in the listen backlog instead of
+   being refused.
+2. Open the conversation store (SQLite: a few milliseconds).
+3. Load the model in a thread, beside the web-stack imports in this one. (xllamacpp
+   holds the GIL while its constructor waits for the model, so the two mostly take
+   turns; what they do not share is the kernel's work of mapping the file.)
+4. Serve. Until the engine is attached `/api/health` answers 503 "loading"; once it
+   is, the banner prints how long all this took, counted from this interpreter's
+   start. Then, in the background, the shared system prefix is computed once and
+   copied into every slot, and our tokenizer loads after the first answer.
+
+Skipped because the first token does not need them: llama.cpp's warm-up decode,
+its weight repacking and its memory-fit trials (see `engines/local.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+
+from .. import IMPORTED_AT, __version__
+from .common import CLIError, load_engine, resolve_model
+from .common import say as _say
+from ..config import Config
+from ..redact import redact_paths
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (from /proc, 10 ms resolution)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def interpreter_start() -> float:
+    """Wall-clock instant this Python interpreter started.
+
+    /proc gives the process's start, which includes the interpreter's own start-up
+    (~20-40 ms) — unless a shell `exec`'d us, when it is the shell's start, minutes
+    ago (`scripts/serve.sh` does that). Our first import is never a second after the
+    interpreter starts, so an older process start means "exec'd": then count from
+    our first import instead."""
+    process_start = time.time() - process_age_s()
+    return process_start if IMPORTED_AT - process_start < 1.0 else IMPORTED_AT
+
+
+def _bind(config: Config):
+    import socket
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as e:
+        sock.close()
+        raise CLIError(f"Cannot listen on {config.host}:{config.port}: {e.strerror}. "
+                       "Pick another port with --port N (or PORT=N), or stop what is using it.") from None
+    sock.listen(2048)
+    return sock
+
+
+def _open_store(config: Config):
+    from ..history import is_postgres_url, open_store
+
+    try:
+        return open_store(config.db_path)
+    except Exception as e:  # sqlite3.Error, OSError, a newer schema, PostgreSQL unreachable
+        if is_postgres_url(config.db_path):  # the message names the (password-less) URL and the fix
+            raise CLIError(f"Cannot open the conversation store: {e}") from None
+        raise CLIError(f"Cannot open the conversation store {config.db_path}: {e}. "
+                       "Pass another file with --db PATH (or NANOCHAT_LITE_DB).") from None
+
+
+class _EngineLoader:
+    """Loads the engine in a thread; `wait()` returns it or raises CLIError."""
+
+    def __init__(self, path: Path, name: str, config: Config) -> None:
+        self.engine = None
+        self.error: str | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._load, args=(path, name, config), name="nanochat-load", daemon=True).start()
+
+    def _load(self, path: Path, name: str, config: Config) -> None:
+        try:
+            self.engine = _remote_engine(config) if config.engine else load_engine(path, name, config)
+        except CLIError as e:
+            self.error = str(e)
+        finally:
+            self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        if self.error is not None:
+            raise CLIError(self.error)
+        return self.engine
+
+
+def serve(config: Config, args: argparse.Namespace | None = None) -> int:
+    from ..security_config import SecurityConfig
+
+    t_start = interpreter_start()
+    security = SecurityConfig.from_args(args, config.env, host=config.host)  # bad keys: exit before any work
+    from ..limits_config import NetLimits
+
+    limits = NetLimits.from_args(args, config.env)
+    # --engine openai:URL: an upstream server generates; no model is loaded here.
+    path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
+    sock = _bind(config)
+    port = sock.getsockname()[1]
+    store = _open_store(config)
+    loader = _EngineLoader(path, name, config)
+
+    import uvicorn
+
+    from ..server import Runtime, create_app
+
+    def make_tokenizer():
+        from ..tokenizer import Tokenizer
+
+        try:
+            return Tokenizer.from_gguf(path)
+        except (ValueError, OSError) as e:  # what clients read names the file, not where it is
+            raise ValueError(redact_paths(str(e))) from None
+
+    runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
+                      tokenizer_factory=None if config.engine else make_tokenizer, resume_window_s=config.resume_window)
+    if config.seed is not None:
+        from ..generation import SamplingParams
+        runtime.defaults = SamplingParams(seed=config.seed)
+    app = create_app(runtime, security=security)
+    from ..server.guards.connlimits import ConnLimitsMiddleware, uvicorn_options
+
+    # Load limits outermost: connection cap and read timeouts in the HTTP protocol,
+    # WebSocket cap, generations per client and token quotas before the app.
+    refused = app.state.metrics.count_refused
+    served = ConnLimitsMiddleware(app, limits, security=security, usage=app.state.key_usage, on_refused=refused)
+    from ..server.chat.shutdown import GracefulServer, ShutdownGate
+
+    # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
+    # are stored as interrupted, their clients get a final event; then exit status 0.
+    server = GracefulServer(uvicorn.Config(
+        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
+        timeout_graceful_shutdown=2, **uvicorn_options(limits, refused),
+    ), runtime)
+    from ..server.observe.metrics import enable_access_log
+
+    enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
+    failure: list[str] = []
+
+    def attach() -> None:
+        from ..engines.scheduler import Scheduler
+
+        try:
+            engine = loader.wait()
+        except CLIError as e:
+            failure.append(str(e))
+            runtime.set_error(redact_paths(str(e)))  # /api/health shows it: no paths
+            server.should_exit = True
+            return
+        # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
+        # starts (they would stop only the engine); give them back to uvicorn.
+        # Done (and waited for) before the engine is attached and "Ready" printed: a
+        # Ctrl-C in between would otherwise stop only the engine and leave the server up.
+        while not server.started and not server.should_exit:
+            time.sleep(0.002)
+        if server.servers:
+            restored = threading.Event()
+
+            def restore() -> None:
+                _reinstall_signal_handlers()
+                restored.set()
+
+            server.servers[0].get_loop().call_soon_threadsafe(restore)
+            restored.wait(5.0)
+        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix,
+                              max_queue_wait=limits.max_queue_wait_s)
+        runtime.attach(scheduler, engine.prompts)
+        startup_ms = (time.time() - t_start) * 1000.0
+        runtime.stats.startup_ms = round(startup_ms, 1)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        where = f"({path})" if path else f"from {engine.upstream.url}"
+        engine_line = (f"{engine.threads} threads · {engine.parallel} slots · context {engine.n_ctx} tokens per "
+                       f"chat, {engine.kv_size} shared") if path else f"up to {engine.parallel} answers at once upstream"
+        print(f"Nanochat-Lite {__version__}\n"
+              f"  Model:        {engine.name} {where}\n"
+              f"  Environment:  {config.environment} · {engine_line}\n"
+              f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
+              f"  Ready at:     http://{host}:{port}", flush=True)
+        if warning := app.state.security.exposure_warning():
+            print(f"  WARNING:      {warning}", flush=True)
+        if config.engine:
+            return  # no tokenizer or cache here: the upstream has them
+        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens,
+        # builds prompts and serves /api/tokenize. Loading it (and reading the GGUF
+        # header for the KV-cache figure) is ~0.5 s of Python holding the GIL: measured,
+        # doing it right after the first answer stalled the next wave of requests
+        # (10 chats: TTFT 3.4 s instead of 1.1 s). So it waits for IDLE_BEFORE_LOAD_S
+        # without traffic; until then llama.cpp tokenizes, through the internal API.
+        idle_since = time.monotonic()
+        while not server.should_exit:
+            now = time.monotonic()
+            if runtime.generating or runtime.queued or runtime.stats.active:
+                idle_since = now
+            elif now - idle_since >= IDLE_BEFORE_LOAD_S:
+                break
+            time.sleep(0.1)
+        try:
+            runtime.load_tokenizer()
+        except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
+            _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
+        engine.describe_cache()
+
+    threading.Thread(target=attach, name="nanochat-attach", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        runtime.close()
+        if loader.engine is not None:
+            loader.engine.close()
+        store.close()
+    if failure:
+        raise CLIError(failure[0])
+    return 0
+
+
+def _remote_engine(config: Config):
+    """The engine for --engine openai:URL (remote.py); a bad URL is a CLIError."""
+    from ..engines.remote import RemoteEngine
+
+    try:
+        return RemoteEngine(config.engine_url() or "", key=config.engine_key, model=config.engine_model,
+                            parallel=config.parallel)
+    except ValueError as e:
+        raise CLIError(f"--engine: {e}") from None
+
+
+# Seconds without a request before the background loads (our tokenizer, the GGUF header).
+IDLE_BEFORE_LOAD_S = 2.0
+
+
+def _reinstall_signal_handlers() -> None:
+    """Re-register Python's current SIGINT/SIGTERM handlers (main thread only)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _embedder_factory(config: Config):
+    def make():
+        from .. import models
+        from ..embeddings import Embedder
+
+        try:
+            return Embedder(models.ensure(config.home, models.DEFAULT_EMBEDDING, progress=_say),
+                            threads=config.threads)
+        except Exception as e:  # what clients read names the file, not where it is
+            _say(f"embeddings: {e}")
+            raise RuntimeError(redact_paths(str(e))) from None
+
+    return make

@@ -1,0 +1,435 @@
+"""The engine: llama.cpp's own server engine (through `xllamacpp`) in this process.
+
+llama.cpp's server engine gives us slots, continuous batching over them, a per-slot
+prompt cache and chunked prefill; this module gives it token ids and reads its
+stream. What stays ours, on purpose:
+  - prompts: the chat template renders in our Jinja sandbox, message text never
+    becomes control tokens, history is fitted to the context — in `prompt.py`
+    (`engine.prompts`, safe from any thread), built before a request reaches here;
+  - stop strings (held back until they can no longer start a stop string) and
+    cancellation within one token (or one prefill chunk).
+
+It knows nothing about HTTP, JSON bodies of our API or WebSockets. Which slot a
+request runs in, and when, is the scheduler's business (`scheduler.py`): `run` is
+called from one worker thread per running request.
+
+The engine's own HTTP listener (llama-server's API on a random loopback port, which
+xllamacpp always opens) is locked with a random per-process key and used only by
+this module, for tokenizing before our own tokenizer has loaded and for slot
+save/restore/erase.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import os
+import queue
+import random
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..generation import Delta, Done, EngineError, ModelLoadError, Prepared, SamplingParams
+from .template import ChatTemplate
+
+# tokenizer.ggml.token_type values (llama.h, enum llama_token_type) of the tokens
+# only `parse_special` text becomes.
+_TOKEN_UNKNOWN, _TOKEN_CONTROL = 2, 3
+
+
+class _InternalAPI:
+    """The engine's own HTTP listener, for this module only: loopback, random key.
+
+    One keep-alive connection per thread (http.client connections are not thread-safe).
+    """
+
+    def __init__(self, address: str, key: str) -> None:
+        hostport = address.split("://", 1)[-1]
+        self.host, port = hostport.rsplit(":", 1)
+        self.port = int(port)
+        self._headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []  # every thread's, to close them all
+        self._conns_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                with self._conns_lock:
+                    self._conns.append(conn)
+            try:
+                conn.request(method, path, data, self._headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._local.conn = None
+                with self._conns_lock:
+                    if conn in self._conns:
+                        self._conns.remove(conn)
+                if attempt == 2:
+                    raise EngineError(f"the engine's internal API did not answer {method} {path}") from None
+        result = json.loads(payload) if payload else None
+        if resp.status != 200:
+            message = result.get("error", {}).get("message") if isinstance(result, dict) else None
+            raise EngineError(f"the engine refused {method} {path}: {message or resp.status}")
+        return result
+
+
+class Engine:
+    def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
+                 kv_size: int | None = None, threads: int | None = None, batch: int = 64,
+                 name: str | None = None) -> None:
+        """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
+        the KV cache shared by all `parallel` slots (default: 2 × n_ctx)."""
+        import xllamacpp  # ~30 ms, no numpy
+
+        self.model_path = Path(model_path)
+        self.name = name or self.model_path.stem
+        self.threads = threads or os.cpu_count() or 1
+        self.parallel = max(1, parallel)
+        self.n_ctx = n_ctx
+        # The pool is allocated and zeroed at load (8,192 tokens instead of 4,096 cost
+        # ~150 ms of start-up and 90 MB here), and each running answer reserves its
+        # prompt + max_tokens in it (the scheduler makes answers wait when it is full):
+        # two contexts let ten chats with the default 512-token answers run at once.
+        self.kv_size = max(kv_size or 2 * n_ctx, n_ctx)
+        self.batch = batch
+        self._slot_dir = tempfile.mkdtemp(prefix="nanochat-slots-")
+        key = secrets.token_urlsafe(24)
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.model_path)
+        p.n_ctx = self.kv_size
+        p.n_parallel = self.parallel
+        p.kv_unified = True  # one pool: a long conversation may use what idle slots do not
+        p.n_batch = batch  # prefill chunk: other streams get a token between two chunks
+        p.n_ubatch = batch
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        # What the first token does not need: a warm-up decode (the shared-prefix
+        # computation replaces it), weight repacking (no faster here), fit trials.
+        p.warmup = False
+        p.no_extra_bufts = True
+        p.fit_params = False
+        # No RAM prompt cache: a slot's cache is reused only for an exact token prefix
+        # (llama.cpp #27148 restored one conversation's cache into another's request).
+        p.cache_ram_mib = 0
+        p.verbosity = -1
+        p.api_keys = [key]  # its HTTP listener is loopback-only and needs this key
+        # llama.cpp joins this and the file name without a separator: keep the slash.
+        p.slot_save_path = os.path.join(self._slot_dir, "")
+        p.endpoint_metrics = False
+        try:
+            self._server = xllamacpp.Server(p)
+        except (RuntimeError, ValueError, OSError) as e:
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
+            raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {e}") from None
+        self.internal_address = self._server.listening_address
+        self._api = _InternalAPI(self.internal_address, key)
+        props = self._api.call("GET", "/props")
+        try:
+            self.n_vocab: int | None = int(self._api.call("GET", "/v1/models")["data"][0]["meta"]["n_vocab"])
+        except (EngineError, KeyError, IndexError, TypeError, ValueError):
+            self.n_vocab = None
+        from .prompt import PromptBuilder
+
+        add_bos = bool(self._api.call("POST", "/tokenize", {"content": "", "add_special": True})["tokens"])
+        bos_text = props.get("bos_token") or ""
+        bos_id = self._api.call("POST", "/tokenize", {"content": bos_text, "parse_special": True,
+                                                      "add_special": False})["tokens"][:1]
+        template = ChatTemplate(props.get("chat_template"), bos_token=bos_text,
+                                eos_token=props.get("eos_token") or "", control_tokens=self._control_texts)
+        # Prompts are built apart from the engine (template + tokenizer, any thread).
+        self.prompts = PromptBuilder(name=self.name, template=template, n_ctx=n_ctx, n_vocab=self.n_vocab,
+                                     add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
+                                     fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
+        self.kv_cache_bytes: int | None = None  # set by describe_cache()
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.closed = False
+
+    def describe_cache(self) -> int | None:
+        """Bytes of the KV cache the engine allocated (f16 K and V), from the model's
+        hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s)."""
+        from ..gguf import GGUFError, read
+
+        try:
+            meta = read(self.model_path).metadata
+            arch = meta["general.architecture"]
+            layers = int(meta[f"{arch}.block_count"])
+            heads = int(meta[f"{arch}.attention.head_count"])
+            kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+            head_dim = int(meta.get(f"{arch}.attention.key_length", int(meta[f"{arch}.embedding_length"]) // heads))
+        except (GGUFError, KeyError, ValueError, ZeroDivisionError, OSError):
+            return None
+        self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
+        return self.kv_cache_bytes
+
+    @property
+    def busy(self) -> bool:
+        """True while any generation runs (tests read it)."""
+        return self._active > 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._api.close()
+            self._server = None  # xllamacpp stops its loop and joins its thread
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
+
+    # -- llama.cpp's tokenizer, over the internal API --------------------------------
+    @functools.lru_cache(maxsize=8192)
+    def _engine_tokenize(self, text: str, special: bool) -> tuple[int, ...]:
+        # ~0.2 ms a call, used until our tokenizer has loaded. Cached: a conversation's
+        # parts come back at every turn, and fitting a long one tokenizes the same
+        # parts several times.
+        body = {"content": text, "add_special": False, "parse_special": special}
+        return tuple(self._api.call("POST", "/tokenize", body)["tokens"])
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return str(self._api.call("POST", "/detokenize", {"tokens": list(ids)})["content"])
+
+    def _control_texts(self) -> list[str] | None:
+        """Texts of the vocabulary's control tokens: what llama.cpp turns into control
+        tokens only when asked to (CONTROL and UNKNOWN types; USER_DEFINED ones match
+        in any text anyway). Read from the GGUF (~0.1 s), only for a chat template that
+        changes message text; None when the file cannot tell."""
+        from ..gguf import GGUFError, read
+
+        try:
+            meta = read(self.model_path).metadata
+            texts, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+        except (GGUFError, KeyError, OSError):
+            return None
+        return [t for t, kind in zip(texts, types) if kind in (_TOKEN_UNKNOWN, _TOKEN_CONTROL)]
+
+
+    # -- slots --------------------------------------------------------------------
+    def fill_slot(self, slot: int, tokens: list[int]) -> None:
+        """Evaluate `tokens` into a slot's cache (one token is sampled and dropped)."""
+        self._complete({"prompt": tokens, "n_predict": 0, "id_slot": slot, "cache_prompt": True,
+                        "stream": True}, lambda chunk: False)
+
+    def save_slot(self, slot: int, name: str) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=save", {"filename": name})
+
+    def restore_slot(self, slot: int, name: str) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=restore", {"filename": name})
+
+    def erase_slot(self, slot: int) -> None:
+        self._api.call("POST", f"/slots/{slot}?action=erase")
+
+    def _complete(self, body: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]) -> None:
+        import msgspec
+
+        server = self._server
+        if server is None:
+            raise EngineError("the engine has been shut down")
+        failure: list[BaseException] = []
+        decode = msgspec.json.decode
+
+        def callback(raw: bytes | str) -> bool:
+            # xllamacpp swallows exceptions raised here (and stops): keep them.
+            try:
+                chunk = decode(raw)
+                if "error" in chunk or ("code" in chunk and "message" in chunk and "choices" not in chunk):
+                    err = chunk.get("error", chunk)
+                    raise EngineError(f"llama.cpp: {err.get('message', err) if isinstance(err, dict) else err}")
+                return on_chunk(chunk)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in our thread
+                failure.append(e)
+                return True
+
+        server.handle_completions(msgspec.json.encode(body), callback)
+        if failure:
+            raise failure[0]
+
+    # -- generation ---------------------------------------------------------------
+    def run(self, prep: Prepared, params: SamplingParams, *, emit: Callable[[Delta | Done], None],
+            cancel: threading.Event | None = None, slot: int = -1) -> Done:
+        """Generate an answer to a prepared prompt, calling `emit` with each text delta
+        and finally the Done (which is also returned). Blocks the calling thread; stops
+        within one token (or one prefill chunk) of `cancel` being set."""
+        t0 = time.perf_counter()
+        seed = params.seed if params.seed is not None else random.getrandbits(31)
+        cancel = cancel or threading.Event()
+        stops = tuple(s for s in params.stop if s)
+        st = _StreamState()
+        body = {
+            "prompt": prep.tokens, "stream": True, "n_predict": prep.max_new, "id_slot": slot,
+            "cache_prompt": True, "return_progress": True, "timings_per_token": True,
+            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+            "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
+            "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
+            "seed": seed,
+        }
+        if params.json_schema is not None:
+            body["json_schema"] = _compact_json(params.json_schema)
+        if params.n_probs > 0:
+            body["n_probs"] = params.n_probs
+        if params.logit_bias:
+            body["logit_bias"] = [[tok, bias] for tok, bias in params.logit_bias]
+        all_probs: list[dict[str, Any]] | None = [] if params.n_probs > 0 else None
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            timings = chunk.get("timings")
+            if timings:
+                st.completion = timings.get("predicted_n", st.completion)
+                st.cached = timings.get("cache_n", st.cached)
+            choices = chunk.get("choices") or ()
+            text = choices[0].get("text") if choices else None
+            if all_probs is not None and choices:
+                lp = choices[0].get("logprobs")
+                if lp and lp.get("content"):
+                    st.probs.extend(lp["content"])
+            if text:
+                now = time.perf_counter()
+                if st.t_first is None:
+                    st.t_first = now
+                st.t_last = now
+                st.held += text
+                out, st.held, hit = _split_stop(st.held, stops)
+                if out or (hit and st.probs):
+                    st.parts.append(out)
+                    emit(Delta(out, st.take_probs(all_probs)))
+                if hit:
+                    st.finish, st.stop_hit = "stop", True
+                    return True
+            finish = choices[0].get("finish_reason") if choices else None
+            if finish:
+                st.finish = "length" if finish == "length" else "stop"
+                return False
+            if cancel.is_set():
+                st.finish = "cancelled"
+                return True
+            return False
+
+        with self._active_lock:
+            self._active += 1
+        try:
+            if cancel.is_set():
+                st.finish = "cancelled"
+            else:
+                self._complete(body, on_chunk)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+        if not st.stop_hit and (st.held or st.probs):
+            # Text held back for a stop string that never came (or tokens without text).
+            st.parts.append(st.held)
+            emit(Delta(st.held, st.take_probs(all_probs)))
+        t_end = time.perf_counter()
+        n = st.completion
+        decode_s = (st.t_last - st.t_first) if (st.t_first and st.t_last and n > 1) else 0.0
+        done = Done(
+            text="".join(st.parts),
+            finish_reason=st.finish,
+            prompt_tokens=len(prep.tokens),
+            completion_tokens=n,
+            dropped_messages=prep.dropped,
+            ttft_ms=((st.t_first or t_end) - t0) * 1000.0,
+            total_ms=(t_end - t0) * 1000.0,
+            decode_tokens_per_s=((n - 1) / decode_s) if decode_s > 0 else 0.0,
+            seed=seed,
+            cached_tokens=st.cached,
+            logprobs=all_probs,
+        )
+        emit(done)
+        return done
+
+    def generate(self, messages: Sequence[dict[str, str]], params: SamplingParams,
+                 cancel: threading.Event | None = None) -> Iterator[Delta | Done]:
+        """Prepare and run in a helper thread, yielding deltas then one Done (for the
+        terminal chat and tests; the server goes through the scheduler)."""
+        prep = self.prompts.prepare(messages, params)
+        events: queue.SimpleQueue[Delta | Done | BaseException] = queue.SimpleQueue()
+
+        def work() -> None:
+            try:
+                self.run(prep, params, emit=events.put, cancel=cancel)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                events.put(e)
+
+        threading.Thread(target=work, name="nanochat-generate", daemon=True).start()
+        while True:
+            ev = events.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if isinstance(ev, Done):
+                return
+
+
+@dataclass
+class _StreamState:
+    parts: list[str] = field(default_factory=list)
+    held: str = ""  # text not yet sent because it may be the start of a stop string
+    completion: int = 0
+    cached: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    finish: str = "length"
+    stop_hit: bool = False
+    probs: list[dict[str, Any]] = field(default_factory=list)  # logprobs of tokens not yet sent
+
+    def take_probs(self, into: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if into is None:
+            return None
+        out, self.probs = self.probs, []
+        into.extend(out)
+        return out
+
+
+def _compact_json(schema: Any) -> Any:
+    """The schema, asking for JSON without free whitespace.
+
+    This llama.cpp is built with llguidance, whose JSON grammar allows any run of
+    whitespace between tokens: a 135M model then fills max_tokens with newlines
+    (seen: 300 "\n   " tokens inside an array). Compact JSON cannot do that. A schema
+    that sets its own "x-guidance" options keeps them.
+    """
+    if isinstance(schema, dict) and "x-guidance" not in schema:
+        return {"x-guidance": {"whitespace_flexible": False}, **schema}
+    return schema
+
+
+def _split_stop(text: str, stops: tuple[str, ...], *, final: bool = False) -> tuple[str, str, bool]:
+    """Split text into (safe to send, held back, stop string found).
+
+    >>> _split_stop("Hello\\nUser:", ("User:",))
+    ('Hello\\n', '', True)
+    >>> _split_stop("Hello Us", ("User:",))
+    ('Hello ', 'Us', False)
+    """
+    if not stops:
+        return text, "", False
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "", True
+    if final:
+        return text, "", False
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return text[: len(text) - keep], text[len(text) - keep:], False

@@ -1,0 +1,217 @@
+"""The server's life cycle: what the routes share, and whether it is ready.
+
+`Runtime` holds the conversation store, the stats, the default sampling parameters,
+the answers being streamed (answers.py: resumable, saved as they stream), and — once
+the start-up code has loaded the model — the scheduler (the only owner of the engine) and the prompt builder (template + tokenizer, safe from any thread). The
+routes never touch the engine. The tokenizer and the embeddings model load lazily,
+each once, through one `Lazy` helper.
+
+Not here: a chat turn (turns.py), wire shapes (frames.py, errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from ...generation import Prepared, SamplingParams
+from ...history import ConversationStore
+from .answers import DEFAULT_RESUME_WINDOW_S, Answers
+from ..wire import limits
+from ..wire.errors import RequestError
+from ...redact import redact_paths
+from ..observe.stats import Stats
+
+T = TypeVar("T")
+
+
+class Prompter(Protocol):
+    """Builds prompts (token ids, fitted to the context) from messages, text or ids.
+    Safe to call from any thread; raises engine.ContextOverflow / EngineError."""
+
+    name: str
+    n_vocab: int | None
+
+    def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> Prepared: ...
+
+    def prepare_text(self, text: str, params: SamplingParams) -> Prepared: ...
+
+    def prepare_tokens(self, tokens: Sequence[int], params: SamplingParams) -> Prepared: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+    def use_tokenizer(self, tokenizer: Any) -> None: ...
+
+
+class SchedulerLike(Protocol):
+    """What the runtime needs of the scheduler (scheduler.Scheduler, or a test's)."""
+
+    max_queue: int
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def slots(self) -> int: ...
+
+    def submit(self, prepared: Prepared, params: SamplingParams, cancel: threading.Event | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Any: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Lazy(Generic[T]):
+    """A value made once, on first use, by a blocking factory (run off the loop)."""
+
+    def __init__(self, factory: Callable[[], T] | None, *, missing: RequestError,
+                 failed: Callable[[Exception], RequestError]) -> None:
+        self._factory = factory
+        self._missing = missing  # raised when there is no factory
+        self._failed = failed  # turns the factory's exception into the client's error
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> T | None:
+        """The value if it has been made, else None (never blocks)."""
+        return self._value
+
+    def get(self) -> T:
+        """The value, made now if needed (blocking)."""
+        with self._lock:
+            if self._value is None:
+                if self._factory is None:
+                    raise self._missing
+                try:
+                    self._value = self._factory()
+                except RequestError:
+                    raise
+                except Exception as e:
+                    raise self._failed(e) from None
+            return self._value
+
+    async def aget(self) -> T:
+        if self._value is not None:
+            return self._value
+        return await asyncio.to_thread(self.get)
+
+
+class BoundedLock:
+    """An asyncio lock with a bounded line: past `max_waiters` waiting, entering raises
+    RequestError 503 `server_busy` at once instead of joining the line."""
+
+    def __init__(self, max_waiters: int) -> None:
+        self._lock = asyncio.Lock()
+        self._max_waiters = max_waiters
+        self.waiting = 0
+
+    async def __aenter__(self) -> None:
+        if self._lock.locked() and self.waiting >= self._max_waiters:
+            raise RequestError(f"{self.waiting} embedding requests are already waiting (the limit is "
+                               f"{self._max_waiters}); retry in a few seconds", code="server_busy", status=503,
+                               retry_after=2)
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class Runtime:
+    def __init__(self, *, store: ConversationStore, model_name: str, startup_ms: float | None = None,
+                 defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None,
+                 tokenizer_factory: Callable[[], Any] | None = None,
+                 resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
+        self.store = store
+        self.model_name = model_name
+        self.state = "loading"  # -> "ready" | "error"
+        self.error: str | None = None
+        self.scheduler: SchedulerLike | None = None
+        self.prompts: Prompter | None = None
+        self.stats = Stats(startup_ms)
+        self.defaults = defaults or SamplingParams()
+        self.answers = Answers(self, resume_window_s=resume_window_s)
+        try:  # answers a crashed server left 'streaming' are over: keep their text, mark them
+            store.interrupt_streaming()
+        except Exception as e:  # a locked database: requests will say so; serve anyway
+            logging.getLogger("nanochat_lite").warning("could not mark unfinished answers interrupted: %s", e)
+        self.embed_lock = BoundedLock(limits.MAX_EMBED_WAITERS)  # one embedding batch at a time
+        self.embedder_cache: Lazy[Any] = Lazy(
+            embedder_factory,
+            missing=RequestError("embeddings are not enabled on this server", code="not_available", status=404),
+            failed=lambda e: RequestError(f"the embeddings model is not available: {redact_paths(str(e))}",
+                                          code="model_error",
+                                          status=503))
+        self.tokenizer_cache: Lazy[Any] = Lazy(
+            tokenizer_factory,
+            missing=RequestError("no tokenizer is available on this server", code="not_available", status=404),
+            failed=lambda e: RequestError(f"the built-in tokenizer cannot read this model: {redact_paths(str(e))}",
+                                          code="tokenizer_unsupported", status=422))
+
+    # -- life cycle ---------------------------------------------------------------
+    def attach(self, scheduler: SchedulerLike, prompts: Prompter) -> None:
+        """The model is loaded: serve with this scheduler (which owns the engine) and
+        this prompt builder."""
+        self.prompts = prompts
+        tokenizer = self.tokenizer_cache.value
+        if tokenizer is not None:
+            prompts.use_tokenizer(tokenizer)
+        self.model_name = prompts.name
+        self.scheduler = scheduler
+        self.state = "ready"
+
+    def set_error(self, message: str) -> None:
+        self.error = message
+        self.state = "error"
+
+    def close(self) -> None:
+        if self.scheduler:
+            self.scheduler.close()
+        self.answers.close()
+
+    def require_ready(self) -> tuple[SchedulerLike, Prompter]:
+        if self.state != "ready" or self.scheduler is None or self.prompts is None:
+            if self.state == "error":
+                raise RequestError(f"the model failed to load: {self.error}", code="model_error", status=503)
+            raise RequestError("the model is still loading; retry in a moment", code="loading", status=503)
+        return self.scheduler, self.prompts
+
+    @property
+    def generating(self) -> int:
+        return self.scheduler.active if self.scheduler else 0
+
+    @property
+    def queued(self) -> int:
+        return self.scheduler.queued if self.scheduler else 0
+
+    def engine_info(self) -> dict[str, Any]:
+        """Slots and cache figures for /api/stats and /api/health."""
+        return self.scheduler.info() if self.scheduler is not None else {}
+
+    # -- lazily loaded parts ------------------------------------------------------
+    def load_tokenizer(self) -> Any:
+        """Load the BPE tokenizer once (blocking, ~0.4 s) and build prompts with it."""
+        tokenizer = self.tokenizer_cache.get()
+        if self.prompts is not None:
+            self.prompts.use_tokenizer(tokenizer)
+        return tokenizer
+
+    async def tokenizer(self) -> Any:
+        if self.tokenizer_cache.value is not None:
+            return self.tokenizer_cache.value
+        return await asyncio.to_thread(self.load_tokenizer)
+
+    async def embedder(self) -> Any:
+        """The embeddings engine, loaded (once) on first use."""
+        return await self.embedder_cache.aget()

@@ -1,0 +1,327 @@
+"""A chat turn, the same whichever door it came through (`/api/chat`, `/ws`).
+
+validate → a `client_id` seen before? then the turn is that message's (no second
+generation) → find the conversation → build the prompt once (history fitted to the
+context: a message that cannot fit is refused here) → take a place in the queue
+(refused with 503 when it is full) → store the user's message and the assistant's
+row, `streaming` (acknowledged from here on) → answers.py takes the generation over:
+numbers its events, saves the text as it grows, stores the end (complete, stopped,
+interrupted or failed) and lets clients follow or resume it. `/v1/*` use `build` +
+`submit` + `stream` without a conversation. The doors only translate frames into
+their wire format (frames.py).
+
+Between the engine and a client's socket a token crosses two hand-offs: the
+scheduler's worker thread → the ticket's queue on the event loop (Ticket._put), then
+the answer's task → its buffer, read by each follower (answers.py), which writes it to
+the SSE response or the WebSocket itself. (`/v1/*` have no answer task: one hand-off.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...generation import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
+from ...history import AlreadyExists, StoreError
+from ...history.store import check_client_id
+from ...engines.scheduler import QueueFull, Ticket
+from ...engines.template import TemplateError
+from ..wire import limits
+from .answers import Answer, storage_unavailable
+from ..wire.errors import RequestError
+from .runtime import Runtime
+from ..wire.schemas import ChatRequest
+
+log = logging.getLogger("nanochat_lite")
+
+# Seconds a client is told to wait (Retry-After) when the queue is full.
+RETRY_AFTER_S = 2
+
+
+@dataclass
+class Turn:
+    conversation_id: str
+    params: SamplingParams
+    ticket: Ticket
+    started: float  # time.perf_counter() when the request arrived
+    answer_id: str = ""
+    message_id: int = 0  # the assistant's row, stored 'streaming'
+    client_id: str | None = None
+
+
+class Duplicate(Exception):
+    """The chat's client_id names a message already stored: its answer is `answer_id`."""
+
+    def __init__(self, answer_id: str | None, client_id: str) -> None:
+        super().__init__(answer_id)
+        self.answer_id = answer_id
+        self.client_id = client_id
+
+
+@dataclass
+class Opened:
+    """What a door streams for a chat: a live answer to follow from the start, or the
+    frames of an earlier one rebuilt from the store (a client_id sent again)."""
+
+    answer: Answer | None
+    replayed: list[dict[str, Any]]
+
+
+def shutting_down() -> RequestError:
+    return RequestError("the server is shutting down; retry in a moment", code="server_shutdown", status=503,
+                        retry_after=2)
+
+
+# -- building and queueing a prompt -------------------------------------------------
+
+def _prompt_error(e: Exception, param: str, overflow_code: str | None) -> RequestError:
+    if isinstance(e, ContextOverflow):
+        return RequestError(str(e), code=overflow_code or e.code, param=param,
+                            extra={"n_prompt_tokens": e.n_prompt_tokens, "n_ctx": e.n_ctx})
+    # An upstream that cannot serve (remote_engine.EngineUnavailable) carries status 503.
+    return RequestError(str(e), code=getattr(e, "code", "invalid_request"), param=param,
+                        status=getattr(e, "status", 400))
+
+
+def build_now(make: Callable[..., Prepared], *args: Any, param: str = "messages",
+              overflow_code: str | None = None) -> Prepared:
+    """Build a prompt (blocking). Its failures become 400s: `overflow_code` names a
+    context overflow (OpenAI calls it context_length_exceeded)."""
+    try:
+        return make(*args)
+    except (EngineError, TemplateError) as e:
+        raise _prompt_error(e, param, overflow_code) from None
+
+
+async def build(make: Callable[..., Prepared], *args: Any, param: str = "messages",
+                overflow_code: str | None = None) -> Prepared:
+    """build_now, off the loop."""
+    return await asyncio.to_thread(build_now, make, *args, param=param, overflow_code=overflow_code)
+
+
+def submit(rt: Runtime, prepared: Prepared, params: SamplingParams, stop: threading.Event | None = None) -> Ticket:
+    """Queue a prompt. 503 `server_busy` (with Retry-After) when the queue is full."""
+    scheduler, _ = rt.require_ready()
+    try:
+        ticket: Ticket = scheduler.submit(prepared, params, stop)
+        return ticket
+    except QueueFull as e:
+        rt.stats.rejected += 1
+        raise RequestError(f"the server is busy: {e}", code="server_busy", status=503,
+                           retry_after=RETRY_AFTER_S) from None
+    except EngineError as e:
+        raise RequestError(str(e), code="unavailable", status=503) from None
+
+
+def submit_all(rt: Runtime, prepared: list[Prepared], params: list[SamplingParams]) -> list[Ticket]:
+    """Queue one ticket per choice; all or none (a full queue cancels those already queued)."""
+    tickets: list[Ticket] = []
+    try:
+        for prep, p in zip(prepared, params):
+            tickets.append(submit(rt, prep, p))
+    except BaseException:
+        for t in tickets:
+            t.cancel()
+        raise
+    return tickets
+
+
+# -- a chat turn --------------------------------------------------------------------
+
+async def open_chat(rt: Runtime, req: ChatRequest, *, key_name: str | None,
+                    stop: threading.Event | None = None, resumable: bool = True) -> Opened:
+    """A chat turn, started (begin_turn, then answers.py takes it over) or, for a
+    client_id already stored, the earlier answer. Raises RequestError."""
+    if rt.answers.closing:
+        raise shutting_down()
+    try:
+        turn = await begin_turn(rt, req, stop)
+    except Duplicate as d:
+        if d.answer_id is not None:
+            a = rt.answers.find(d.answer_id, key_name)
+            if a is not None:
+                return Opened(a, [])
+            replayed = await rt.answers.replay(d.answer_id, with_start=True)
+            replayed[0]["client_id"] = d.client_id
+            return Opened(None, replayed)
+        raise RequestError(f"a message with client_id {d.client_id!r} is stored without an answer",
+                           code="answer_not_found", status=404, param="client_id") from None
+    a = rt.answers.start(answer_id=turn.answer_id, conversation_id=turn.conversation_id,
+                         message_id=turn.message_id, client_id=turn.client_id, key_name=key_name,
+                         ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable)
+    return Opened(a, [])
+
+
+async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None = None) -> Turn:
+    """Validate, build the prompt, queue it and store the user's message and the
+    assistant's row (`streaming`). Raises RequestError (when it does, nothing was
+    stored) or Duplicate (the client_id is stored already; nothing was queued)."""
+    started = time.perf_counter()
+    _, prompts = rt.require_ready()
+    limits.check_message(req.message)
+    limits.check_system(req.system)
+    limits.check_id(req.conversation_id)
+    client_id = getattr(req, "client_id", None)
+    try:
+        check_client_id(client_id)
+    except ValueError as e:
+        raise RequestError(str(e), code="invalid_request", param="client_id") from None
+    params = limits.sampling(rt.defaults, req)
+    # One trip off the loop for the store read and the prompt.
+    try:
+        conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params, client_id)
+    except StoreError as e:
+        raise storage_unavailable(e) from None
+    ticket = submit(rt, prepared, params, stop)
+    answer_id = secrets.token_hex(12)
+    try:
+        cid, message_id = await asyncio.to_thread(_store_user, rt, req, conv, system, params, client_id, answer_id)
+    except AlreadyExists:  # the same client_id, sent twice at once: the other one stored it
+        ticket.cancel()
+        found = await asyncio.to_thread(rt.store.message_by_client_id, client_id)  # type: ignore[arg-type]
+        raise Duplicate(found.answer_id if found else None, client_id or "") from None
+    except StoreError as e:
+        ticket.cancel()
+        raise storage_unavailable(e) from None
+    except BaseException:
+        ticket.cancel()
+        raise
+    return Turn(cid, params, ticket, started, answer_id, message_id, client_id)
+
+
+def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], params: SamplingParams,
+               client_id: str | None = None) -> tuple[Any, str | None, Prepared]:
+    """The conversation (None for a new one), its system prompt and the prompt to send."""
+    store = rt.store
+    if client_id is not None:
+        seen = store.message_by_client_id(client_id)
+        if seen is not None:
+            raise Duplicate(seen.answer_id, client_id)
+    if req.conversation_id is not None:
+        conv = store.get(req.conversation_id)
+        if conv is None:
+            raise RequestError(f"no conversation with id {req.conversation_id!r}",
+                               code="conversation_not_found", status=404, param="conversation_id")
+        system = (req.system or None) if req.system is not None else conv.system
+        # Not failed answers, nor one still streaming (another tab's, unfinished).
+        history = [m for m in store.messages(conv.id) if m.status not in ("failed", "streaming") and m.content]
+    else:
+        conv, system, history = None, req.system or None, []
+    messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
+    messages.append({"role": "user", "content": req.message})
+    messages = _window(messages)
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return conv, system, build_now(prepare, messages, params)
+
+
+def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams,
+                client_id: str | None, answer_id: str) -> tuple[str, int]:
+    """Store the user's message and the assistant's (empty, `streaming`) row; their ids."""
+    store = rt.store
+    if conv is None:
+        conv = store.create(system=system)
+    elif system != conv.system:
+        store.set_system(conv.id, system)
+    pd = params_dict(params)
+    store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id)
+    answer = store.add_message(conv.id, "assistant", "", status="streaming", model=rt.model_name, params=pd,
+                               answer_id=answer_id)
+    return str(conv.id), answer.id
+
+
+# -- streaming a queued generation --------------------------------------------------
+
+async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams,
+                 conversation_id: str | None = None) -> AsyncIterator[Delta | Done]:
+    """Yield a queued generation's events; stores the answer when given a conversation.
+
+    Setting the ticket's stop event ends the generation within one token with a
+    Done whose finish_reason is "cancelled". Closing this iterator early (client
+    gone) cancels it too, and the partial answer is stored as interrupted.
+    """
+    t0 = rt.stats.begin()
+    done: Done | None = None
+    text: list[str] = []
+    try:
+        async for event in ticket.events():
+            if isinstance(event, Done):
+                done = event
+            else:
+                text.append(event.text)
+            yield event
+    except EngineError as e:
+        rt.stats.end(t0, ok=False)
+        await _store_answer(rt, conversation_id, "".join(text), "failed", None, params)
+        # An engine error may say its status (a queue timeout is the server's 503).
+        raise RequestError(str(e), code=e.code, status=getattr(e, "status", 400)) from None
+    except Exception as e:
+        # A bug, not the client's fault: fail this request loudly, keep serving.
+        log.error("generation failed: %r", e, exc_info=e)
+        rt.stats.end(t0, ok=False)
+        await _store_answer(rt, conversation_id, "".join(text), "failed", None, params)
+        raise RequestError("internal error during generation; see the server log",
+                           code="internal_error", status=500) from None
+    except BaseException:
+        # Cancelled (client went away) or the consumer stopped iterating: stop the
+        # worker now, before the (awaited) store write below.
+        ticket.cancel()
+        if done is None:
+            rt.stats.end(t0, ok=True, cancelled=True)
+            # The client went away mid-answer (a stop button gives a Done instead).
+            await asyncio.shield(_store_answer(rt, conversation_id, "".join(text), "interrupted", None, params))
+        raise
+    finally:
+        ticket.cancel()  # no-op when finished; stops the worker when we leave early
+    if done is not None:
+        rt.stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                     ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s,
+                     cancelled=done.finish_reason == "cancelled", cached_tokens=done.cached_tokens)
+        status = "stopped" if done.finish_reason == "cancelled" else "complete"
+        await _store_answer(rt, conversation_id, done.text, status, done, params)
+
+
+async def complete(rt: Runtime, ticket: Ticket, params: SamplingParams, conversation_id: str | None = None) -> Done:
+    """Run a queued generation to the end and return its Done (the text is in it)."""
+    done: Done | None = None
+    async for ev in stream(rt, ticket, params, conversation_id):
+        if isinstance(ev, Done):
+            done = ev
+    if done is None:
+        raise RequestError("the generation ended without a result", code="engine_error", status=500)
+    return done
+
+
+async def _store_answer(rt: Runtime, conversation_id: str | None, text: str, status: str, done: Done | None,
+                        params: SamplingParams) -> None:
+    if conversation_id is None:
+        return
+    kwargs: dict[str, Any] = {"status": status, "model": rt.model_name, "params": params_dict(params)}
+    if done is not None:
+        kwargs.update(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                      ttft_ms=round(done.ttft_ms, 2), duration_ms=round(done.total_ms, 2))
+    await asyncio.to_thread(rt.store.add_message, conversation_id, "assistant", text, **kwargs)
+
+
+def params_dict(p: SamplingParams) -> dict[str, Any]:
+    return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
+            "repeat_penalty": p.repeat_penalty, "seed": p.seed, "max_tokens": p.max_tokens, "stop": list(p.stop)}
+
+
+def _window(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The newest messages within the conversation limits (the prompt builder then fits tokens)."""
+    out: list[dict[str, str]] = []
+    chars = 0
+    for m in reversed(messages):
+        if len(out) >= limits.MAX_MESSAGES or chars + len(m["content"]) > limits.MAX_CONVERSATION_CHARS:
+            break
+        out.append(m)
+        chars += len(m["content"])
+    out.reverse()
+    return out or messages[-1:]
