@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fakes import FakeEngine, attach_fake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.wire.limits import MAX_BODY_BYTES
 from nanochat_lite.server.guards.security import SecurityConfig
+from nanochat_lite.server.wire.limits import MAX_BODY_BYTES
 
 MIN_REQUESTS = 1_000
 BODY_EXAMPLES = 90  # per operation with a request body

@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from nanochat_lite.history import ConversationStore
-from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.redact import redact_paths
+from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.guards.security import SecurityConfig
 
 

@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from serverproc import ServerProc
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from nanochat_lite.server.guards.connlimits import ClientGate, refusal_body
 from nanochat_lite.server.guards.quotas import TokenLedger
-from serverproc import ServerProc
 
 pytestmark = pytest.mark.model
 

@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fakes import REPLY, SLOW, FakeEngine, attach_fake
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, REPLY, SLOW, FakeEngine
-from nanochat_lite.history import ConversationStore
 from nanochat_lite.engines.scheduler import Scheduler
+from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from nanochat_lite.server.observe.metrics import access_line, escape_field
 from nanochat_lite.server.guards.security import SecurityConfig
+from nanochat_lite.server.observe.metrics import access_line, escape_field
 
 TEST_SECURITY = SecurityConfig(allowed_hosts=("testserver",))
 KEY = "sk-metrics-test-0123456789"

@@ -19,12 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-
-from nanochat_lite.generation import ContextOverflow, Delta, Done, EngineError, SamplingParams
-from nanochat_lite.engines.openai_client import drop_oldest
-from nanochat_lite.engines.remote import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable,
-    RemoteEngine, Upstream)
 from serverproc import ServerProc, free_port
+
+from nanochat_lite.engines.openai_client import drop_oldest
+from nanochat_lite.engines.remote import (
+    EngineBusy,
+    EngineProtocolError,
+    EngineRejected,
+    EngineUnavailable,
+    RemoteEngine,
+    Upstream,
+)
+from nanochat_lite.generation import ContextOverflow, Delta, Done, EngineError, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=24)
 

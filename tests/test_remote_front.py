@@ -160,10 +160,14 @@ def test_openai_client_through_the_front(front):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and chunks[-1].usage.completion_tokens > 0 and chunks[-1].choices == []
     # Structured output goes upstream as response_format.
-    r = client.chat.completions.create(model="x", max_tokens=40, messages=[{"role": "user", "content": "A person."}],
+    # Greedy, and a schema with nothing but the age: the answer ends well within max_tokens
+    # (a sampled answer once invented five more fields and was cut at 40 tokens).
+    r = client.chat.completions.create(model="x", max_tokens=40, temperature=0,
+                                       messages=[{"role": "user", "content": "A person."}],
                                        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {
                                            "type": "object", "properties": {"age": {"type": "integer"}},
-                                           "required": ["age"]}}})
+                                           "required": ["age"], "additionalProperties": False}}})
+    assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content)["age"], int)
 
 

@@ -12,11 +12,11 @@ import threading
 import time
 
 import pytest
-
 from fakes import CRASH, FAIL, SLOW, FakeEngine
-from nanochat_lite.generation import Delta, Done, SamplingParams
+
 from nanochat_lite.engines.local import Engine
 from nanochat_lite.engines.scheduler import QueueFull, Scheduler, common_prefix
+from nanochat_lite.generation import Delta, Done, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 LONG = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=400)

@@ -34,13 +34,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from fakes import FakeEngine, attach_fake
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from fakes import attach_fake, FakeEngine
 from nanochat_lite import models
 from nanochat_lite.config import ConfigError
 from nanochat_lite.history import ConversationStore

@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fakes import SLOW, FakeEngine, attach_fake
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, SLOW, FakeEngine
-from nanochat_lite.history import ConversationStore
 from nanochat_lite.engines.scheduler import Scheduler
+from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.guards.security import SecurityConfig
 

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import httpx
 
-from .common import fmt, machine, settle_nanochat, stream_openai, summary
 from . import peers as _peers
+from .common import fmt, machine, settle_nanochat, stream_openai, summary
 from .peers import NANO, Peer, PeerOptions, llama_bench_tg, nanochat, serving_peers
 
 FIRST_MESSAGES = [{"role": "user", "content": "Hello! Who are you?"}]

@@ -28,17 +28,14 @@ reason ("not installed ..."), not in ``"results"``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import secrets
-import signal
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
+
+from ..engines.llama_tokenizer import LlamaServerTokenizer
 
 CHAT_MESSAGE = (
     "Hi! Could you help me plan a three-day trip to Lisbon in early May? I'd like to see "
@@ -105,59 +102,6 @@ def _llama_cpp_python(path: str, buf_len: int) -> Contenders:
     }
 
 
-class _ServerTokenizer:
-    """llama.cpp's tokenizer behind llama-server's ``/tokenize``, in-process through xllamacpp.
-
-    One Server on a loopback port with a random API key; ``encode`` sends one request
-    per text on a single kept-alive connection. ``close`` (or dropping it) stops the Server.
-    """
-
-    def __init__(self, path: str) -> None:
-        import xllamacpp as xl
-
-        p = xl.CommonParams()
-        p.model.path = path
-        p.n_ctx = 512  # tokens; only the tokenizer is used
-        p.warmup = False
-        p.no_extra_bufts = True
-        p.fit_params = False
-        p.verbosity = -1
-        self._key = secrets.token_hex(16)
-        p.api_keys = [self._key]
-        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self._server: Any = xl.Server(p)
-        finally:  # the Server installs its own handlers; keep Ctrl-C working for the caller
-            if threading.current_thread() is threading.main_thread():  # signal.signal works only there
-                for sig, handler in saved.items():
-                    if handler is not None:
-                        signal.signal(sig, handler)
-        url = urlsplit(self._server.listening_address)
-        self._conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-        self.version = xl.__version__
-
-    def encode(self, text: str) -> list[int]:
-        body = json.dumps({"content": text, "add_special": False, "parse_special": False}, ensure_ascii=False)
-        headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            try:
-                self._conn.request("POST", "/tokenize", body.encode("utf-8"), headers)
-                resp = self._conn.getresponse()
-                payload = resp.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionError):
-                self._conn.close()  # the server drops idle kept-alive connections; a retry is safe
-                if attempt == 2:
-                    raise
-        if resp.status != 200:
-            raise RuntimeError(f"llama-server /tokenize answered {resp.status}: {payload[:300]!r}")
-        return json.loads(payload)["tokens"]
-
-    def close(self) -> None:
-        self._conn.close()
-        self._server = None
-
-
 def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
     """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers."""
     from nanochat_lite.tokenizer import Tokenizer
@@ -178,9 +122,9 @@ def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
     except ImportError:  # optional since the engine moved to xllamacpp
         for name in ("llama.cpp llama_tokenize", "llama.cpp Llama.tokenize"):
             unavailable[name] = "not installed (pip install llama-cpp-python)"
-    server: _ServerTokenizer | None = None
+    server: LlamaServerTokenizer | None = None
     try:
-        server = _ServerTokenizer(path)
+        server = LlamaServerTokenizer(path)
     except ImportError:
         unavailable["xllamacpp /tokenize"] = "not installed (pip install xllamacpp)"
     else:

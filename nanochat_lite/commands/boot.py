@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from .. import IMPORTED_AT, __version__
-from .common import CLIError, load_engine, resolve_model
-from .common import say as _say
 from ..config import Config
 from ..redact import redact_paths
+from .common import CLIError, load_engine, resolve_model
+from .common import say as _say
 
 
 def process_age_s() -> float:

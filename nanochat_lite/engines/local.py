@@ -162,8 +162,6 @@ class Engine:
                                      add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
                                      fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
         self.kv_cache_bytes: int | None = None  # set by describe_cache()
-        self._active = 0
-        self._active_lock = threading.Lock()
         self.closed = False
 
     def describe_cache(self) -> int | None:
@@ -182,11 +180,6 @@ class Engine:
             return None
         self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
         return self.kv_cache_bytes
-
-    @property
-    def busy(self) -> bool:
-        """True while any generation runs (tests read it)."""
-        return self._active > 0
 
     def close(self) -> None:
         if not self.closed:
@@ -322,16 +315,10 @@ class Engine:
                 return True
             return False
 
-        with self._active_lock:
-            self._active += 1
-        try:
-            if cancel.is_set():
-                st.finish = "cancelled"
-            else:
-                self._complete(body, on_chunk)
-        finally:
-            with self._active_lock:
-                self._active -= 1
+        if cancel.is_set():
+            st.finish = "cancelled"
+        else:
+            self._complete(body, on_chunk)
         if not st.stop_hit and (st.held or st.probs):
             # Text held back for a stop string that never came (or tokens without text).
             st.parts.append(st.held)

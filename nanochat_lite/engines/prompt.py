@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..generation import (MIN_ANSWER_ROOM, ContextOverflow, EngineError, Prepared, SamplingParams,
-    TemplateRefused)
+from ..generation import MIN_ANSWER_ROOM, ContextOverflow, EngineError, Prepared, SamplingParams, TemplateRefused
 from .template import ChatTemplate, Part, TemplateError
 
 

@@ -41,8 +41,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..generation import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
-from .openai_client import (EngineBusy, EngineProtocolError, EngineRejected, EngineUnavailable, StreamState,
-    Upstream, drop_oldest, error_for, request_body, why)
+from .openai_client import (
+    EngineBusy,
+    EngineProtocolError,
+    EngineRejected,
+    EngineUnavailable,
+    StreamState,
+    Upstream,
+    drop_oldest,
+    error_for,
+    request_body,
+    why,
+)
 
 __all__ = ["EngineBusy", "EngineProtocolError", "EngineRejected", "EngineUnavailable", "RemoteEngine",
            "RemotePrepared", "Upstream"]
@@ -96,7 +106,6 @@ class RemoteEngine:
         self._error: str | None = None
         self._last_ok = 0.0  # monotonic time the upstream last answered well
         self._checked = 0.0  # monotonic time of the last probe
-        self._active = 0
         self._watched: dict[int, tuple[threading.Event, socket.socket]] = {}
         self._watch_cv = threading.Condition()
         threading.Thread(target=self._watch, name="nanochat-remote-cancel", daemon=True).start()
@@ -119,10 +128,6 @@ class RemoteEngine:
     def shared_prefix(self) -> list[int]:
         """No tokens are computed here, so none are shared between slots."""
         return []
-
-    @property
-    def busy(self) -> bool:
-        return self._active > 0
 
     def close(self) -> None:
         self.closed = True
@@ -329,23 +334,17 @@ class RemoteEngine:
         seed = params.seed if params.seed is not None else random.getrandbits(31)
         messages = list(prep.messages) if prep.messages is not None else None
         dropped = 0
-        with self._lock:
-            self._active += 1
-        try:
-            for attempt in range(FIT_ATTEMPTS + 1):
-                try:
-                    st = self._stream(prep, messages, params, seed, emit, cancel)
-                    break
-                except ContextOverflow:
-                    # Nothing was sent to the client yet: drop the oldest turns and ask again.
-                    fewer = drop_oldest(messages) if messages is not None and attempt < FIT_ATTEMPTS else None
-                    if fewer is None:
-                        raise
-                    dropped += len(messages) - len(fewer)  # type: ignore[arg-type]
-                    messages = fewer
-        finally:
-            with self._lock:
-                self._active -= 1
+        for attempt in range(FIT_ATTEMPTS + 1):
+            try:
+                st = self._stream(prep, messages, params, seed, emit, cancel)
+                break
+            except ContextOverflow:
+                # Nothing was sent to the client yet: drop the oldest turns and ask again.
+                fewer = drop_oldest(messages) if messages is not None and attempt < FIT_ATTEMPTS else None
+                if fewer is None:
+                    raise
+                dropped += len(messages) - len(fewer)  # type: ignore[arg-type]
+                messages = fewer
         t_end = time.perf_counter()
         n = st.completion if st.completion is not None else st.chunks
         decode_s = (st.t_last - st.t_first) if (st.t_first and st.t_last and n > 1) else 0.0

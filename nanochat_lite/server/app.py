@@ -20,16 +20,21 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
-from .routes import (chat as chat_api, conversations as conversations_api, embeddings as embeddings_api,
-    limits as limits_api, tokenize as tokenize_api, ws)
-from .routes.openai import chat as openai_api, completions as openai_completions
 from ..history import StorageUnavailable
-from .wire.errors import RequestError, api_error, error_response
 from ..redact import redact_paths
-from .wire.http import json_response
-from .observe.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .chat.runtime import Runtime
 from .guards.security import KeyUsage, SecurityConfig, SecurityMiddleware
+from .observe.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from .routes import chat as chat_api
+from .routes import conversations as conversations_api
+from .routes import embeddings as embeddings_api
+from .routes import limits as limits_api
+from .routes import tokenize as tokenize_api
+from .routes import ws
+from .routes.openai import chat as openai_api
+from .routes.openai import completions as openai_completions
+from .wire.errors import RETRY_STORAGE_S, RequestError, api_error, error_response
+from .wire.http import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 log = logging.getLogger("nanochat_lite")
@@ -47,15 +52,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(e, request.url.path, headers=getattr(exc, "headers", None))
 
 
-# Seconds a client is told to wait (Retry-After) when the database cannot answer.
-STORAGE_RETRY_AFTER_S = 5
-
-
 async def storage_error(request: Request, exc: Exception) -> Response:
     """A locked, full or unreachable database on any route: 503, never a 500."""
     log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
     e = RequestError(f"the conversation store cannot answer now: {redact_paths(str(exc))}; retry in a moment",
-                     code="storage_unavailable", status=503, retry_after=STORAGE_RETRY_AFTER_S)
+                     code="storage_unavailable", status=503, retry_after=RETRY_STORAGE_S)
     return error_response(e, request.url.path)
 
 

@@ -7,7 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from fakes import attach_fake, SLOW, FakeEngine
+from fakes import SLOW, FakeEngine, attach_fake
+
 from nanochat_lite.generation import Delta, Done, SamplingParams
 
 # One inference thread: Chromium needs the other core of a 2-core machine. With two
@@ -62,10 +63,10 @@ class InProcessServer:
 
     def __init__(self, engine: object, *, security: object | None = None) -> None:
         import uvicorn
+        from serverproc import free_port
 
         from nanochat_lite.history import ConversationStore
         from nanochat_lite.server import Runtime, create_app
-        from serverproc import free_port
 
         self.runtime = Runtime(store=ConversationStore(":memory:"), model_name=engine.name)
         attach_fake(self.runtime, engine)

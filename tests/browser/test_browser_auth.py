@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from browser_helpers import EchoEngine, InProcessServer, answers, send, wait_answers
+
 from nanochat_lite.server.guards.security import SecurityConfig
 
 KEY = "page-key-5b1f0e2c9d8a7b6c4e3f"

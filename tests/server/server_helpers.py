@@ -17,8 +17,8 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from nanochat_lite.server.wire import limits as L
 from nanochat_lite.server.guards.security import SecurityConfig
+from nanochat_lite.server.wire import limits as L
 
 WS_TIMEOUT_S = 5.0  # seconds to wait for one WebSocket frame before failing the test
 OPENAI_ERROR_TYPES = {"invalid_request_error", "not_found_error", "server_error"}

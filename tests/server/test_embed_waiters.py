@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from nanochat_lite.server.wire.errors import RequestError
 from nanochat_lite.server.chat.runtime import BoundedLock
+from nanochat_lite.server.wire.errors import RequestError
 
 
 def test_a_full_line_refuses_at_once_and_the_rest_run_in_turn() -> None:

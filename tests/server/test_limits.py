@@ -9,15 +9,25 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import REPLY, FakeEngine
+from server_helpers import (
+    API_OVER,
+    MIB,
+    OK_MESSAGES,
+    V1_OVER,
+    A,
+    V,
+    assert_api_error,
+    assert_error,
+    assert_openai_error,
+    chunks,
+    padded,
+    user,
+)
 from starlette.testclient import TestClient
 
-from fakes import REPLY, FakeEngine
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
-from server_helpers import (
-    A, API_OVER, MIB, OK_MESSAGES, V, V1_OVER, assert_api_error, assert_error, assert_openai_error, chunks, padded, user,
-)
-
 
 # -- 2. limits: at the bound accepted, one step past rejected -----------------------
 

@@ -5,11 +5,11 @@ number (say, 200 for a search the server allows up to 500) fails here."""
 from __future__ import annotations
 
 import pytest
+from server_helpers import TEST_SECURITY
 from starlette.testclient import TestClient
 
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
-from server_helpers import TEST_SECURITY
 
 # `runtime` and `client` (a fake engine, an in-memory store) come from conftest.py.
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fakes import OVERFLOW, FakeEngine
+from server_helpers import API_OVER, MIB, OK_MESSAGES, V1_OVER, A, V, assert_error, chunks, deep, j, padded, user
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from fakes import OVERFLOW, FakeEngine
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
-from server_helpers import A, API_OVER, MIB, OK_MESSAGES, V, V1_OVER, assert_error, chunks, deep, j, padded, user
-
 
 # -- 1. malformed requests: 4xx JSON in the route's style, never 5xx -----------------
 

@@ -12,13 +12,13 @@ import json
 from typing import Any
 
 import pytest
+from fakes import OVERFLOW, REPLY, FakeEngine, attach_fake
+from openai_helpers import TEXT, V, chat, error, events, user
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, OVERFLOW, REPLY, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.guards.security import SecurityConfig
-from openai_helpers import TEXT, V, chat, error, events, user
 
 
 @pytest.fixture

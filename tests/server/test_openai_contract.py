@@ -12,13 +12,13 @@ output, real logprobs, a banned token) is test_openai_features.py.
 from __future__ import annotations
 
 import pytest
-
 from fakes import OVERFLOW, REPLY, FakeEngine
+from openai_helpers import TEXT, chat, error, events, user
+
 from nanochat_lite.generation import SamplingParams
+from nanochat_lite.server.routes.openai.params import check_schema
 from nanochat_lite.server.wire import limits as L
 from nanochat_lite.server.wire.errors import RequestError
-from nanochat_lite.server.routes.openai.params import check_schema
-from openai_helpers import TEXT, chat, error, events, user
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SLOW, FakeEngine, attach_fake
+from server_helpers import TEST_SECURITY, Frames, assert_api_error, sse_events
 from starlette.testclient import TestClient
 
-from fakes import attach_fake, SLOW, FakeEngine
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.history import sqlite as sqlite_backend
 from nanochat_lite.server import Runtime, create_app
 from nanochat_lite.server.chat import answers
 from nanochat_lite.server.guards.security import SecurityConfig
-from server_helpers import TEST_SECURITY, Frames, assert_api_error, sse_events
 
 WINDOW_S = 5.0
 

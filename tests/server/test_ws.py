@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from fakes import CRASH, FAIL, FAIL_AFTER, OVERFLOW, REPLY, SLOW, SLOW_TOKENS, FakeEngine
+from server_helpers import A, Frames, assert_api_error, deep, failed_requests, padded
 from starlette.testclient import TestClient
 
-from fakes import CRASH, FAIL, FAIL_AFTER, OVERFLOW, REPLY, SLOW, SLOW_TOKENS, FakeEngine
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
-from server_helpers import A, Frames, assert_api_error, deep, failed_requests, padded
-
 
 # -- 3. the WebSocket protocol ------------------------------------------------------
 
@@ -222,8 +221,9 @@ def test_ws_disconnect_mid_generation_stops_the_engine(client: TestClient, runti
         time.sleep(0.01)
     assert fake.calls[-1].finish_reason == "cancelled"
     assert fake.calls[-1].deltas < SLOW_TOKENS
+    # The assistant row exists from the start ("streaming"); wait for its final status.
     deadline = time.monotonic() + 2.0
-    while len(runtime.store.messages(cid)) < 2 and time.monotonic() < deadline:
+    while runtime.store.messages(cid)[-1].status == "streaming" and time.monotonic() < deadline:
         time.sleep(0.01)
     answer = runtime.store.messages(cid)[-1]
     # Cut off by the client going away, unlike the stop button's "stopped".

@@ -35,16 +35,15 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ...generation import Delta, Done, EngineError, SamplingParams
-from ...history import Message, NotFound, StoreError
 from ...engines.scheduler import Ticket
+from ...generation import Delta, Done, EngineError, SamplingParams
+from ...history import Message, NotFound, Store, StoreError
+from ..observe.stats import Stats
 from ..wire import frames
-from ..wire.errors import RequestError, error_frame
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..wire.errors import RETRY_STORAGE_S, RequestError, error_frame
+from ..wire.limits import MAX_ID_CHARS
 
 log = logging.getLogger("nanochat_lite")
 
@@ -113,8 +112,9 @@ class Answer:
 class Answers:
     """The live and recently finished answers of one server, by id."""
 
-    def __init__(self, rt: Runtime, *, resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
-        self._rt = rt
+    def __init__(self, store: Store, stats: Stats, *, resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
+        self._store = store
+        self._stats = stats
         self.resume_window_s = resume_window_s
         self.closing = False  # graceful shutdown has begun
         self._by_id: dict[str, Answer] = {}
@@ -126,12 +126,12 @@ class Answers:
         self._saver = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanochat-save")
 
     # -- what the doors call ---------------------------------------------------------
-    def start(self, *, answer_id: str, conversation_id: str, message_id: int, client_id: str | None,
+    def start(self, *, answer_id: str, conversation_id: str, message_id: int, model: str, client_id: str | None,
               key_name: str | None, ticket: Ticket, params: SamplingParams, started: float,
               resumable: bool = True) -> Answer:
         """Take over a queued generation whose user and assistant rows are stored."""
         a = Answer(answer_id=answer_id, conversation_id=conversation_id, message_id=message_id,
-                   model=self._rt.model_name, client_id=client_id, key_name=key_name, ticket=ticket,
+                   model=model, client_id=client_id, key_name=key_name, ticket=ticket,
                    params=params, started=started, resumable=resumable)
         self._by_id[answer_id] = a
         self._push(a, frames.start_frame(conversation_id, a.model, answer_id=answer_id, client_id=client_id))
@@ -189,15 +189,16 @@ class Answers:
             raise RequestError(f"after={after} is past this answer's last event ({a.last_seq})",
                                code="invalid_request", param="after")
 
-    async def replay(self, answer_id: str, after: int = -1, *, with_start: bool = False) -> list[dict[str, Any]]:
+    async def replay(self, answer_id: str, after: int = -1, *, start_model: str | None = None) -> list[dict[str, Any]]:
         """A finished answer no longer in memory, from the store: (`start` and) a `done`
-        with `replayed: true` and the whole text. RequestError 404 `answer_not_found`."""
-        m: Message | None = await self.run_store(self._rt.store.answer_message, answer_id)
+        with `replayed: true` and the whole text. RequestError 404 `answer_not_found`.
+        `start_model`: also a start frame, naming this model where the row names none."""
+        m: Message | None = await self.run_store(self._store.answer_message, answer_id)
         if m is None:
             raise answer_not_found(answer_id)
         out: list[dict[str, Any]] = []
-        if with_start:
-            out.append(frames.start_frame(m.conversation_id, m.model or self._rt.model_name, answer_id=answer_id))
+        if start_model is not None:
+            out.append(frames.start_frame(m.conversation_id, m.model or start_model, answer_id=answer_id))
         out.append(frames.replayed_done_frame(
             answer_id=answer_id, conversation_id=m.conversation_id, model=m.model, text=m.content, status=m.status,
             seq=max(after, 0) + 1, prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
@@ -231,10 +232,6 @@ class Answers:
     def close(self) -> None:
         """Wait for the saves still running (after the loop has stopped)."""
         self._saver.shutdown(wait=True)
-
-    @property
-    def live(self) -> int:
-        return sum(1 for a in self._by_id.values() if not a.finished)
 
     # -- internals -------------------------------------------------------------------
     def _push(self, a: Answer, frame: dict[str, Any]) -> None:
@@ -297,7 +294,7 @@ class Answers:
 
     def _save_partial(self, message_id: int, text: str) -> None:
         try:
-            self._rt.store.update_message(message_id, text, status="streaming")
+            self._store.update_message(message_id, text, status="streaming")
         except NotFound:
             pass  # the conversation was deleted meanwhile
 
@@ -307,7 +304,7 @@ class Answers:
             figures = dict(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                            ttft_ms=round(done.ttft_ms, 2), duration_ms=round(done.total_ms, 2))
         try:
-            self._rt.store.update_message(a.message_id, text, status=status, **figures)
+            self._store.update_message(a.message_id, text, status=status, **figures)
         except NotFound:
             pass
 
@@ -332,8 +329,7 @@ class Answers:
         return storage_unavailable(e, stored=False)
 
     async def _produce(self, a: Answer) -> None:
-        rt = self._rt
-        t0 = rt.stats.begin()
+        t0 = self._stats.begin()
         done: Done | None = None
         error: RequestError | None = None
         try:
@@ -354,7 +350,7 @@ class Answers:
         except asyncio.CancelledError:
             # Only the loop going away cancels this task: stop the worker, keep the text.
             a.ticket.cancel()
-            rt.stats.end(t0, ok=True, cancelled=True)
+            self._stats.end(t0, ok=True, cancelled=True)
             a.finished, a.status = True, "interrupted"
             await self._store_final(a, "interrupted", "".join(a.text_parts), None)
             raise
@@ -362,13 +358,13 @@ class Answers:
             a.ticket.cancel()  # a no-op when it finished
         if done is not None:
             cancelled = done.finish_reason == "cancelled"
-            rt.stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+            self._stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                          ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s, cancelled=cancelled,
                          cached_tokens=done.cached_tokens)
             status = ("interrupted" if a.abandoned and not a.user_stopped else "stopped") if cancelled else "complete"
             text = done.text
         else:
-            rt.stats.end(t0, ok=False)
+            self._stats.end(t0, ok=False)
             status, text = "failed", "".join(a.text_parts)
         a.done, a.status = done, status
         store_error = await self._store_final(a, status, text, done)
@@ -397,8 +393,16 @@ def answer_not_found(answer_id: str) -> RequestError:
                         param="answer_id")
 
 
+def check_answer_id(answer_id: object) -> str:
+    """An answer id is 1-64 printable ASCII characters; anything else is unknown (404)."""
+    if (not isinstance(answer_id, str) or not 0 < len(answer_id) <= MAX_ID_CHARS
+            or not all("!" <= ch <= "~" for ch in answer_id)):
+        raise answer_not_found(str(answer_id)[:80])
+    return answer_id
+
+
 def storage_unavailable(e: BaseException, *, stored: bool = True) -> RequestError:
     """503 `storage_unavailable`; `stored=False`: the answer was generated, then not stored."""
     message = f"the conversation store is unavailable: {e}" if stored else \
         f"the answer was generated but could not be stored: {e}"
-    return RequestError(message, code="storage_unavailable", status=503, retry_after=2)
+    return RequestError(message, code="storage_unavailable", status=503, retry_after=RETRY_STORAGE_S)

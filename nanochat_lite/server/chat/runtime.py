@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ...generation import Prepared, SamplingParams
-from ...history import ConversationStore
-from .answers import DEFAULT_RESUME_WINDOW_S, Answers
-from ..wire import limits
-from ..wire.errors import RequestError
+from ...history import Store
 from ...redact import redact_paths
 from ..observe.stats import Stats
+from ..wire import limits
+from ..wire.errors import RETRY_BUSY_S, RETRY_LOADING_S, RequestError
+from .answers import DEFAULT_RESUME_WINDOW_S, Answers
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class BoundedLock:
         if self._lock.locked() and self.waiting >= self._max_waiters:
             raise RequestError(f"{self.waiting} embedding requests are already waiting (the limit is "
                                f"{self._max_waiters}); retry in a few seconds", code="server_busy", status=503,
-                               retry_after=2)
+                               retry_after=RETRY_BUSY_S)
         self.waiting += 1
         try:
             await self._lock.acquire()
@@ -129,7 +129,7 @@ class BoundedLock:
 
 
 class Runtime:
-    def __init__(self, *, store: ConversationStore, model_name: str, startup_ms: float | None = None,
+    def __init__(self, *, store: Store, model_name: str, startup_ms: float | None = None,
                  defaults: SamplingParams | None = None, embedder_factory: Callable[[], Any] | None = None,
                  tokenizer_factory: Callable[[], Any] | None = None,
                  resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
@@ -141,7 +141,7 @@ class Runtime:
         self.prompts: Prompter | None = None
         self.stats = Stats(startup_ms)
         self.defaults = defaults or SamplingParams()
-        self.answers = Answers(self, resume_window_s=resume_window_s)
+        self.answers = Answers(store, self.stats, resume_window_s=resume_window_s)
         try:  # answers a crashed server left 'streaming' are over: keep their text, mark them
             store.interrupt_streaming()
         except Exception as e:  # a locked database: requests will say so; serve anyway
@@ -184,7 +184,8 @@ class Runtime:
         if self.state != "ready" or self.scheduler is None or self.prompts is None:
             if self.state == "error":
                 raise RequestError(f"the model failed to load: {self.error}", code="model_error", status=503)
-            raise RequestError("the model is still loading; retry in a moment", code="loading", status=503)
+            raise RequestError("the model is still loading; retry in a moment", code="loading", status=503,
+                               retry_after=RETRY_LOADING_S)
         return self.scheduler, self.prompts
 
     @property

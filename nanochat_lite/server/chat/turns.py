@@ -27,21 +27,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...engines.scheduler import QueueFull, Ticket
+from ...engines.template import TemplateError
 from ...generation import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
 from ...history import AlreadyExists, StoreError
 from ...history.store import check_client_id
-from ...engines.scheduler import QueueFull, Ticket
-from ...engines.template import TemplateError
 from ..wire import limits
-from .answers import Answer, storage_unavailable
-from ..wire.errors import RequestError
-from .runtime import Runtime
+from ..wire.errors import RETRY_BUSY_S, RETRY_SHUTDOWN_S, RequestError
 from ..wire.schemas import ChatRequest
+from .answers import Answer, storage_unavailable
+from .runtime import Runtime
 
 log = logging.getLogger("nanochat_lite")
 
-# Seconds a client is told to wait (Retry-After) when the queue is full.
-RETRY_AFTER_S = 2
 
 
 @dataclass
@@ -75,7 +73,7 @@ class Opened:
 
 def shutting_down() -> RequestError:
     return RequestError("the server is shutting down; retry in a moment", code="server_shutdown", status=503,
-                        retry_after=2)
+                        retry_after=RETRY_SHUTDOWN_S)
 
 
 # -- building and queueing a prompt -------------------------------------------------
@@ -114,7 +112,7 @@ def submit(rt: Runtime, prepared: Prepared, params: SamplingParams, stop: thread
     except QueueFull as e:
         rt.stats.rejected += 1
         raise RequestError(f"the server is busy: {e}", code="server_busy", status=503,
-                           retry_after=RETRY_AFTER_S) from None
+                           retry_after=RETRY_BUSY_S) from None
     except EngineError as e:
         raise RequestError(str(e), code="unavailable", status=503) from None
 
@@ -147,13 +145,13 @@ async def open_chat(rt: Runtime, req: ChatRequest, *, key_name: str | None,
             a = rt.answers.find(d.answer_id, key_name)
             if a is not None:
                 return Opened(a, [])
-            replayed = await rt.answers.replay(d.answer_id, with_start=True)
+            replayed = await rt.answers.replay(d.answer_id, start_model=rt.model_name)
             replayed[0]["client_id"] = d.client_id
             return Opened(None, replayed)
         raise RequestError(f"a message with client_id {d.client_id!r} is stored without an answer",
                            code="answer_not_found", status=404, param="client_id") from None
     a = rt.answers.start(answer_id=turn.answer_id, conversation_id=turn.conversation_id,
-                         message_id=turn.message_id, client_id=turn.client_id, key_name=key_name,
+                         message_id=turn.message_id, model=rt.model_name, client_id=turn.client_id, key_name=key_name,
                          ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable)
     return Opened(a, [])
 
@@ -238,44 +236,35 @@ def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, pa
 
 # -- streaming a queued generation --------------------------------------------------
 
-async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams,
-                 conversation_id: str | None = None) -> AsyncIterator[Delta | Done]:
-    """Yield a queued generation's events; stores the answer when given a conversation.
+async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams) -> AsyncIterator[Delta | Done]:
+    """Yield a queued generation's events (the `/v1` doors: nothing is stored).
 
     Setting the ticket's stop event ends the generation within one token with a
     Done whose finish_reason is "cancelled". Closing this iterator early (client
-    gone) cancels it too, and the partial answer is stored as interrupted.
+    gone) cancels it too.
     """
     t0 = rt.stats.begin()
     done: Done | None = None
-    text: list[str] = []
     try:
         async for event in ticket.events():
             if isinstance(event, Done):
                 done = event
-            else:
-                text.append(event.text)
             yield event
     except EngineError as e:
         rt.stats.end(t0, ok=False)
-        await _store_answer(rt, conversation_id, "".join(text), "failed", None, params)
         # An engine error may say its status (a queue timeout is the server's 503).
         raise RequestError(str(e), code=e.code, status=getattr(e, "status", 400)) from None
     except Exception as e:
         # A bug, not the client's fault: fail this request loudly, keep serving.
         log.error("generation failed: %r", e, exc_info=e)
         rt.stats.end(t0, ok=False)
-        await _store_answer(rt, conversation_id, "".join(text), "failed", None, params)
         raise RequestError("internal error during generation; see the server log",
                            code="internal_error", status=500) from None
     except BaseException:
-        # Cancelled (client went away) or the consumer stopped iterating: stop the
-        # worker now, before the (awaited) store write below.
+        # Cancelled (client went away) or the consumer stopped iterating: stop the worker now.
         ticket.cancel()
         if done is None:
             rt.stats.end(t0, ok=True, cancelled=True)
-            # The client went away mid-answer (a stop button gives a Done instead).
-            await asyncio.shield(_store_answer(rt, conversation_id, "".join(text), "interrupted", None, params))
         raise
     finally:
         ticket.cancel()  # no-op when finished; stops the worker when we leave early
@@ -283,30 +272,6 @@ async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams,
         rt.stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                      ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s,
                      cancelled=done.finish_reason == "cancelled", cached_tokens=done.cached_tokens)
-        status = "stopped" if done.finish_reason == "cancelled" else "complete"
-        await _store_answer(rt, conversation_id, done.text, status, done, params)
-
-
-async def complete(rt: Runtime, ticket: Ticket, params: SamplingParams, conversation_id: str | None = None) -> Done:
-    """Run a queued generation to the end and return its Done (the text is in it)."""
-    done: Done | None = None
-    async for ev in stream(rt, ticket, params, conversation_id):
-        if isinstance(ev, Done):
-            done = ev
-    if done is None:
-        raise RequestError("the generation ended without a result", code="engine_error", status=500)
-    return done
-
-
-async def _store_answer(rt: Runtime, conversation_id: str | None, text: str, status: str, done: Done | None,
-                        params: SamplingParams) -> None:
-    if conversation_id is None:
-        return
-    kwargs: dict[str, Any] = {"status": status, "model": rt.model_name, "params": params_dict(params)}
-    if done is not None:
-        kwargs.update(prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                      ttft_ms=round(done.ttft_ms, 2), duration_ms=round(done.total_ms, 2))
-    await asyncio.to_thread(rt.store.add_message, conversation_id, "assistant", text, **kwargs)
 
 
 def params_dict(p: SamplingParams) -> dict[str, Any]:

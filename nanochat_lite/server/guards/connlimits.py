@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ...limits_config import NetLimits
-from ..wire.errors import RequestError, api_body, openai_body
+from ..wire.errors import RETRY_BUSY_S, RequestError, api_body, openai_body
 from .quotas import TokenLedger, current_key
 from .security import KeyIdentifier, KeyUsage, SecurityConfig, add_security_headers
 
@@ -54,7 +54,6 @@ GENERATION_PATHS = frozenset({"/api/chat", "/v1/chat/completions", "/v1/completi
                               "/completions"})
 OPENAI_PREFIXES = ("/v1/", "/chat/", "/completions")
 STATE_KEY = "nanochat_client"  # scope["state"] entry: the WebSocket's _Client
-RETRY_AFTER_S = 2  # told to clients refused for load (not for quotas: those renew at midnight UTC)
 WS_TRY_AGAIN_LATER = 1013  # close code: the server is overloaded
 # Seconds a refused connection stays half-open after its 408/503, its input thrown
 # away: closing at once while the client is still sending makes the kernel reset the
@@ -182,7 +181,7 @@ class ConnLimitsMiddleware:
         if refused is not None:
             status, code, message = refused
             self.count_refused(status, code)
-            headers = {"Retry-After": str(RETRY_AFTER_S)} if code == "too_many_generations" else {}
+            headers = {"Retry-After": str(RETRY_BUSY_S)} if code == "too_many_generations" else {}
             await _answer(send, scope.get("path", ""), status, code, message, headers)
             return
         self.gate.try_acquire(client.id)
@@ -240,7 +239,7 @@ def _raw_response(status: int, reason: str, path: str, code: str, message: str) 
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\n")
     if status == 503:
-        head += f"retry-after: {RETRY_AFTER_S}\r\n"
+        head += f"retry-after: {RETRY_BUSY_S}\r\n"
     return head.encode("ascii") + b"\r\n" + body
 
 

@@ -46,13 +46,22 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ...security_config import (
+    DEFAULT_PORTS,
+    ENV_API_KEY,
+    KEY_RE,
+    MAX_KEY_CHARS,
+    SecurityConfig,
+    add_flags,
+    parse_keys,
+    parse_origin,
+    split_authority,
+)
 from ..wire.errors import RequestError, api_body, is_openai_path, openai_body
 from .quotas import TokenLedger
-
-from ...security_config import (DEFAULT_PORTS, ENV_API_KEY, KEY_RE, MAX_KEY_CHARS, SecurityConfig, add_flags,
-    parse_keys, parse_origin, split_authority)
 
 __all__ = ["ENV_API_KEY", "KeyIdentifier", "KeyUsage", "SecurityConfig", "SecurityMiddleware", "add_flags",
            "add_security_headers", "needs_key", "parse_keys"]
@@ -379,3 +388,8 @@ class SecurityMiddleware:
 def _one(headers: dict[str, list[str]], name: str) -> str | None:
     values = headers.get(name)
     return values[0] if values else None
+
+
+def key_name(conn: HTTPConnection) -> str | None:
+    """The API key's name (`SecurityMiddleware` sets it when keys are configured)."""
+    return getattr(conn.state, "api_key_name", None)

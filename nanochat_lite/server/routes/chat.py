@@ -17,24 +17,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..wire import frames
 from ..chat import turns
-from ..chat.answers import Answer, answer_not_found
+from ..chat.answers import Answer, check_answer_id
+from ..chat.runtime import Runtime
+from ..guards.security import key_name
+from ..wire import frames
 from ..wire.errors import RequestError, api_error, error_frame
 from ..wire.http import event_stream, json_response, read_body, sse, sse_frame, until_disconnect
-from ..wire.limits import MAX_ID_CHARS
-from ..chat.runtime import Runtime
 from ..wire.schemas import ChatRequest, decode
 
 MAX_AFTER = 1 << 31  # the largest seq a resume may name
-
-
-def key_name(conn: HTTPConnection) -> str | None:
-    """The API key's name (security.py sets it when keys are configured)."""
-    return getattr(conn.state, "api_key_name", None)
 
 
 async def chat(request: Request) -> Response:
@@ -109,14 +104,6 @@ async def answer_events(request: Request) -> Response:
     except RequestError as e:
         return api_error(e)
     return answer_stream(request, a, replayed, after=after)
-
-
-def check_answer_id(answer_id: object) -> str:
-    """An answer id is 1-64 printable ASCII characters; anything else is unknown (404)."""
-    if (not isinstance(answer_id, str) or not 0 < len(answer_id) <= MAX_ID_CHARS
-            or not all("!" <= ch <= "~" for ch in answer_id)):
-        raise answer_not_found(str(answer_id)[:80])
-    return answer_id
 
 
 def parse_after(last_event_id: str | None, after: str | None) -> int:

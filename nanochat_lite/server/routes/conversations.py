@@ -14,16 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...history import NotFound
-from ..wire import limits
 from ..chat import semantic
+from ..chat.runtime import Runtime
+from ..wire import limits
 from ..wire.errors import RequestError, api_error
 from ..wire.http import json_response, read_body
-from ..chat.runtime import Runtime
 from ..wire.schemas import decode
-
-MAX_PAGE = 100
-MAX_QUERY_CHARS = 500
-MAX_TITLE_CHARS = 200
 
 
 class RenameRequest(msgspec.Struct, kw_only=True):
@@ -60,7 +56,7 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 async def list_conversations(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        limit = _int_param(request, "limit", 20, 1, MAX_PAGE)
+        limit = _int_param(request, "limit", 20, 1, limits.MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 10**9)
     except RequestError as e:
         return api_error(e)
@@ -95,8 +91,8 @@ async def rename_conversation(request: Request) -> Response:
         cid = _conversation_id(request)
         req = decode(await read_body(request), RenameRequest)
         title = " ".join(req.title.split())
-        if len(title) > MAX_TITLE_CHARS:
-            raise RequestError(f"`title` has {len(title)} characters; the limit is {MAX_TITLE_CHARS}", param="title")
+        if len(title) > limits.MAX_TITLE_CHARS:
+            raise RequestError(f"`title` has {len(title)} characters; the limit is {limits.MAX_TITLE_CHARS}", param="title")
         conv = await _call(rt.store.rename, cid, title)
     except RequestError as e:
         return api_error(e)
@@ -138,11 +134,11 @@ async def search(request: Request) -> Response:
     q = request.query_params.get("q", "")
     mode = request.query_params.get("mode", "text")
     try:
-        if len(q) > MAX_QUERY_CHARS:
-            raise RequestError(f"`q` has {len(q)} characters; the limit is {MAX_QUERY_CHARS}", param="q")
+        if len(q) > limits.MAX_QUERY_CHARS:
+            raise RequestError(f"`q` has {len(q)} characters; the limit is {limits.MAX_QUERY_CHARS}", param="q")
         if mode not in ("text", "semantic"):
             raise RequestError(f"`mode` must be text or semantic, got {mode!r}", param="mode")
-        limit = _int_param(request, "limit", 20, 1, MAX_PAGE)
+        limit = _int_param(request, "limit", 20, 1, limits.MAX_PAGE)
         if mode == "semantic":
             results = await semantic.search(rt, q, limit) if q.strip() else []
         else:

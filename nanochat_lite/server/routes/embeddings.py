@@ -23,10 +23,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..chat.runtime import Runtime
 from ..wire.errors import RequestError, api_error, openai_error
 from ..wire.http import json_response, read_body
 from ..wire.limits import MAX_MESSAGE_CHARS, MAX_PROMPT_TOKENS
-from ..chat.runtime import Runtime
 from ..wire.schemas import decode
 
 MAX_INPUTS = 256

@@ -17,7 +17,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import conversations as C
 from ..wire import limits as L
 from ..wire.http import json_response
 
@@ -48,9 +47,9 @@ def limits_body() -> dict[str, Any]:
         "id_chars": L.MAX_ID_CHARS,
         "stop_strings": L.MAX_STOP_STRINGS,
         "stop_chars": L.MAX_STOP_CHARS,
-        "search_chars": C.MAX_QUERY_CHARS,
-        "title_chars": C.MAX_TITLE_CHARS,
-        "page_size": C.MAX_PAGE,
+        "search_chars": L.MAX_QUERY_CHARS,
+        "title_chars": L.MAX_TITLE_CHARS,
+        "page_size": L.MAX_PAGE,
         "sampling": {name: {"min": lo, "max": hi, "integer": integer} for name, (lo, hi, integer) in _SAMPLING.items()},
     }
 

@@ -22,11 +22,11 @@ import msgspec
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from ... import __version__
-from .conversations import MAX_PAGE, MAX_QUERY_CHARS, RenameRequest
-from .embeddings import EmbeddingRequest, OAIEmbeddingRequest
-from ..wire.limits import MAX_BODY_BYTES, MAX_ID_CHARS
-from ..wire.schemas import ChatRequest, OAIChatRequest, WSChat
 from ..guards.security import needs_key
+from ..wire.limits import MAX_BODY_BYTES, MAX_ID_CHARS, MAX_PAGE, MAX_QUERY_CHARS
+from ..wire.schemas import ChatRequest, OAIChatRequest, WSChat
+from .conversations import RenameRequest
+from .embeddings import EmbeddingRequest, OAIEmbeddingRequest
 from .tokenize import DetokenizeRequest, TokenizeRequest
 
 REF = "#/components/schemas/{name}"

@@ -11,18 +11,17 @@ default it is tokenized as the plain text it is.
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..chat.runtime import Runtime
 from ..wire.errors import RequestError, api_error
 from ..wire.http import json_response, read_body
 from ..wire.limits import MAX_BODY_BYTES
-from ..chat.runtime import Runtime
 from ..wire.schemas import decode
 
 MAX_DETOKENIZE_IDS = 100_000

@@ -20,149 +20,187 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import threading
 from typing import Any
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..guards import connlimits
 from ..chat import turns
-from ..chat.answers import Answer
-from .chat import check_answer_id, key_name
+from ..chat.answers import Answer, check_answer_id
+from ..chat.runtime import Runtime
+from ..guards import connlimits
+from ..guards.security import key_name
 from ..wire.errors import RequestError, error_frame
 from ..wire.limits import MAX_WS_FRAME_BYTES
-from ..chat.runtime import Runtime
 from ..wire.schemas import WSChat, WSFrame, WSResume, decode
 
 _enc = msgspec.json.Encoder()
 CLOSE_SERVICE_RESTART = 1012  # WebSocket close code: the server is restarting
 
 
-async def websocket_chat(ws: WebSocket) -> None:
-    rt: Runtime = ws.app.state.runtime
-    await ws.accept()
-    send_lock = asyncio.Lock()
-    current: asyncio.Task[None] | None = None
-    following: Answer | None = None
-    stop_event = threading.Event()  # a stop before the answer exists (prompt being built)
-    kn = key_name(ws)
-    told_shutdown = False
+class TurnState(enum.Enum):
+    """Where a socket's one turn stands (derived, never stored: see `Connection.state`)."""
 
-    async def send(obj: dict[str, Any]) -> None:
-        nonlocal told_shutdown
-        async with send_lock:
-            await ws.send_text(_enc.encode(obj).decode())
+    IDLE = "idle"  # nothing running: a chat or resume frame starts a turn
+    OPENING = "opening"  # a chat is being stored and queued: a stop ends it before it starts
+    FOLLOWING = "following"  # an answer's frames are relayed: a stop ends it within one token
+
+
+class Connection:
+    """One WebSocket: its one turn at a time, the answer it follows, and the frames it sends.
+
+    A chat or resume frame starts a task (`current`); frames are sent under one lock so
+    the task and the receive loop never interleave half-frames.
+    """
+
+    def __init__(self, ws: WebSocket, rt: Runtime) -> None:
+        self.ws = ws
+        self.rt = rt
+        self.key_name = key_name(ws)
+        self.current: asyncio.Task[None] | None = None
+        self.following: Answer | None = None
+        self.stop_event = threading.Event()  # a stop before the answer exists (prompt being built)
+        self.told_shutdown = False
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def state(self) -> TurnState:
+        if self.current is None or self.current.done():
+            return TurnState.IDLE
+        return TurnState.OPENING if self.following is None else TurnState.FOLLOWING
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(_enc.encode(obj).decode())
         if obj.get("code") == "server_shutdown":
-            told_shutdown = True
+            self.told_shutdown = True
 
-    async def error(code: str, message: str) -> None:
-        await send(error_frame(RequestError(message, code=code)))
+    async def error(self, code: str, message: str) -> None:
+        await self.send(error_frame(RequestError(message, code=code)))
 
-    async def on_shutdown() -> None:
+    async def on_shutdown(self) -> None:
         """Graceful shutdown: a final frame (unless the answer sent one), then 1012."""
         with contextlib.suppress(Exception):
-            if not told_shutdown:
-                await send(error_frame(turns.shutting_down()))
-            await ws.close(code=CLOSE_SERVICE_RESTART)
+            if not self.told_shutdown:
+                await self.send(error_frame(turns.shutting_down()))
+            await self.ws.close(code=CLOSE_SERVICE_RESTART)
 
-    async def relay(a: Answer | None, replayed: list[dict[str, Any]], after: int) -> None:
-        nonlocal following
-        following = a
-        for frame in replayed:
-            await send(frame)
-        if a is not None:
-            async for frame in rt.answers.follow(a, after):
-                await send(frame)
-
-    async def run_chat(req: WSChat, stop_event: threading.Event) -> None:
-        try:
-            opened = await turns.open_chat(rt, req, key_name=kn, stop=stop_event)
-            await relay(opened.answer, opened.replayed, -1)
-        except RequestError as e:
-            with contextlib.suppress(Exception):
-                await send(error_frame(e))
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # socket closed while sending; the answer waits for a resume
-
-    async def run_resume(r: WSResume) -> None:
-        try:
-            if rt.answers.closing:
-                raise turns.shutting_down()
-            check_answer_id(r.answer_id)
-            a = rt.answers.find(r.answer_id, kn)
-            if a is None:
-                await relay(None, await rt.answers.replay(r.answer_id, r.after), r.after)
-            else:
-                await relay(a, [], r.after)
-        except RequestError as e:
-            with contextlib.suppress(Exception):
-                await send(error_frame(e))
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-
-    rt.answers.sockets.add(on_shutdown)
-    try:
-        if rt.answers.closing:
-            await on_shutdown()
-            return
+    # -- frames from the client ----------------------------------------------------------
+    async def receive_loop(self) -> None:
         while True:
-            msg = await ws.receive()
+            msg = await self.ws.receive()
             if msg["type"] == "websocket.disconnect":
-                break
+                return
             raw = msg.get("text")
-            if raw is None:
-                raw_bytes = msg.get("bytes") or b""
-            else:
-                raw_bytes = raw.encode("utf-8", "surrogatepass")
+            raw_bytes = (msg.get("bytes") or b"") if raw is None else raw.encode("utf-8", "surrogatepass")
             if len(raw_bytes) > MAX_WS_FRAME_BYTES:
-                await error("frame_too_large", f"frames are limited to {MAX_WS_FRAME_BYTES:,} bytes")
+                await self.error("frame_too_large", f"frames are limited to {MAX_WS_FRAME_BYTES:,} bytes")
                 continue
             try:
                 kind = decode(raw_bytes, WSFrame).type
             except RequestError as e:
-                await error(e.code, e.message + ' (frames are JSON objects with a "type": chat, resume, stop or ping)')
+                await self.error(e.code, e.message + ' (frames are JSON objects with a "type": chat, resume, '
+                                 "stop or ping)")
                 continue
             if kind == "ping":
-                await send({"type": "pong"})
+                await self.send({"type": "pong"})
             elif kind == "stop":
-                # The engine ends within one token and the reply's "done" frame says
-                # finish_reason "cancelled" (status "stopped").
-                if following is not None and not following.finished:
-                    following.stop()
-                else:
-                    stop_event.set()
+                self.stop()
             elif kind in ("chat", "resume"):
-                if current is not None and not current.done():
-                    await error("busy", "a reply is still being generated; send {\"type\": \"stop\"} first")
-                    continue
-                try:
-                    chat = decode(raw_bytes, WSChat) if kind == "chat" else None
-                    resume = decode(raw_bytes, WSResume) if kind == "resume" else None
-                except RequestError as e:
-                    await error(e.code, e.message)
-                    continue
-                following = None
-                if chat is not None:
-                    # The per-client cap on generations and the key's token quota, as the
-                    # HTTP doors have them in the middleware (connlimits.py).
-                    refused = connlimits.begin_generation(ws.scope)
-                    if refused is not None:
-                        await error(*refused)
-                        continue
-                    stop_event = threading.Event()
-                    current = asyncio.create_task(run_chat(chat, stop_event))
-                    current.add_done_callback(lambda _task: connlimits.end_generation(ws.scope))
-                elif resume is not None:
-                    current = asyncio.create_task(run_resume(resume))
+                await self.start(kind, raw_bytes)
             else:
-                await error("unknown_type", f"unknown frame type {kind!r}; expected chat, resume, stop or ping")
+                await self.error("unknown_type", f"unknown frame type {kind!r}; expected chat, resume, stop or ping")
+
+    def stop(self) -> None:
+        """The engine ends within one token and the reply's "done" frame says
+        finish_reason "cancelled" (status "stopped")."""
+        if self.following is not None and not self.following.finished:
+            self.following.stop()
+        else:
+            self.stop_event.set()
+
+    async def start(self, kind: str, raw_bytes: bytes) -> None:
+        if self.state is not TurnState.IDLE:
+            await self.error("busy", "a reply is still being generated; send {\"type\": \"stop\"} first")
+            return
+        try:
+            chat = decode(raw_bytes, WSChat) if kind == "chat" else None
+            resume = decode(raw_bytes, WSResume) if kind == "resume" else None
+        except RequestError as e:
+            await self.error(e.code, e.message)
+            return
+        self.following = None
+        if chat is not None:
+            # The per-client cap on generations and the key's token quota, as the
+            # HTTP doors have them in the middleware (connlimits.py).
+            refused = connlimits.begin_generation(self.ws.scope)
+            if refused is not None:
+                await self.error(*refused)
+                return
+            self.stop_event = threading.Event()
+            self.current = asyncio.create_task(self._chat(chat, self.stop_event))
+            self.current.add_done_callback(lambda _task: connlimits.end_generation(self.ws.scope))
+        elif resume is not None:
+            self.current = asyncio.create_task(self._resume(resume))
+
+    # -- one turn ------------------------------------------------------------------------
+    async def _relay(self, a: Answer | None, replayed: list[dict[str, Any]], after: int) -> None:
+        self.following = a
+        for frame in replayed:
+            await self.send(frame)
+        if a is not None:
+            async for frame in self.rt.answers.follow(a, after):
+                await self.send(frame)
+
+    async def _chat(self, req: WSChat, stop_event: threading.Event) -> None:
+        try:
+            opened = await turns.open_chat(self.rt, req, key_name=self.key_name, stop=stop_event)
+            await self._relay(opened.answer, opened.replayed, -1)
+        except RequestError as e:
+            with contextlib.suppress(Exception):
+                await self.send(error_frame(e))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # socket closed while sending; the answer waits for a resume
+
+    async def _resume(self, r: WSResume) -> None:
+        answers = self.rt.answers
+        try:
+            if answers.closing:
+                raise turns.shutting_down()
+            check_answer_id(r.answer_id)
+            a = answers.find(r.answer_id, self.key_name)
+            if a is None:
+                await self._relay(None, await answers.replay(r.answer_id, r.after), r.after)
+            else:
+                await self._relay(a, [], r.after)
+        except RequestError as e:
+            with contextlib.suppress(Exception):
+                await self.send(error_frame(e))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+
+    async def leave(self) -> None:
+        """The socket is gone: stop following (the answer runs on for the resume window)."""
+        if self.current is not None and not self.current.done():
+            self.current.cancel()
+            with contextlib.suppress(BaseException):
+                await self.current
+
+
+async def websocket_chat(ws: WebSocket) -> None:
+    rt: Runtime = ws.app.state.runtime
+    await ws.accept()
+    conn = Connection(ws, rt)
+    rt.answers.sockets.add(conn.on_shutdown)
+    try:
+        if rt.answers.closing:
+            await conn.on_shutdown()
+            return
+        await conn.receive_loop()
     except WebSocketDisconnect:
         pass
     finally:
-        rt.answers.sockets.discard(on_shutdown)
-        if current is not None and not current.done():
-            # Stops following; the answer itself runs on for the resume window.
-            current.cancel()
-            with contextlib.suppress(BaseException):
-                await current
+        rt.answers.sockets.discard(conn.on_shutdown)
+        await conn.leave()

@@ -34,6 +34,14 @@ OPENAI_TYPES: dict[int, str] = {
     429: "rate_limit_error",
 }
 
+# Retry-After, in seconds, by kind of refusal: one number per kind, wherever it is refused.
+RETRY_BUSY_S = 2  # server_busy and the load limits: the queue, the embedding line, per-client caps
+RETRY_SHUTDOWN_S = 2  # server_shutdown: another replica (or this one, restarted) answers by then
+RETRY_STORAGE_S = 2  # storage_unavailable: a locked database, or PostgreSQL reconnecting
+RETRY_LOADING_S = 1  # loading: the model is being loaded (well under a second for the default one)
+
+OVERFLOW = "context_length_exceeded"  # OpenAI's code for a prompt past the context
+
 _encoder = msgspec.json.Encoder()
 
 

@@ -31,6 +31,10 @@ PENALTY_MIN, PENALTY_MAX = -2.0, 2.0  # frequency / presence, as OpenAI
 SEED_MIN, SEED_MAX = 0, 2**31 - 1
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 64
 MAX_ID_CHARS = 64
+# Conversations: page size, search text, a title set by rename.
+MAX_PAGE = 100
+MAX_QUERY_CHARS = 500
+MAX_TITLE_CHARS = 200
 # OpenAI API extras
 MAX_N = 8  # choices per request (n, or prompts x n for /v1/completions): each takes a slot
 TOP_LOGPROBS_MIN, TOP_LOGPROBS_MAX = 0, 20  # as OpenAI

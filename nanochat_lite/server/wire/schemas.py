@@ -12,7 +12,6 @@ from typing import Any, Literal, TypeVar, Union
 import msgspec
 
 from .errors import RequestError
-from .limits import MAX_BODY_BYTES
 
 
 class Sampling(msgspec.Struct, kw_only=True):
@@ -157,10 +156,8 @@ T = TypeVar("T")
 
 
 def decode(body: bytes, cls: type[T]) -> T:
-    """Parse and shape-check a JSON body, or raise RequestError (400/413)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(f"the body has {len(body):,} bytes; the limit is {MAX_BODY_BYTES:,}",
-                           code="body_too_large", status=413)
+    """Parse and shape-check a JSON body, or raise RequestError (400). Its size is bounded
+    before it gets here (`http.read_body`, the WebSocket frame limit)."""
     if not body.strip():
         raise RequestError("the request body is empty; send a JSON object", code="invalid_json")
     try:

@@ -12,33 +12,29 @@ answer holds only the new text. Tools are translated in openai_tools.py.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ....generation import Delta, Done, SamplingParams
-from ....engines.scheduler import Ticket
-from ...wire import limits
-from . import tools as openai_tools
+from ....generation import Delta, SamplingParams
 from ...chat import turns
-from . import params as op
-from ...wire.errors import RequestError, openai_body, openai_error
+from ...chat.choices import collect_dones, merged
+from ...chat.runtime import Runtime
+from ...wire import limits
+from ...wire.errors import OVERFLOW, RequestError, openai_body, openai_error
 from ...wire.frames import openai_finish_reason as finish_reason
 from ...wire.frames import openai_usage
 from ...wire.http import event_stream, json_response, read_body, sse, until_disconnect
-from .tools import ToolPlan
-from ...chat.runtime import Runtime
 from ...wire.schemas import OAIChatRequest, OAIMessage, decode
+from . import params as op
+from . import tools as openai_tools
+from .tools import ToolPlan
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
-OVERFLOW = "context_length_exceeded"  # OpenAI's code for a prompt past the context
-
-
 def _content(i: int, m: OAIMessage) -> str | None:
     if m.content is None:
         return None
@@ -94,52 +90,6 @@ def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict
         else:
             out.insert(0, {"role": "system", "content": tools.system})
     return out
-
-
-async def collect_dones(rt: Runtime, tickets: Sequence[Ticket], choice_params: Sequence[SamplingParams]
-                        ) -> list[Done]:
-    """Run every choice's generation to its end; their Done events, by choice index."""
-    dones: list[Done | None] = [None] * len(tickets)
-    async for i, ev in merged(rt, tickets, choice_params):
-        if isinstance(ev, Done):
-            dones[i] = ev
-    if any(d is None for d in dones):
-        raise RequestError("a generation ended without a result", code="engine_error", status=500)
-    return dones  # type: ignore[return-value]
-
-
-async def merged(rt: Runtime, tickets: Sequence[Ticket], params: Sequence[SamplingParams]
-                 ) -> AsyncIterator[tuple[int, Delta | Done]]:
-    """The events of several generations as (choice index, event), in arrival order.
-
-    Closing this iterator (client gone) or an error in one generation stops them all."""
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    end = object()
-
-    async def pump(i: int) -> None:
-        try:
-            async for ev in turns.stream(rt, tickets[i], params[i]):
-                await queue.put((i, ev))
-        except Exception as e:  # RequestError from the engine: hand it to the consumer
-            await queue.put((i, e))
-        finally:
-            await queue.put((i, end))
-
-    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(tickets))]
-    try:
-        running = len(tasks)
-        while running:
-            i, ev = await queue.get()
-            if ev is end:
-                running -= 1
-            elif isinstance(ev, Exception):
-                raise ev
-            else:
-                yield i, ev
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _parse(rt: Runtime, request: Request

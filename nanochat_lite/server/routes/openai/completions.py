@@ -25,16 +25,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ....generation import Delta, Done
-from ...wire import limits
 from ...chat import turns
-from . import params as op
-from ...wire.errors import RequestError, openai_body, openai_error
+from ...chat.choices import collect_dones, merged
+from ...chat.runtime import Runtime
+from ...wire import limits
+from ...wire.errors import OVERFLOW, RequestError, openai_body, openai_error
 from ...wire.frames import openai_finish_reason as finish_reason
 from ...wire.frames import openai_usage
 from ...wire.http import event_stream, json_response, read_body, sse, until_disconnect
-from .chat import OVERFLOW, collect_dones, merged
-from ...chat.runtime import Runtime
 from ...wire.schemas import OAICompletionRequest, decode
+from . import params as op
 
 
 def _is_id(x: Any) -> bool:

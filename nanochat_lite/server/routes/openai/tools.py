@@ -29,8 +29,8 @@ from typing import Any
 import msgspec
 
 from ...wire.errors import RequestError
-from .params import check_schema
 from ...wire.schemas import NamedToolChoice, OAIChatRequest, OAIMessage, Tool
+from .params import check_schema
 
 MAX_TOOLS = 64
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
