@@ -21,7 +21,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     echo "Installing PostgreSQL for the PostgreSQL store tests ..." >&2
     apt_install postgresql
 fi
-# nginx for the replica tests (tests/test_replicas.py starts its own on a free port).
+# nginx for the replica tests (tests/server/test_replicas.py starts its own on a free port).
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     echo "Installing nginx for the replica tests ..." >&2
     apt_install nginx

@@ -5,7 +5,7 @@ the special tokens. Each step merges the most frequent adjacent pair, counted ov
 the words of the pre-split text; a tie goes to the pair with the smallest
 (left id, right id). That rule makes training deterministic, and it is rustbpe's, so
 the Rust trainer (the default) and the pure-Python one here (for small tests and
-for reading) learn the same merges; ``tests/test_tokenizer_train.py`` checks it.
+for reading) learn the same merges; ``tests/tokenizer/test_tokenizer_train.py`` checks it.
 
 Not handled: training on more than fits in memory as distinct words (rustbpe keeps
 one count per distinct word), special tokens inside the training text (they are

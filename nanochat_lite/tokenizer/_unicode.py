@@ -6,7 +6,7 @@ the one compiled into xllamacpp 2026.10.11549). We carry our own copy because
 exactness depends on it: Python's ``unicodedata`` (3.11: Unicode 14) and the Rust regex
 crate inside tiktoken (Unicode 16) each classify a few thousand code points differently,
 and one such character in a prompt would split differently from llama.cpp.
-``tests/test_tokenizer_unicode.py`` checks every code point against the flags compiled
+``tests/tokenizer/test_tokenizer_unicode.py`` checks every code point against the flags compiled
 into the installed libllama.
 
 Each class is a tuple of inclusive ``(first, last)`` code point ranges, sorted.

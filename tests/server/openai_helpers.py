@@ -1,4 +1,4 @@
-"""Helpers of the OpenAI-compatible API's contract tests (`tests/server/test_openai_*.py`):
+"""Helpers of the OpenAI-compatible API's contract tests (`tests/server/routes/openai/test_openai_*.py`):
 post a chat, decode an SSE body, assert an OpenAI error body.
 
 Imported by name; the `client` and `fake` fixtures are in conftest.py (the contract tests

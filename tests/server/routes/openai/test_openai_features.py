@@ -3,7 +3,7 @@
 logprobs, logit bias, n, prefill, legacy completions, token-id embeddings.
 
 Kept small (few samples, short answers): the machine has two cores. The contract
-side (shapes, 400s) is in tests/server/test_openai_contract.py and
+side (shapes, 400s) is in tests/server/routes/openai/test_openai_contract.py and
 test_openai_completions.py, with the fake engine.
 """
 

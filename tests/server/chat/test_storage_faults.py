@@ -1,7 +1,7 @@
 """A database that cannot answer (locked past the busy timeout, full, unreachable) is a
 503 `storage_unavailable` on every route that reads or writes it, in the route's own
 error shape, with Retry-After — never a 500. (The chat doors and a real locked SQLite
-file are tested in tests/test_resume_server.py.)"""
+file are tested in tests/server/test_resume_server.py.)"""
 
 from __future__ import annotations
 
