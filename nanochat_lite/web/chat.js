@@ -79,7 +79,9 @@ export class ChatSession extends EventTarget {
   follow(thread, answerId, view) {
     if (this._lost.has(answerId) || this.pending().some((t) => t.answerId === answerId)) return false;
     const turn = newTurn(thread, view.text, view, null);
-    Object.assign(turn, { started: true, answerId, follow: true });
+    turn.started = true;
+    turn.answerId = answerId;
+    turn.follow = true;
     this.queue.unshift(turn);
     this._pump();
     return true;
@@ -277,7 +279,22 @@ export class ChatSession extends EventTarget {
   }
 }
 
+/** A turn: one message and its answer, as the session tracks it. Every field is
+ * declared here, and the object is sealed: a field set anywhere else without being
+ * declared here throws (ES modules are strict) instead of quietly appearing. */
 function newTurn(thread, text, view, clientId) {
-  // seq: the last event of the answer applied (-1: none yet).
-  return { thread, text, view, clientId, started: false, answer: "", answerId: null, seq: -1, resuming: false };
+  return Object.seal({
+    thread, // the conversation it belongs to: {id: string|null, key?: string}, shared by its turns
+    text, // the message as the user wrote it
+    view, // where it reports (transcript.js TurnView)
+    clientId, // its outbox id, sent as client_id (null: a followed answer, not our message)
+    started: false, // the server's "start" frame came: the message is stored, the answer runs
+    answer: "", // the answer's text so far
+    answerId: null, // the server's id of the answer, for resuming it (null: not known, or no resume)
+    seq: -1, // the last event of the answer applied (-1: none yet)
+    resuming: false, // a resume was asked for (or is due on reconnect) and no event has come since
+    follow: false, // an answer this page did not ask for (reloaded mid-answer): sent as a resume from seq -1
+    gapAsked: false, // events were missed and asked for again; the repeats until they arrive are ignored
+    stopAfterResume: false, // stop was pressed while the socket was down: send it right after the resume
+  });
 }
