@@ -1,4 +1,4 @@
-"""RemoteEngine (nanochat_lite/remote.py) on its own.
+"""RemoteEngine (nanochat_lite/engines/remote.py) on its own.
 
 Against a real upstream (a second `nanochat-lite serve` process, which is
 OpenAI-compatible): deltas add up to the answer, token counts are the upstream's,

@@ -26,7 +26,7 @@ def fake() -> FakeEngine:
 @pytest.fixture
 def runtime(fake: FakeEngine) -> Iterator[Runtime]:
     # resume_window_s=0: a client that goes away cancels its answer at once, as these
-    # tests expect; the resume window has its own tests (test_resume.py).
+    # tests expect; the resume window has its own tests (tests/server/chat/test_answers.py).
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake", resume_window_s=0)
     attach_fake(rt, fake)
     yield rt

@@ -1,4 +1,4 @@
-"""Load limits against a real server process (`server/connlimits.py`, the scheduler's
+"""Load limits against a real server process (`server/guards/connlimits.py`, the scheduler's
 queue-wait deadline, daily token quotas), the way an attacker or an overloaded day
 would meet them: raw sockets sending 1 byte at a time, idle sockets, too many
 connections and WebSockets, one client hogging the generations, a key past its

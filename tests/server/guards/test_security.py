@@ -1,4 +1,4 @@
-"""Who may talk to the server (`nanochat_lite/server/security.py`), and the model
+"""Who may talk to the server (`nanochat_lite/server/guards/security.py`), and the model
 store's unzip refusing paths outside its folder.
 
 Most tests run the app in-process under Starlette's TestClient with the fake engine
