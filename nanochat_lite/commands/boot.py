@@ -71,6 +71,21 @@ def _bind(config: Config):
     return sock
 
 
+def _write_port_file(path: Path, port: int) -> None:
+    """--port-file: the port listened on, as soon as it is bound (before the model loads).
+
+    Whoever started us with --port 0 reads it there instead of guessing a free port
+    (which another process may take before we bind it). Written to a temp file and
+    renamed: a reader sees the whole number or no file, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CLIError(f"Cannot write the port to --port-file {path}: {e.strerror}. "
+                       "Pass a path in a folder that exists and is writable.") from None
+
+
 def _open_store(config: Config):
     from ..history import is_postgres_url, open_store
 
@@ -118,7 +133,13 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     # --engine openai:URL: an upstream server generates; no model is loaded here.
     path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
     sock = _bind(config)
-    port = sock.getsockname()[1]
+    port = sock.getsockname()[1]  # with --port 0, the one the OS picked
+    if port_file := getattr(args, "port_file", None):
+        try:
+            _write_port_file(Path(port_file), port)
+        except CLIError:
+            sock.close()
+            raise
     store = _open_store(config)
     loader = _EngineLoader(path, name, config)
 

@@ -23,6 +23,9 @@ def add_parser(sub: Any) -> None:
     add_model_flags(s)
     s.add_argument("--host", help="address to listen on (env HOST; default 127.0.0.1)")
     s.add_argument("--port", "-p", type=int, help="port (env PORT; default 8080; 0 = any free port)")
+    s.add_argument("--port-file", metavar="PATH",
+                   help="write the port listened on to PATH once bound, before the model loads "
+                        "(with --port 0: the one the OS picked)")
     s.add_argument("--db", help="conversation store file (env NANOCHAT_LITE_DB)")
     add_security_flags(s)  # --api-key, --api-keys-file, --allowed-host, --cors-origin
     s.add_argument("--parallel", "-np", type=int,

@@ -44,24 +44,7 @@ def start_front(tmp: Path, upstream_url: str, *args: str, key: str | None = KEY,
     if healthy:
         return front.start()
     # A front whose upstream is down answers /api/health 503 engine_unavailable: wait for that.
-    import subprocess
-    import sys
-
-    front._log = open(front.log_path, "wb")
-    front.proc = subprocess.Popen([sys.executable, "-m", "nanochat_lite", "serve", "--host", "127.0.0.1",
-                                   "--port", str(front.port), "--db", str(front.db), *front.args],
-                                  stdout=front._log, stderr=subprocess.STDOUT, env=front.env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert front.proc.poll() is None, front.log()
-        try:
-            if httpx.get(front.url + "/api/health", timeout=1).json().get("status") == "engine_unavailable":
-                return front
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.05)
-    front.stop()
-    raise AssertionError(f"the front never reported its upstream down:\n{front.log()}")
+    return front.start(ready=lambda r: r.json().get("status") == "engine_unavailable")
 
 
 @pytest.fixture(scope="module")
