@@ -227,6 +227,11 @@ def test_report_front_cost_section_and_target() -> None:
     assert report.targets(results)[0][3] == "missed by 2 ms"
 
 # -- against the real model ---------------------------------------------------------------
+# llama-server on SmolLM2-135M logs "llama_kv_cache: size = 180.00 MiB (8192 cells, 30
+# layers ...)": f16 K and V, 30 layers x 3 KV heads x 64 dims, per cell.
+SMOLLM2_135M_KV_BYTES_PER_CELL = (180 << 20) // 8192  # bytes
+
+
 def _positive(d: dict) -> bool:
     return d["n"] > 0 and all(d[k] > 0 for k in ("median", "p95", "p99", "min", "max"))
 
@@ -263,10 +268,15 @@ def test_serving_sections_real_numbers_and_report(chat_model_path: Path, model_h
     nano = mem["peers"]["nanochat-lite"]
     assert 0 < nano["idle_rss_bytes"] <= nano["peak_rss_bytes"]
     assert nano["load_max_rss_bytes"] > 0
-    assert nano["kv_cache_bytes"] or nano["kv_cache_source"].startswith("not reported")
+    # The engine always reports its KV cache; llama-server's own log for this model (the
+    # sample in test_kv_cache_size_reports) gives the size: 180 MiB for 8,192 cells. The
+    # pool is 2 x --ctx-size cells.
+    assert (nano["kv_cache_bytes"], nano["kv_cache_source"]) == (
+        2 * 1024 * SMOLLM2_135M_KV_BYTES_PER_CELL, "/api/stats engine.kv_cache_bytes"), nano
     defaults = mem["defaults"]
     assert 0 < defaults["rss_bytes"] <= defaults["peak_rss_bytes"]
-    assert defaults["kv_cache_bytes"] or defaults["kv_cache_source"].startswith("not reported")
+    assert (defaults["kv_cache_bytes"], defaults["kv_cache_source"]) == (
+        2 * 4096 * SMOLLM2_135M_KV_BYTES_PER_CELL, "/api/stats engine.kv_cache_bytes"), defaults
     emb = mem["nanochat-lite + embeddings"]
     assert "error" not in emb, emb
     assert emb["rss_bytes"] > 0 and emb["peak_rss_bytes"] >= emb["rss_bytes"]

@@ -31,6 +31,7 @@ import httpx
 
 from .client import SAMPLING, Ask, Sample, http_request, request_body, summarize, ws_request
 from .common import Proc, settle_nanochat
+from .isolate import PeerCrashed
 from .memory import RssSampler, embeddings_memory, kv_cache_bytes, proc_memory
 from .peers import BASELINE, LLAMA_SERVER, NANO, NANO_DEFAULTS, Peer
 
@@ -91,7 +92,7 @@ def start_servers(peers: list[Peer], scratch: Path, log: Callable[[str], None] =
                 proc.stop()
                 if peer.name == NANO:
                     raise
-                failed[peer.name] = f"failed to start: {e}"[:500]
+                failed[peer.name] = str(e) if isinstance(e, PeerCrashed) else f"failed to start: {e}"[:500]
                 log(f"  {peer.name}: {failed[peer.name]}")
                 continue
             servers[peer.name] = Running(peer, proc)
@@ -247,16 +248,25 @@ def concurrency(servers: dict[str, Running], levels: list[int], per_client: int,
             "results": out, "ratios": ratios}, load_rss
 
 
+KV_REPORT_WAIT_S = 10.0  # how long a nanochat-lite may take to report its KV-cache size
+
+
 def _kv_cache(server: Running) -> dict[str, Any]:
     """KV-cache bytes the server allocated, from its /api/stats (nanochat-lite) or its log (llama.cpp)."""
     if server.peer.nanochat:
-        try:
-            found = kv_cache_bytes(httpx.get(server.url + "/api/stats", timeout=30).json())
-        except (httpx.HTTPError, ValueError) as e:
-            return {"bytes": None, "source": f"not reported (/api/stats: {type(e).__name__})"}
-        if found:
-            return {"bytes": found[1], "source": f"/api/stats {found[0]}"}
-        return {"bytes": None, "source": "not reported (/api/stats has no KV-cache size under engine)"}
+        # The server fills the figure in after IDLE_BEFORE_LOAD_S (2 s) of quiet: read
+        # right after settle() it was missing one start in three. Poll for it a while.
+        deadline = time.monotonic() + KV_REPORT_WAIT_S
+        while True:
+            try:
+                found = kv_cache_bytes(httpx.get(server.url + "/api/stats", timeout=30).json())
+            except (httpx.HTTPError, ValueError) as e:
+                return {"bytes": None, "source": f"not reported (/api/stats: {type(e).__name__})"}
+            if found:
+                return {"bytes": found[1], "source": f"/api/stats {found[0]}"}
+            if time.monotonic() > deadline:
+                return {"bytes": None, "source": "not reported (/api/stats has no KV-cache size under engine)"}
+            time.sleep(0.1)
     from .peers import kv_cache_from_log
 
     n = kv_cache_from_log(server.proc.log_text())
