@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..generation import Delta, Done, EngineError, ModelLoadError, Prepared, SamplingParams
+from .grammar import engine_schema
 from .template import ChatTemplate
 
 # tokenizer.ggml.token_type values (llama.h, enum llama_token_type) of the tokens
@@ -275,7 +276,7 @@ class Engine:
             "seed": seed,
         }
         if params.json_schema is not None:
-            body["json_schema"] = _compact_json(params.json_schema)
+            body["json_schema"] = engine_schema(params.json_schema)
         if params.n_probs > 0:
             body["n_probs"] = params.n_probs
         if params.logit_bias:
@@ -383,19 +384,6 @@ class _StreamState:
         out, self.probs = self.probs, []
         into.extend(out)
         return out
-
-
-def _compact_json(schema: Any) -> Any:
-    """The schema, asking for JSON without free whitespace.
-
-    This llama.cpp is built with llguidance, whose JSON grammar allows any run of
-    whitespace between tokens: a 135M model then fills max_tokens with newlines
-    (seen: 300 "\n   " tokens inside an array). Compact JSON cannot do that. A schema
-    that sets its own "x-guidance" options keeps them.
-    """
-    if isinstance(schema, dict) and "x-guidance" not in schema:
-        return {"x-guidance": {"whitespace_flexible": False}, **schema}
-    return schema
 
 
 def _split_stop(text: str, stops: tuple[str, ...], *, final: bool = False) -> tuple[str, str, bool]:

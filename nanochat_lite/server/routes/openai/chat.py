@@ -106,6 +106,9 @@ async def _parse(rt: Runtime, request: Request
     bias = op.logit_bias(req.logit_bias, prompts.n_vocab)
     tools = openai_tools.plan(req)
     schema = tools.schema if tools is not None else op.response_schema(req.response_format)
+    if tools is not None:
+        for where, call in tools.calls:
+            await op.check_schema_with_engine(call, where)
     if schema is not None:
         await op.check_schema_with_engine(schema, "tools" if tools is not None else "response_format")
     params = params.with_overrides(json_schema=schema, n_probs=probs or None, logit_bias=bias or None)

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ....engines.grammar import GrammarError, schema_to_grammar
+from ....engines import grammar
 from ....generation import SamplingParams
 from ...wire import limits
 from ...wire.errors import RequestError
@@ -129,12 +129,13 @@ def _resolve_ref(ref: Any, root: dict[str, Any], where: str) -> None:
 
 
 async def check_schema_with_engine(schema: Any, param: str) -> None:
-    """Our check, then llama.cpp's own converter (off the loop: a large schema takes a while)."""
+    """Our check, then the engine's own grammar compiler (off the loop: a large schema takes
+    a while). A schema the engine could not enforce is a 400, never unconstrained text."""
     check_schema(schema, param)
     try:
-        await asyncio.to_thread(schema_to_grammar, schema)
-    except GrammarError as e:
-        raise RequestError(f"`{param}`: llama.cpp cannot use this schema: {e}", param=param) from None
+        await asyncio.to_thread(grammar.check, schema)
+    except grammar.GrammarError as e:
+        raise RequestError(f"`{param}`: the engine cannot enforce this schema: {e}", param=param) from None
 
 
 def response_schema(fmt: ResponseFormat | None) -> Any:
@@ -154,8 +155,9 @@ def response_schema(fmt: ResponseFormat | None) -> Any:
         if spec is None:
             raise RequestError("`response_format.json_schema` is required when type is \"json_schema\"",
                                param="response_format.json_schema")
-        if spec.name is None or not _NAME.match(spec.name):
-            raise RequestError("`response_format.json_schema.name` is required: 1 to 64 letters, digits, "
+        # OpenAI requires a name; llama-server and most clients send none, so it is optional here.
+        if spec.name is not None and not _NAME.match(spec.name):
+            raise RequestError("`response_format.json_schema.name` must be 1 to 64 letters, digits, "
                                "underscores or dashes", param="response_format.json_schema.name")
         if spec.schema is msgspec.UNSET or spec.schema is None:
             # OpenAI's default: any JSON object.

@@ -50,6 +50,11 @@ class ToolPlan:
     system: str
     schema: dict[str, Any]
     allow_text: bool  # tool_choice "auto": the model may answer {"response": ...}
+    # (where, schema) of each callable tool's parameters alone: with "auto", a tool whose
+    # parameters no answer can satisfy leaves the text branch valid, so the whole schema
+    # compiles; each tool is checked on its own too, so such a tool is a 400, not a tool
+    # that silently can never be called.
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def plan(req: OAIChatRequest) -> ToolPlan | None:
@@ -94,6 +99,7 @@ def plan(req: OAIChatRequest) -> ToolPlan | None:
     allow_text = choice in (None, "auto")
     defs: dict[str, Any] = {}
     calls = [_call_schema(t, defs) for t in chosen]
+    where = [f"tools[{next(i for i, t in enumerate(tools) if t is c)}].function.parameters" for c in chosen]
     options: list[dict[str, Any]] = [{"type": "object", "properties": {"tool_call": c}, "required": ["tool_call"],
                             "additionalProperties": False} for c in calls]
     if allow_text:
@@ -104,7 +110,9 @@ def plan(req: OAIChatRequest) -> ToolPlan | None:
         schema = {**schema, "$defs": defs}
     described = json.dumps([_describe(t) for t in tools], ensure_ascii=False, indent=1)
     system = TOOL_PROMPT.format(tools=described, how=HOW_AUTO if allow_text else HOW_CALL)
-    return ToolPlan(system, schema, allow_text)
+    alone = tuple((w, {**c["properties"]["arguments"], "$defs": defs} if defs and isinstance(
+        c["properties"]["arguments"], dict) else c["properties"]["arguments"]) for w, c in zip(where, calls))
+    return ToolPlan(system, schema, allow_text, alone)
 
 
 def _params(t: Tool) -> Any:
