@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+import optout
 from llama_ref import LlamaRef
 from pgcluster import pg_cluster, pg_url  # noqa: F401  (fixtures: a throwaway PostgreSQL)
 from nanochat_lite import models
@@ -36,3 +37,37 @@ def llama_ref(chat_model_path: Path) -> Iterator[LlamaRef]:
     """One in-process llama-server (xllamacpp) on the chat model, for the whole run."""
     with LlamaRef(chat_model_path) as ref:
         yield ref
+
+
+# -- required components and their opt-out (tests/optout.py) ---------------------------------
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        optout.opted_out()
+    except ValueError as e:  # a misspelt name would otherwise opt out of nothing, silently
+        raise pytest.UsageError(str(e)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    names = optout.opted_out()
+    return f"opted out ({optout.ENV}): {', '.join(sorted(names))}" if names else None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    """Name what the opt-out skipped, right above the final count, where the eye lands.
+    (The outermost wrapper: its part after `yield` runs after pytest's short summary.)"""
+    result = yield
+    names = optout.opted_out()
+    if not names:
+        return result
+    counts = dict.fromkeys(sorted(names), 0)
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(optout.REASON_PREFIX):
+            name = reason[len(optout.REASON_PREFIX):].split(" ", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+    for name, n in counts.items():
+        terminalreporter.write_line(f"SKIPPED BY OPT-OUT: {name} ({optout.ENV}): {n} tests not run "
+                                    f"({optout.COMPONENTS[name]})", yellow=True, bold=True)
+    return result

@@ -4,8 +4,14 @@ on a free loopback port (Unix socket in the same folder), one fresh database per
 
 PostgreSQL refuses to run as root; as root the cluster runs as the `postgres` user
 (created by Debian's package), in a folder owned by it. `scripts/test.sh` installs the
-package when it is missing. When PostgreSQL cannot be found or started, the tests that
-need it fail if the CI environment variable is set, and skip with the reason otherwise.
+package when it is missing. PostgreSQL is required: when it cannot be found or started,
+the tests that need it fail (tests/optout.py: NANOCHAT_TEST_SKIP=postgres skips them on
+purpose). Its binaries come from NANOCHAT_PG_BINDIR when set (and only from there), else
+the newest /usr/lib/postgresql/*/bin, else `initdb` on PATH.
+
+PostgreSQL cannot bind port 0 and tell us the port, so the port is a free one picked
+here; when another process takes it before the postmaster binds it, the start is
+retried on another.
 """
 
 from __future__ import annotations
@@ -22,36 +28,44 @@ from pathlib import Path
 
 import pytest
 
+from optout import missing, skip_if_opted_out
 from serverproc import free_port
 
 # fsync off: the tests kill processes, never the machine; a process kill loses nothing
 # committed either way, and the 2-core box is shared.
 _SERVER_OPTIONS = "-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=60"
+BINDIR_ENV = "NANOCHAT_PG_BINDIR"
+_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+START_ATTEMPTS = 5  # ports tried when the picked one is taken meanwhile
+_FIX = ("install it (`apt-get install postgresql`, or run scripts/test.sh, which does), "
+        f"or point {BINDIR_ENV} at its bin folder")
 
 
-def _bin_dir() -> Path | None:
+def _bin_dir() -> Path:
+    """The folder with initdb, pg_ctl and postgres; FileNotFoundError says where we looked."""
+    if os.environ.get(BINDIR_ENV):
+        bindir = Path(os.environ[BINDIR_ENV])
+        lacking = [p for p in _PROGRAMS if not os.access(bindir / p, os.X_OK)]
+        if lacking:
+            raise FileNotFoundError(f"{BINDIR_ENV}={bindir} has no {', '.join(lacking)}")
+        return bindir
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
+    if initdb:
+        return Path(initdb).parent
+    raise FileNotFoundError("PostgreSQL's initdb is not in /usr/lib/postgresql/*/bin nor on PATH")
 
 
-def unavailable(reason: str) -> None:
-    """Fail under CI (a missing PostgreSQL must never pass silently there), skip otherwise."""
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL tests cannot run: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL tests skipped: {reason} "
-                "(install it with `apt-get install postgresql`, or run scripts/test.sh)")
+class PortTaken(RuntimeError):
+    """The postmaster could not bind its port: someone took it after we picked it."""
 
 
 class PgCluster:
     def __init__(self) -> None:
-        bindir = _bin_dir()
-        if bindir is None:
-            raise FileNotFoundError("initdb not found in /usr/lib/postgresql/*/bin or on PATH")
-        self.bindir = bindir
+        self.bindir = _bin_dir()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="nanochat-pg-"))
         self.data = self.dir / "data"
@@ -75,10 +89,30 @@ class PgCluster:
         # emoji) as a letter, as SQLite's tokenizer does; see nanochat_lite/history/postgres.py.
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--locale=C", "--encoding=UTF8", "--no-sync")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                  "-o", f"-p {self.port} -k {self.dir} {_SERVER_OPTIONS}", "start")
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._start_postmaster()
+                break
+            except PortTaken:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
         self.started = True
         return self
+
+    def _start_postmaster(self) -> None:
+        """`pg_ctl start` on self.port; PortTaken when that port was in use."""
+        seen = self.log.stat().st_size if self.log.exists() else 0
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                      "-o", f"-p {self.port} -k {self.dir} {_SERVER_OPTIONS}", "start")
+        except RuntimeError as e:
+            if self.log.exists():
+                with open(self.log, errors="replace") as f:  # this attempt's lines only
+                    f.seek(seen)
+                    if "could not bind" in f.read():  # "could not bind IPv4 address ...: Address already in use"
+                        raise PortTaken(f"port {self.port} was taken: {e}") from e
+            raise
 
     def stop(self) -> None:
         if self.started:
@@ -110,19 +144,29 @@ class PgCluster:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
+    skip_if_opted_out("postgres")
+    # missing() is called outside the `except` blocks: its message then stands alone
+    # (inside, pytest would print the caught exception above it as well).
+    problem = fix = ""
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        unavailable("psycopg is not installed (pip install -e '.[postgres]')")
+        problem, fix = "psycopg is not installed", "pip install -e '.[postgres]' (scripts/test.sh does)"
+    if problem:
+        missing("postgres", problem, fix)
     try:
         cluster = PgCluster()
     except (FileNotFoundError, KeyError) as e:
-        unavailable(str(e))
+        problem, fix = f"PostgreSQL cannot run: {e}", _FIX
+    if problem:
+        missing("postgres", problem, fix)
     try:
         cluster.start()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         cluster.stop()
-        unavailable(f"could not start a cluster: {e}")
+        problem = f"a throwaway PostgreSQL cluster did not start: {e}"
+    if problem:
+        missing("postgres", problem, "read PostgreSQL's error above")
     try:
         yield cluster
     finally:

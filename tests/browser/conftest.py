@@ -1,44 +1,45 @@
 """Browser fixtures: Debian's Chromium driven by the `playwright` package, pages that
 record what went wrong in them, and an in-process server around a scripted engine.
 
-The browser is /usr/bin/chromium (`playwright install` cannot download here). Without
-it the browser tests are skipped, unless CI is set: there a missing browser fails.
+The browser is /usr/bin/chromium (`playwright install` cannot download here). Both are
+required: without either the browser tests fail (tests/optout.py:
+NANOCHAT_TEST_SKIP=browser skips them on purpose).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from optout import missing, skip_if_opted_out
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 DESKTOP = {"width": 1280, "height": 800}
 
 
-def _require_browser() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set, so the browser tests must run)")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    _require_browser()
+    skip_if_opted_out("browser")
+    if not CHROMIUM.exists():
+        missing("browser", f"{CHROMIUM} is missing", "apt-get install -y chromium (scripts/test.sh does)")
     try:
+        from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("the `playwright` package is missing: pip install playwright")
-        pytest.skip("the `playwright` package is missing: pip install playwright")
+        sync_playwright = None
+    if sync_playwright is None:  # missing() outside `except`: its message then stands alone
+        missing("browser", "the `playwright` package is missing", "pip install -e '.[test]' (scripts/test.sh does)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        problem = ""
+        try:
+            b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        except PlaywrightError as e:
+            problem = f"Chromium ({CHROMIUM}) did not start: {e}"
+        if problem:
+            missing("browser", problem, "check that `chromium --headless --no-sandbox about:blank` runs")
         yield b
         b.close()
 
