@@ -66,6 +66,11 @@ class Proc:
     def pid(self) -> int:
         return self.p.pid
 
+    def crashed(self) -> int | None:
+        """The signal that ended the process, if one did."""
+        rc = self.p.poll()
+        return -rc if rc is not None and rc < 0 else None
+
     def log_text(self) -> str:
         """What the process has written to stderr so far. Read through a second open file:
         seeking the shared one would move the child's write position too."""
@@ -78,8 +83,12 @@ class Proc:
         with httpx.Client(timeout=1.0) as c:
             while time.perf_counter() < deadline:
                 if self.p.poll() is not None:
-                    self.log.seek(0)
-                    raise RuntimeError(f"server exited: {self.log.read().decode(errors='replace')[-2000:]}")
+                    tail = self.log_text()[-2000:]
+                    if self.p.returncode < 0:  # a peer's native code died: the row says so
+                        from .isolate import PeerCrashed
+
+                        raise PeerCrashed(-self.p.returncode, tail)
+                    raise RuntimeError(f"server exited with code {self.p.returncode}: {tail}")
                 try:
                     if c.get(self.url + path).status_code == 200:
                         return time.perf_counter() - self.t0

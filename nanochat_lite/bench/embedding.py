@@ -30,9 +30,10 @@ def run(quick: bool, threads: int, model_dir: Path) -> dict[str, Any]:
                 engine[key] = {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
                                "max": round(max(values), digits), "n": len(values)}
         engines["nanochat-lite" if name == "ours" else name] = engine
-    if "sentence-transformers" not in engines:
-        engines["sentence-transformers"] = "not installed"
-    return {"status": "ok", "threads": threads, "rounds": raw["rounds"],
-            "method": ("each round is a fresh child process; per round, the best of "
-                       f"{1 if quick else 3} passes over 256 texts (search queries to 400-word passages)"),
+    for name, why in raw["unavailable"].items():  # not installed, or its child crashed
+        engines[name] = why
+    return {"status": "ok", "threads": threads, "rounds": raw["rounds"], "texts": raw["texts"],
+            "method": (f"cold load: {raw['rounds']} fresh child process(es) per engine; throughput: "
+                       f"{raw['repeats']} passes over {raw['texts']} texts (search queries to 400-word passages) "
+                       "per batch size, engines alternating"),
             "engines": engines}  # "nanochat-lite": nanochat_lite.embeddings.Embedder (numpy)

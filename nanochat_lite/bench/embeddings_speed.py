@@ -12,7 +12,9 @@ wanting its first embedding (clock started before `import numpy`) to having it;
 "+exec" adds the interpreter's own start-up. Each engine runs in its own child process
 (torch's OpenMP threads spin after a call and would slow OpenBLAS in the same process);
 the parent asks the two children for one measurement at a time, alternating, so a load
-spike from elsewhere on the machine hits both alike. The table shows the best and the
+spike from elsewhere on the machine hits both alike. A child other than ours that crashes
+(torch or a native BLAS built for another CPU) is listed as "crashed (signal N)" and the
+run goes on without it (`isolate.py`). The table shows the best and the
 median of the repeats; on a machine whose cores are shared, the best is the fairer
 comparison.
 
@@ -30,11 +32,11 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from . import isolate
 
 _BATCH_SIZES = (1, 32, 256)
 _CORPUS_SIZE = 256
@@ -82,17 +84,18 @@ def _time_chunks(embed: Any, chunks: list[list[str]]) -> float:
     return sum(len(c) for c in chunks) / (time.perf_counter() - start)
 
 
-def _worker(engine: str, model_dir: Path, threads: int | None) -> None:
-    """Child process: report the cold load, then time one scenario per request on stdin.
+def embed_worker(engine: str, model_dir: str, threads: int | None, texts: int = _CORPUS_SIZE
+                 ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, float]]]:
+    """In a child process (isolate.Worker): load one engine and embed a first text; then
+    each request {"scenario": "batch_N"} answers {"batch_N": sentences/s}.
 
-    Protocol, one JSON object per line: it prints {"cold_load_s", "ready_at", "engine",
-    "blas"} once ready, then for each line "batch_N" it reads, {"batch_N": sentences/s}.
-    """
-    start = time.perf_counter()  # the cold-load clock starts before numpy is imported
+    The ready info is {"engine", "cold_load_s", "ready_at", "blas"}; the cold-load clock
+    starts here, before numpy is imported."""
+    start = time.perf_counter()
     if engine == "ours":
         from nanochat_lite.embeddings import Embedder
 
-        embedder = Embedder(model_dir, threads=threads)
+        embedder = Embedder(Path(model_dir), threads=threads)
         embedder.embed(["The first sentence."])
         cold = time.perf_counter() - start
 
@@ -108,7 +111,7 @@ def _worker(engine: str, model_dir: Path, threads: int | None) -> None:
 
         if threads is not None:
             torch.set_num_threads(threads)
-        model = SentenceTransformer(str(model_dir), device="cpu")
+        model = SentenceTransformer(model_dir, device="cpu")
         model.encode(["The first sentence."])
         cold = time.perf_counter() - start
 
@@ -118,49 +121,61 @@ def _worker(engine: str, model_dir: Path, threads: int | None) -> None:
         version = f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}"
 
     ready = {"engine": version, "cold_load_s": cold, "ready_at": time.time(), "blas": _blas_info()}
-    print(json.dumps(ready), flush=True)
-    texts = corpus()
-    embed(texts[:32])  # warm caches and lazy paths
-    for line in sys.stdin:
-        scenario = line.strip()
+    pool_all = corpus()[:texts]
+    embed(pool_all[:32])  # warm caches and lazy paths
+
+    def handle(request: dict[str, Any]) -> dict[str, float]:
+        scenario = str(request["scenario"])
         size = int(scenario.removeprefix("batch_"))
-        pool = texts[:64] if size == 1 else texts
+        pool = pool_all[:64] if size == 1 else pool_all
         chunks = [pool[i : i + size] for i in range(0, len(pool), size)]
-        print(json.dumps({scenario: _time_chunks(embed, chunks)}), flush=True)
+        return {scenario: _time_chunks(embed, chunks)}
+
+    return ready, handle
 
 
-class _Child:
-    """A worker process of one engine, driven line by line."""
+# Engine name -> (the child's factory, its `engine` argument).
+ENGINES: dict[str, tuple[Callable[..., Any] | str, str]] = {"ours": (embed_worker, "ours"),
+                                                            "sentence-transformers": (embed_worker, "st")}
+ST_MISSING = "not installed (pip install sentence-transformers)"
 
-    def __init__(self, engine: str, model_dir: Path, threads: int | None) -> None:
-        cmd = [sys.executable, "-m", "nanochat_lite.bench.embeddings_speed", "--worker", engine, "--model-dir", str(model_dir)]
-        if threads is not None:
-            cmd += ["--threads", str(threads)]
-        spawned = time.time()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-        self.ready = self._read()
-        self.ready["cold_from_exec_s"] = self.ready.pop("ready_at") - spawned
 
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"benchmark worker exited early (code {self.proc.wait()})")
-            if line.startswith("{"):
-                return json.loads(line)
+class _Engines:
+    """One child process per engine; an engine other than ours whose child crashes or
+    fails is dropped and its reason kept in `lost` ("crashed (signal 11)")."""
 
-    def measure(self, scenario: str) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(scenario + "\n")
-        self.proc.stdin.flush()
-        return float(self._read()[scenario])
+    def __init__(self, names: list[str], model_dir: Path, threads: int | None, texts: int) -> None:
+        self.model_dir, self.threads, self.texts = model_dir, threads, texts
+        self.names = names
+        self.lost: dict[str, str] = {}
 
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+    def live(self) -> list[str]:
+        return [n for n in self.names if n not in self.lost]
+
+    def start(self, name: str) -> tuple[isolate.Worker, dict[str, Any]] | None:
+        try:
+            factory, engine = ENGINES[name]
+            w = isolate.Worker(factory, engine=engine, model_dir=str(self.model_dir),
+                               threads=self.threads, texts=self.texts, env={"HF_HUB_OFFLINE": "1"})
+        except isolate.PeerFailed as e:
+            self._lose(name, e)
+            return None
+        ready = dict(w.info)
+        ready["cold_from_exec_s"] = ready.pop("ready_at") - w.spawned
+        return w, ready
+
+    def measure(self, name: str, w: isolate.Worker, scenario: str) -> float | None:
+        try:
+            return float(w.call({"scenario": scenario})[scenario])
+        except isolate.PeerFailed as e:
+            w.close()
+            self._lose(name, e)
+            return None
+
+    def _lose(self, name: str, e: isolate.PeerFailed) -> None:
+        if name == "ours":  # our own engine failing is the section's failure
+            raise e
+        self.lost[name] = isolate.row_text(e)
 
 
 def _have_sentence_transformers() -> bool:
@@ -176,65 +191,84 @@ def _default_model_dir() -> Path:
     return models.ensure(Config.from_env().home, models.DEFAULT_EMBEDDING)
 
 
+# By --quick: cold rounds (fresh processes per engine), throughput repeats per scenario,
+# and texts of the corpus embedded per pass (the batch-1 pass takes the first 64 of them).
+SIZES = {False: (3, 5, _CORPUS_SIZE), True: (1, 2, _CORPUS_SIZE)}
+
+
 def run(quick: bool = False, *, threads: int | None = None, model_dir: Path | None = None) -> dict[str, Any]:
-    """Measure; returns {"engines": {name: {"best": {...}, "median": {...}, ...}}, ...}.
+    """Measure; returns {"engines": {name: {"best": {...}, "median": {...}, ...}}, "unavailable": {...}, ...}.
 
     Cold loads: `rounds` fresh processes per engine. Throughput: one process per engine,
-    measurements alternating between them, `repeats` per scenario.
-    """
+    measurements alternating between them, `repeats` per scenario. Each engine runs in a
+    child process (isolate.py); one other than ours that crashes is listed under
+    "unavailable" as "crashed (signal N)" and the rest goes on."""
     model_dir = model_dir or _default_model_dir()
-    engines = {"ours": "ours"}
-    if _have_sentence_transformers():
-        engines["sentence-transformers"] = "st"
-    rounds, repeats = (1, 2) if quick else (3, 5)
-    cold: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
+    names = ["ours"] + (["sentence-transformers"] if _have_sentence_transformers() else [])
+    unavailable = {} if "sentence-transformers" in names else {"sentence-transformers": ST_MISSING}
+    rounds, repeats, texts = SIZES[quick]
+    eng = _Engines(names, model_dir, threads, texts)
+    cold: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(rounds - 1):  # the last round's processes stay for the throughput runs
-        for name, engine in engines.items():
-            child = _Child(engine, model_dir, threads)
-            cold[name].append(child.ready)
-            child.close()
-    children = {name: _Child(engine, model_dir, threads) for name, engine in engines.items()}
-    for name, child in children.items():
-        cold[name].append(child.ready)
-    speeds: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
+        for name in eng.live():
+            started = eng.start(name)
+            if started:
+                cold[name].append(started[1])
+                started[0].close()
+    children: dict[str, isolate.Worker] = {}
+    speeds: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     try:
+        for name in eng.live():
+            started = eng.start(name)
+            if started:
+                children[name] = started[0]
+                cold[name].append(started[1])
         for size in _BATCH_SIZES:
             scenario = f"batch_{size}"
             for _ in range(repeats):
-                for name, child in children.items():  # alternate: machine load hits both alike
-                    speeds[name].setdefault(scenario, []).append(child.measure(scenario))
+                for name in eng.live():  # alternate: machine load hits both alike
+                    v = eng.measure(name, children[name], scenario)
+                    if v is not None:
+                        speeds[name].setdefault(scenario, []).append(v)
     finally:
         for child in children.values():
             child.close()
+    unavailable.update(eng.lost)
 
     out: dict[str, Any] = {
         "threads": threads,
         "rounds": rounds,
         "repeats": repeats,
+        "texts": texts,
         "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
         "engines": {},
+        "unavailable": unavailable,
     }
-    for name in engines:
-        best = {m: max(v) for m, v in speeds[name].items()}
-        median = {m: statistics.median(v) for m, v in speeds[name].items()}
-        for m in ("cold_load_s", "cold_from_exec_s"):
-            values = [r[m] for r in cold[name]]
-            best[m], median[m] = min(values), statistics.median(values)
-        out["engines"][name] = {
-            "version": cold[name][0]["engine"],
-            "blas": cold[name][0]["blas"],
-            "best": best,
-            "median": median,
-            "samples": {**speeds[name], "cold_load_s": [r["cold_load_s"] for r in cold[name]]},
-            # One dict per repeat (throughput) and per cold round, for callers that
-            # summarise samples themselves (nanochat_lite/bench/embedding.py).
-            "rounds": [
-                {k: v[i] for k, v in speeds[name].items() if i < len(v)}
-                | ({"cold_load_s": cold[name][i]["cold_load_s"]} if i < len(cold[name]) else {})
-                for i in range(max(repeats, len(cold[name])))
-            ],
-        }
+    for name in eng.live():
+        out["engines"][name] = _engine_result(speeds[name], cold[name], repeats)
     return out
+
+
+def _engine_result(speeds: dict[str, list[float]], cold: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    best = {m: max(v) for m, v in speeds.items()}
+    median = {m: statistics.median(v) for m, v in speeds.items()}
+    for m in ("cold_load_s", "cold_from_exec_s"):
+        values = [r[m] for r in cold]
+        best[m], median[m] = min(values), statistics.median(values)
+    return {
+        "version": cold[0]["engine"],
+        "blas": cold[0]["blas"],
+        "best": best,
+        "median": median,
+        "samples": {**speeds, "cold_load_s": [r["cold_load_s"] for r in cold]},
+        # One dict per repeat (throughput) and per cold round, for callers that
+        # summarise samples themselves (nanochat_lite/bench/embedding.py).
+        "rounds": [
+            {k: v[i] for k, v in speeds.items() if i < len(v)}
+            | ({"cold_load_s": cold[i]["cold_load_s"]} if i < len(cold) else {})
+            for i in range(max(repeats, len(cold)))
+        ],
+    }
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -255,6 +289,8 @@ def _table(result: dict[str, Any]) -> str:
             )
     for engine, data in result["engines"].items():
         lines.append(f"{engine}: {data['version']}; BLAS: {json.dumps(data['blas'])}")
+    for engine, why in result["unavailable"].items():
+        lines.append(f"{engine}: {why}")
     lines.append("s/s = sentences per second; cold = first embedding after the process wants it; "
                  "+exec = the same from spawning the interpreter")
     return "\n".join(lines)
@@ -266,11 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="BLAS / torch threads (default: theirs)")
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--worker", choices=("ours", "st"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        _worker(args.worker, args.model_dir, args.threads)
-        return 0
     result = run(args.quick, threads=args.threads, model_dir=args.model_dir)
     print(json.dumps(result, indent=2) if args.json else _table(result))
     return 0

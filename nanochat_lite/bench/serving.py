@@ -9,7 +9,8 @@ Decode: tokens/s between the first and last streamed token of a long answer thro
 nanochat-lite's /api/chat, against llama-bench's `-p 0 -n 128` text-generation figure
 (decoding alone, no server, no sampling) when a binary is given, and against
 llama-cpp-python's own `Llama.generate` loop on the same prompt when that package is
-installed, alternating round by round.
+installed (in a child process: a native build that crashes is reported in its row, and
+ours still runs), alternating round by round.
 
     python -m nanochat_lite.bench.serving [--runs 5] [--threads 2] [--llama-server PATH] [--llama-bench PATH]
 """
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 import httpx
 
+from . import isolate
 from . import peers as _peers
 from .common import fmt, machine, settle_nanochat, stream_openai, summary
 from .peers import NANO, Peer, PeerOptions, llama_bench_tg, nanochat, serving_peers
@@ -39,13 +41,28 @@ LLAMA_BENCH_TG = 128  # llama-bench -n: its usual tg128
 def cold_start(peers: list[Peer], absent: dict[str, str], runs: int,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {p.name: {"health_s": [], "first_token_s": []} for p in peers}
+    absent = dict(absent)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(runs):
             for peer in peers:
+                if peer.name in absent:  # it crashed or failed in an earlier run
+                    continue
                 extra = {"n_predict": 4} if peer.n_predict else {}
-                with peer.start(Path(tmp)) as p:
-                    health = p.wait_ready(peer.ready_path)
-                    first = stream_openai(p.url, FIRST_MESSAGES, max_tokens=4, **extra)["first"] - p.t0
+                try:
+                    with peer.start(Path(tmp)) as p:
+                        health = p.wait_ready(peer.ready_path)
+                        try:
+                            first = stream_openai(p.url, FIRST_MESSAGES, max_tokens=4, **extra)["first"] - p.t0
+                        except Exception as e:  # a peer that dies mid-answer: say by what
+                            signum = p.crashed()
+                            raise isolate.PeerCrashed(signum, p.log_text()[-1500:]) if signum else e
+                except Exception as e:
+                    if peer.name == NANO:
+                        raise
+                    absent[peer.name] = isolate.row_text(e)  # the other peers' runs go on
+                    del results[peer.name]
+                    log(f"  run {i + 1}/{runs} {peer.name:<31} {absent[peer.name]}")
+                    continue
                 results[peer.name]["health_s"].append(health)
                 results[peer.name]["first_token_s"].append(first)
                 log(f"  run {i + 1}/{runs} {peer.name:<31} ready {health * 1000:7.0f} ms   "
@@ -90,6 +107,17 @@ def _raw_generate_tps(llm: Any, tokens: list[int], n: int) -> float:
     return (count - 1) / (last - first)
 
 
+def llama_cpp_python_decoder(model: str, ctx: int, threads: int, prompt: str
+                             ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, float]]]:
+    """In a child process (isolate.Worker): llama-cpp-python's model on `prompt`; each
+    request {"n": N} answers {"tok_s": its own generate loop's tokens/s over N tokens}."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=model, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    tokens = _prompt_tokens(llm, [{"role": "user", "content": prompt}])
+    return {"version": llama_cpp.__version__}, lambda req: {"tok_s": _raw_generate_tps(llm, tokens, int(req["n"]))}
+
+
 def _server_tps(url: str, n: int) -> tuple[float, int]:
     body = {"message": LONG_PROMPT, "stream": True, "temperature": 0, "repeat_penalty": 1.0, "max_tokens": n}
     first = last = None
@@ -114,43 +142,84 @@ def _server_tps(url: str, n: int) -> tuple[float, int]:
     return (tokens - 1) / (last - first), tokens
 
 
+class _RawPeer:
+    """llama-cpp-python's generate loop in a child process, or why there is none: a row
+    that says "not installed", "crashed (signal 11)" or "failed: ..." instead of figures."""
+
+    def __init__(self, enabled: bool, factory: Callable[..., Any] | str, init: dict[str, Any],
+                 log: Callable[[str], None]) -> None:
+        self.worker: isolate.Worker | None = None
+        self.why = "not installed (pip install llama-cpp-python)"
+        self.lost = False  # it was there and went: its figures so far are dropped
+        self.log = log
+        if enabled:
+            try:
+                self.worker = isolate.Worker(factory, **init)
+            except isolate.PeerFailed as e:
+                self._lost(e)
+
+    def tps(self, n: int) -> float | None:
+        """Tokens/s over `n` tokens; None once the peer is gone."""
+        if self.worker is None:
+            return None
+        try:
+            return float(self.worker.call({"n": n})["tok_s"])
+        except isolate.PeerFailed as e:
+            self._lost(e)
+            return None
+
+    def _lost(self, e: isolate.PeerFailed) -> None:
+        self.why, self.lost = isolate.row_text(e), True
+        self.log(f"  llama-cpp-python: {self.why}" + (f"; its last words: {e.stderr_tail[-300:]}"
+                                                       if isinstance(e, isolate.PeerCrashed) and e.stderr_tail else ""))
+        self.close()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
 def decode_speed(model_path: Path, threads: int, ctx: int, runs: int, n_tokens: int = 256, *,
                  serve_args: tuple[str, ...] = (), llama_bench: Path | None = None,
-                 llama_cpp_python: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    llm = None
-    if llama_cpp_python and _peers.have_llama_cpp_python():
-        import llama_cpp
-
-        llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                              verbose=False)
-        tokens = _prompt_tokens(llm, [{"role": "user", "content": LONG_PROMPT}])
+                 llama_cpp_python: bool = True, raw_peer: Callable[..., Any] | str = llama_cpp_python_decoder,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """nanochat-lite's tokens/s beside llama-cpp-python's own loop (in a child process:
+    a native build that crashes is its row, "crashed (signal N)", and ours still runs) and
+    llama-bench's tg128, alternating round by round. `raw_peer` is the child's factory."""
+    raw_peer_ = _RawPeer(llama_cpp_python and _peers.have_llama_cpp_python(), raw_peer,
+                         {"model": str(model_path), "ctx": ctx, "threads": threads, "prompt": LONG_PROMPT}, log)
     ours: list[float] = []
     raw: list[float] = []
     bench: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        peer = nanochat(model_path, threads, ctx, serve_args)
-        with peer.start(Path(tmp)) as p:
-            p.wait_ready(peer.ready_path)
-            settle_nanochat(p.url)
-            _server_tps(p.url, 16)  # warm up
-            if llm is not None:
-                _raw_generate_tps(llm, tokens, 16)
-            for i in range(runs):
-                tps, got = _server_tps(p.url, n_tokens)
-                ours.append(tps)
-                line = f"  run {i + 1}/{runs} nanochat-lite /api/chat {tps:6.1f} tok/s ({got} tokens)"
-                if llm is not None:
-                    raw.append(_raw_generate_tps(llm, tokens, got))
-                    line += f"   llama-cpp-python generate {raw[-1]:6.1f} tok/s"
-                if llama_bench is not None:
-                    bench.append(llama_bench_tg(llama_bench, model_path, threads, LLAMA_BENCH_TG))
-                    line += f"   llama-bench tg{LLAMA_BENCH_TG} {bench[-1]:6.1f} tok/s"
-                log(line)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            peer = nanochat(model_path, threads, ctx, serve_args)
+            with peer.start(Path(tmp)) as p:
+                p.wait_ready(peer.ready_path)
+                settle_nanochat(p.url)
+                _server_tps(p.url, 16)  # warm up
+                raw_peer_.tps(16)
+                for i in range(runs):
+                    tps, got = _server_tps(p.url, n_tokens)
+                    ours.append(tps)
+                    line = f"  run {i + 1}/{runs} nanochat-lite /api/chat {tps:6.1f} tok/s ({got} tokens)"
+                    theirs = raw_peer_.tps(got)
+                    if theirs is not None:
+                        raw.append(theirs)
+                        line += f"   llama-cpp-python generate {theirs:6.1f} tok/s"
+                    if llama_bench is not None:
+                        bench.append(llama_bench_tg(llama_bench, model_path, threads, LLAMA_BENCH_TG))
+                        line += f"   llama-bench tg{LLAMA_BENCH_TG} {bench[-1]:6.1f} tok/s"
+                    log(line)
+    finally:
+        raw_peer_.close()
     out: dict[str, Any] = {NANO: summary(ours)}
     raw_name, bench_name = "llama-cpp-python generate", f"llama-bench tg{LLAMA_BENCH_TG}"
-    out[raw_name] = summary(raw) if raw else "not installed (pip install llama-cpp-python)"
+    # A peer that crashed part-way keeps no figures: its row says what happened.
+    out[raw_name] = summary(raw) if raw and not raw_peer_.lost else raw_peer_.why
     out[bench_name] = summary(bench) if bench else "not given (--llama-bench PATH)"
-    if raw:
+    if isinstance(out[raw_name], dict):
         out["ratio_llama_cpp_python"] = round(out[NANO]["median"] / out[raw_name]["median"], 3)
     if bench:
         out["ratio_llama_bench"] = round(out[NANO]["median"] / out[bench_name]["median"], 3)
@@ -188,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in cs["peer_order"]:
         print(f"  {name:<31} ready: {fmt(cs[name]['health_s'], ' ms'):<24} "
               f"first token: {fmt(cs[name]['first_token_s'], ' ms')}")
-    for name, why in absent.items():
-        print(f"  {name:<31} {why}")
+    for name, why in cs.items():
+        if isinstance(why, str):  # not given, not installed, crashed
+            print(f"  {name:<31} {why}")
     results: dict[str, Any] = {"machine": info, "threads": args.threads, "ctx": args.ctx, "cold_start": cs}
     if not args.skip_decode:
         print(f"\nDecode speed (median of {args.runs}, tokens/s between first and last streamed token):")

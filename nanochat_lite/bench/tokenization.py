@@ -12,14 +12,16 @@ them needs a download.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .tokenizer_speed import Sizes
 
 # GPT-2's pre-tokenizer, as tiktoken's own `gpt2` encoding spells it.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
+def _raw_tiktoken(model_path: str, sizes: Sizes) -> dict[str, Any]:
     import tiktoken
 
     from ..tokenizer import Tokenizer
@@ -33,9 +35,9 @@ def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
     gpt2 = tiktoken.Encoding("gpt2-pattern", pat_str=GPT2_PATTERN, mergeable_ranks=enc._mergeable_ranks,
                              special_tokens={})
     # Same text, sizes and repeats as tokenizer_speed.run.
-    lines = corpus_lines((512 if quick else 4096) * 1024, seed=7)
+    lines = corpus_lines(sizes.text_kb * 1024, seed=7)
     total = sum(len(s.encode("utf-8")) for s in lines)
-    repeats, chat_reps = (2, 300) if quick else (3, 2000)
+    repeats, chat_reps = sizes.repeats, sizes.chat_reps
     reference = [ours.encode(s) for s in lines]
     out = {}
     for name, e, note in (("tiktoken core, our pattern", enc, f"tiktoken {tiktoken.__version__}, encode_ordinary"),
@@ -49,18 +51,20 @@ def _raw_tiktoken(model_path: str, quick: bool) -> dict[str, Any]:
     return out
 
 
-def run(model_path: str, quick: bool) -> dict[str, Any]:
-    # One thread for every native library, as `python -m nanochat_lite.bench.tokenizer_speed` sets it.
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .tokenizer_speed import run as tokenizer_run
+def run(model_path: str, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`tokenizer_speed.run` at `SIZES[quick]` (llama.cpp and HF in child processes), plus raw tiktoken."""
+    from . import tokenizer_speed
 
-    result = tokenizer_run(quick, model_path=model_path)
+    # One thread per contender: the children get tokenizer_speed.ONE_THREAD in their environment.
+    # Not set here: the servers of later sections would inherit it.
+    sizes = tokenizer_speed.SIZES[quick]
+    result = tokenizer_speed.run(quick, model_path=model_path, sizes=sizes, log=log)
     mine = result["results"]["nanochat-lite"]
-    for name, r in _raw_tiktoken(model_path, quick).items():
+    for name, r in _raw_tiktoken(model_path, sizes).items():
         if "encode_mb_s" in r:
             r["our_speedup_encode"] = mine["encode_mb_s"] / r["encode_mb_s"]
             r["our_speedup_chat"] = mine["chat_per_s"] / r["chat_per_s"]
         result["results"][name] = r
-    result["method"] = f"fastest of {2 if quick else 3} repeats per contender, one thread"
+    result["method"] = (f"fastest of {sizes.repeats} repeats per contender, one thread; other projects' "
+                        "tokenizers each in a child process")
     return result

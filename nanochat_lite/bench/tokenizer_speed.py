@@ -13,29 +13,35 @@ Both return plain dicts (JSON-ready); ``main`` prints them as a table, and the
 `tokenizer` section of ``nanochat-lite bench`` (``tokenization.py``) reuses ``run``.
 llama.cpp is timed up to three ways:
 
-- ``xllamacpp /tokenize``: llama-server's route, with the server running in this
-  process (xllamacpp, the engine's library). Each text is one HTTP request over a
-  kept-alive loopback connection, so this times the round-trip as much as llama.cpp.
+- ``xllamacpp /tokenize``: llama-server's route, with the server running in the
+  measuring process (xllamacpp, the engine's library). Each text is one HTTP request over
+  a kept-alive loopback connection, so this times the round-trip as much as llama.cpp.
 - through llama-cpp-python, when it is installed (it is optional): ``Llama.tokenize``
   (what its users call; with a vocab-only model it tokenizes every text twice, because
   its first buffer is sized by the training context, which is 0 there) and
   ``llama_tokenize`` with a buffer sized once (llama.cpp's own speed).
 
-A contender whose package is missing is listed under ``"unavailable"`` with the
-reason ("not installed ..."), not in ``"results"``.
+Ours is timed in this process; every other contender in a child process of its own
+group (``FOREIGN``, through ``isolate.py``): a natively compiled library that crashes
+(llama-cpp-python built with ``-march=native`` on a VM that reports AMX) costs its rows,
+not the run. A contender whose package is missing, or whose child crashed or failed, is
+listed under ``"unavailable"`` with the reason ("not installed ...", "crashed (signal
+11)"), not in ``"results"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
+import hashlib
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
-
-from ..engines.llama_tokenizer import LlamaServerTokenizer
 
 CHAT_MESSAGE = (
     "Hi! Could you help me plan a three-day trip to Lisbon in early May? I'd like to see "
@@ -62,30 +68,23 @@ def _default_model() -> str:
     return str(models.ensure(Config.from_env().home, models.DEFAULT_CHAT))
 
 
-def _hf_tokenizer(model_path: str) -> Any:
-    """A Hugging Face tokenizer from the GGUF's vocabulary: BPE, digits split, byte-level."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers
+@dataclass(frozen=True)
+class Sizes:
+    text_kb: int  # generated mixed-script text, KiB
+    repeats: int  # timed passes per contender; the fastest counts
+    chat_reps: int  # chat messages per timed pass
 
-    from nanochat_lite import gguf
 
-    md = gguf.read(model_path).metadata
-    vocab = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
-    merges = [tuple(m.split(" ", 1)) for m in md["tokenizer.ggml.merges"]]
-    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True),
-         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
-    hf.decoder = decoders.ByteLevel()
-    return hf
-
+SIZES = {False: Sizes(4096, 3, 2000), True: Sizes(512, 2, 300)}  # by --quick
+# One thread for every native library, in this process and in the contenders' children.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 Contenders = dict[str, tuple[Callable[[str, bytes], list[int]], str]]  # name -> (fn(text, utf8), note)
 
 
+# -- the other projects' tokenizers, each built in a child process (isolate.py) -----------------
 def _llama_cpp_python(path: str, buf_len: int) -> Contenders:
-    """llama-cpp-python's two ways in (see the module docstring); ImportError when it is absent."""
+    """llama-cpp-python's two ways in (see the module docstring)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
@@ -102,48 +101,119 @@ def _llama_cpp_python(path: str, buf_len: int) -> Contenders:
     }
 
 
-def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
-    """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers."""
-    from nanochat_lite.tokenizer import Tokenizer
+def _xllamacpp(path: str, buf_len: int) -> Contenders:
+    """llama-server's /tokenize, the server in the (child) process through xllamacpp."""
+    from ..engines.llama_tokenizer import LlamaServerTokenizer
+
+    server = LlamaServerTokenizer(path)  # lives as long as the child
+    return {"xllamacpp /tokenize": (lambda s, b: server.encode(s),
+                                    f"llama-server inside the measuring process, xllamacpp {server.version}; "
+                                    "includes one HTTP round-trip per text")}
+
+
+def _hf_tokenizers(path: str, buf_len: int) -> Contenders:
+    """A Hugging Face tokenizer from the GGUF's vocabulary: BPE, digits split, byte-level."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from nanochat_lite import gguf
+
+    md = gguf.read(path).metadata
+    vocab = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
+    merges = [tuple(m.split(" ", 1)) for m in md["tokenizer.ggml.merges"]]
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    hf.decoder = decoders.ByteLevel()
+    return {"HF tokenizers": (lambda s, b: hf.encode(s, add_special_tokens=False).ids, "BPE+Digits+ByteLevel")}
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A group of contenders from one package, measured together in a child of their own."""
+
+    module: str  # importable when the package is installed
+    names: tuple[str, ...]  # its rows
+    missing: str  # what its rows say when the package is not installed
+    build: Callable[[str, int], Contenders] | str  # module-level (the child imports it by name)
+
+
+FOREIGN = [
+    Foreign("llama_cpp", ("llama.cpp llama_tokenize", "llama.cpp Llama.tokenize"),
+            "not installed (pip install llama-cpp-python)", _llama_cpp_python),
+    Foreign("xllamacpp", ("xllamacpp /tokenize",), "not installed (pip install xllamacpp)", _xllamacpp),
+    Foreign("tokenizers", ("HF tokenizers",), "not installed (pip install tokenizers)", _hf_tokenizers),
+]
+
+
+def _digest(ids: list[int]) -> str:
+    """A short fingerprint of one line's ids: children send these, not the ids themselves."""
+    return hashlib.blake2b(array.array("q", ids).tobytes(), digest_size=8).hexdigest()
+
+
+def _rates(fn: Callable[[str, bytes], list[int]], lines: list[str], raw: list[bytes], sizes: Sizes
+           ) -> dict[str, Any]:
+    """Encode MB/s over `lines`, chat messages/s, and each line's ids fingerprint."""
+    total = sum(map(len, raw))
+    chat_bytes = CHAT_MESSAGE.encode("utf-8")
+    digests = [_digest(fn(s, b)) for s, b in zip(lines, raw)]
+    seconds = _best_of(sizes.repeats, lambda: [fn(s, b) for s, b in zip(lines, raw)])
+    chat_seconds = _best_of(sizes.repeats, lambda: [fn(CHAT_MESSAGE, chat_bytes) for _ in range(sizes.chat_reps)])
+    return {"encode_mb_s": total / seconds / 1e6, "chat_per_s": sizes.chat_reps / chat_seconds, "digests": digests}
+
+
+def _corpus(sizes: Sizes) -> tuple[list[str], list[bytes]]:
     from nanochat_lite.tokenizer._corpus import lines as corpus_lines
 
-    path = model_path or _default_model()
-    n_bytes = (512 if quick else 4096) * 1024
-    lines = corpus_lines(n_bytes, seed=7)
-    raw = [line.encode("utf-8") for line in lines]
-    total = sum(map(len, raw))
+    lines = corpus_lines(sizes.text_kb * 1024, seed=7)
+    return lines, [line.encode("utf-8") for line in lines]
 
+
+def measure_foreign(build: str, path: str, buf_len: int, sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """In a child process: build one group of contenders and time each on the same text."""
+    from .isolate import resolve
+
+    s = Sizes(**sizes)
+    lines, raw = _corpus(s)
+    return {name: {"note": note, **_rates(fn, lines, raw, s)} for name, (fn, note) in resolve(build)(path, buf_len).items()}
+
+
+def run(quick: bool, *, model_path: str | None = None, sizes: Sizes | None = None,
+        log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Encode throughput and chat-message rate for ours, llama.cpp and HF tokenizers.
+
+    Ours runs here; every other contender in a child process (`FOREIGN`), so a native
+    library that crashes is one row saying "crashed (signal N)". Their ids are compared
+    with ours line by line through fingerprints."""
+    from nanochat_lite.tokenizer import Tokenizer
+
+    from .isolate import PeerFailed, row_text, run_in_child, target_name
+
+    path = model_path or _default_model()
+    sizes = sizes or SIZES[quick]
+    lines, raw = _corpus(sizes)
+    total = sum(map(len, raw))
     ours = Tokenizer.from_gguf(path)
-    contenders: Contenders = {"nanochat-lite": (lambda s, b: ours.encode(s), ours.engine)}
+    mine = _rates(lambda s, b: ours.encode(s), lines, raw, sizes)
+    results: dict[str, dict[str, Any]] = {"nanochat-lite": {"note": ours.engine, **mine}}
     unavailable: dict[str, str] = {}
     buf_len = max(max(map(len, raw)), len(CHAT_MESSAGE.encode("utf-8"))) + 1  # a token is >= 1 byte
-    try:
-        contenders.update(_llama_cpp_python(path, buf_len))
-    except ImportError:  # optional since the engine moved to xllamacpp
-        for name in ("llama.cpp llama_tokenize", "llama.cpp Llama.tokenize"):
-            unavailable[name] = "not installed (pip install llama-cpp-python)"
-    server: LlamaServerTokenizer | None = None
-    try:
-        server = LlamaServerTokenizer(path)
-    except ImportError:
-        unavailable["xllamacpp /tokenize"] = "not installed (pip install xllamacpp)"
-    else:
-        contenders["xllamacpp /tokenize"] = (lambda s, b: server.encode(s),
-                                             f"llama-server in-process, xllamacpp {server.version}; "
-                                             "includes one HTTP round-trip per text")
-    try:
-        hf = _hf_tokenizer(path)
-    except ImportError:  # `tokenizers` is a test extra, not a dependency
-        unavailable["HF tokenizers"] = "not installed (pip install tokenizers)"
-    else:
-        contenders["HF tokenizers"] = (lambda s, b: hf.encode(s, add_special_tokens=False).ids, "BPE+Digits+ByteLevel")
-    try:
-        results = _measure(contenders, lines, raw, quick)
-    finally:
-        if server is not None:
-            server.close()
-    mine = results["nanochat-lite"]
-    for name, r in results.items():
+    for group in FOREIGN:
+        if importlib.util.find_spec(group.module) is None:
+            unavailable.update(dict.fromkeys(group.names, group.missing))
+            continue
+        try:
+            results.update(run_in_child(measure_foreign, env=ONE_THREAD, build=target_name(group.build), path=path,
+                                        buf_len=buf_len, sizes=asdict(sizes)))
+        except PeerFailed as e:  # the other rows stand
+            unavailable.update(dict.fromkeys(group.names, row_text(e)))
+            log(f"  {', '.join(group.names)}: {row_text(e)}")
+    for r in results.values():
+        theirs = r.pop("digests")
+        r["mismatched_lines"] = sum(a != b for a, b in zip(theirs, mine["digests"])) + abs(len(theirs) - len(lines))
+        r["ids_equal"] = r["mismatched_lines"] == 0
         r["our_speedup_encode"] = mine["encode_mb_s"] / r["encode_mb_s"]
         r["our_speedup_chat"] = mine["chat_per_s"] / r["chat_per_s"]
     return {
@@ -153,32 +223,10 @@ def run(quick: bool, *, model_path: str | None = None) -> dict[str, Any]:
         "chat_message_words": len(CHAT_MESSAGE.split()),
         "chat_message_tokens": len(ours.encode(CHAT_MESSAGE)),
         "threads": 1,
+        "sizes": asdict(sizes),
         "results": results,
         "unavailable": unavailable,
     }
-
-
-def _measure(contenders: Contenders, lines: list[str], raw: list[bytes], quick: bool) -> dict[str, dict[str, Any]]:
-    """Rates of each contender on ``lines`` and on CHAT_MESSAGE; ids compared with the first contender's."""
-    repeats = 2 if quick else 3
-    chat_reps = 300 if quick else 2000
-    total = sum(map(len, raw))
-    ours = next(iter(contenders.values()))[0]
-    reference = [ours(s, b) for s, b in zip(lines, raw)]
-    chat_bytes = CHAT_MESSAGE.encode("utf-8")
-    results: dict[str, dict[str, Any]] = {}
-    for name, (fn, note) in contenders.items():
-        mismatched = sum(fn(s, b) != want for s, b, want in zip(lines, raw, reference))
-        seconds = _best_of(repeats, lambda: [fn(s, b) for s, b in zip(lines, raw)])
-        chat_seconds = _best_of(repeats, lambda: [fn(CHAT_MESSAGE, chat_bytes) for _ in range(chat_reps)])
-        results[name] = {
-            "note": note,
-            "encode_mb_s": total / seconds / 1e6,
-            "chat_per_s": chat_reps / chat_seconds,
-            "ids_equal": mismatched == 0,
-            "mismatched_lines": mismatched,
-        }
-    return results
 
 
 def run_train(quick: bool) -> dict[str, Any]:
@@ -226,6 +274,8 @@ def _print_speed(result: dict[str, Any]) -> None:
         ratio = "" if name == "nanochat-lite" else f"{r['our_speedup_encode']:.1f} / {r['our_speedup_chat']:.1f}"
         equal = "yes" if r["ids_equal"] else f"NO ({r['mismatched_lines']} lines differ)"
         print(f"{name:<28}{r['encode_mb_s']:>12.2f}{r['chat_per_s']:>12,.0f}{ratio:>16}  {equal}   [{r['note']}]")
+    for name, why in result["unavailable"].items():
+        print(f"{name:<28}{why}")
     print("'ours is x' = our encode speed / theirs, our chat rate / theirs")
 
 
@@ -250,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_train(args.quick)
     else:
         # One thread everywhere, before any native library starts its pool.
-        for var, value in (("OMP_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        for var, value in ONE_THREAD.items():
             os.environ.setdefault(var, value)
         result = run(args.quick, model_path=args.model)
     if args.json:
