@@ -100,11 +100,19 @@ def stored_answer(rt: Runtime, answer_id: str) -> Any:
     return rt.store.answer_message(answer_id)
 
 
+def produced(rt: Runtime, answer_id: str) -> int:
+    """The seq of the answer's newest event, as the server has it (its client may lag)."""
+    a = rt.answers.find(answer_id, None)
+    assert a is not None, f"answer {answer_id} is no longer in memory"
+    return a.last_seq
+
+
 def test_ws_resume_gets_every_missed_event_once(client: TestClient, rt: Runtime) -> None:
     start, seen = start_slow(client, 7)
     text, last, _ = apply(seen)
     assert start["answer_id"] and start["events_url"] == f"/api/answers/{start['answer_id']}/events"
-    time.sleep(0.2)  # tokens go on while nobody listens
+    # Tokens go on while nobody listens: resume only once some were made meanwhile.
+    wait_for(lambda: produced(rt, start["answer_id"]) >= last + 10, what="tokens made while disconnected")
     with client.websocket_connect("/ws") as sock:
         ws = Frames(sock)
         ws.send({"type": "resume", "answer_id": start["answer_id"], "after": last})
@@ -143,10 +151,12 @@ def test_post_stream_carries_ids_and_events_url(client: TestClient) -> None:
 
 def test_snapshot_replaces_events_no_longer_buffered(client: TestClient, rt: Runtime,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(answers, "MAX_ANSWER_BUFFER_EVENTS", 5)
+    buffer = 5
+    monkeypatch.setattr(answers, "MAX_ANSWER_BUFFER_EVENTS", buffer)
     start, seen = start_slow(client, 2)
     text, last, _ = apply(seen)
-    time.sleep(0.3)  # ~30 tokens more: the first ones have left the 5-event buffer
+    # Resume once event last + 1 has left the buffer: `buffer` newer events push it out.
+    wait_for(lambda: produced(rt, start["answer_id"]) > last + 1 + buffer, what="the buffer overflowing")
     with client.websocket_connect("/ws") as sock:
         ws = Frames(sock)
         ws.send({"type": "resume", "answer_id": start["answer_id"], "after": last})
@@ -169,7 +179,7 @@ def test_nobody_back_within_the_window_cancels_and_stores_interrupted(fake: Fake
         assert m.status == "interrupted" and m.content.startswith(apply(seen)[0]) and m.content
         assert client.get("/api/stats").json()["requests"]["cancelled"] == before + 1
         # Resumable from memory for the window, then from the store, marked replayed.
-        time.sleep(0.5)
+        wait_for(lambda: rt.answers.find(start["answer_id"], None) is None, what="the answer leaving memory")
         with client.websocket_connect("/ws") as sock:
             ws = Frames(sock)
             ws.send({"type": "resume", "answer_id": start["answer_id"], "after": 2})
@@ -179,25 +189,44 @@ def test_nobody_back_within_the_window_cancels_and_stores_interrupted(fake: Fake
     rt.close()
 
 
-def test_partial_answer_is_saved_while_it_streams(client: TestClient, rt: Runtime) -> None:
+def test_partial_answer_is_saved_while_it_streams(client: TestClient, rt: Runtime,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text so far reaches the store while the answer streams, again and again, but
+    at most once per SAVE_INTERVAL_S: not once per token."""
+    saves: list[str] = []  # texts saved with status 'streaming', in order (the saver thread appends)
+    real_update = rt.store.update_message
+
+    def spy(message_id: int, content: str, **kw: Any) -> Any:
+        if kw.get("status") == "streaming":
+            saves.append(content)
+        return real_update(message_id, content, **kw)
+
+    monkeypatch.setattr(rt.store, "update_message", spy)
+    t0 = time.monotonic()
     with client.websocket_connect("/ws") as sock:
         ws = Frames(sock)
         ws.send({"type": "chat", "message": "long " + SLOW})
         start = ws.next()
         m = stored_answer(rt, start["answer_id"])
         assert (m.status, m.content, m.role) == ("streaming", "", "assistant")
-        t0 = time.monotonic()
-        got = ""
-        while time.monotonic() - t0 < 1.6:
+        got, tokens = "", 0
+        # 150 tokens of SLOW take >= 1.5 s (its engine sleeps before each): two saves or more.
+        while tokens < 150 or len(saves) < 2:
             f = ws.next()
-            got += f.get("text", "")
-        m = stored_answer(rt, start["answer_id"])
-        assert m.status == "streaming" and m.content and got.startswith(m.content)
-        assert len(got) - len(m.content) < len(got) // 2  # saved within the last ~0.5 s, not per token
+            assert f["type"] in ("token", "progress"), f  # still streaming: 500 tokens take >= 5 s
+            if f["type"] == "token":
+                got, tokens = got + f["text"], tokens + 1
+        n_saves, elapsed = len(saves), time.monotonic() - t0
+        assert stored_answer(rt, start["answer_id"]).status == "streaming"
         ws.send({"type": "stop"})
         final, _ = ws.until("done")
     assert final["status"] == "stopped"
     assert stored_answer(rt, start["answer_id"]).status == "stopped"
+    # Throttled, not per token: the saves are SAVE_INTERVAL_S apart (150 tokens would be 150 saves).
+    assert n_saves <= 1 + elapsed / answers.SAVE_INTERVAL_S, (n_saves, tokens, elapsed)
+    # Each save holds more of the same answer the client got.
+    assert saves[0] and all(b.startswith(a) and len(b) > len(a) for a, b in zip(saves, saves[1:]))
+    assert final["message"].startswith(saves[-1]) and final["message"].startswith(got)
 
 
 def test_client_id_is_answered_once(client: TestClient, rt: Runtime, fake: FakeEngine) -> None:
