@@ -12,6 +12,7 @@ import os
 
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 from .store import (
+    LOCAL_OWNER,
     MARK_END,
     MARK_START,
     ROLES,
@@ -23,6 +24,8 @@ from .store import (
     StorageUnavailable,
     Store,
     StoreError,
+    Usage,
+    check_owner,
 )
 from .text import MAX_QUERY_TERMS, MAX_TITLE_CHARS, TITLE_CHARS, make_title
 
@@ -32,10 +35,10 @@ ConversationStore = SQLiteStore
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 __all__ = [
-    "MARK_END", "MARK_START", "MAX_QUERY_TERMS", "MAX_TITLE_CHARS", "ROLES", "SCHEMA_VERSION",
+    "LOCAL_OWNER", "MARK_END", "MARK_START", "MAX_QUERY_TERMS", "MAX_TITLE_CHARS", "ROLES", "SCHEMA_VERSION",
     "STATUSES", "TITLE_CHARS", "AlreadyExists", "Conversation", "ConversationStore", "Message",
-    "NotFound", "SQLiteStore", "StorageUnavailable", "Store", "StoreError", "is_postgres_url",
-    "make_title", "open_store",
+    "NotFound", "SQLiteStore", "StorageUnavailable", "Store", "StoreError", "Usage",
+    "check_owner", "is_postgres_url", "make_title", "open_store",
 ]
 
 

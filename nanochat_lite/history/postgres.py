@@ -49,6 +49,7 @@ from psycopg import errors as pg_errors
 
 from .store import (
     HIT_KEYS,
+    LOCAL_OWNER,
     MARK_END,
     MARK_START,
     AlreadyExists,
@@ -57,32 +58,41 @@ from .store import (
     NotFound,
     StorageUnavailable,
     StoreError,
+    Usage,
     check_client_id,
     check_conversation_id,
     check_export_format,
     check_message,
+    check_owner,
     check_page,
+    check_usage,
     merge_hits,
     render_export,
 )
 from .postgres_schema import _TS_CONFIG, _WORD_CHARS, SCHEMA_VERSION, _migrate
+from .postgres_text import _dec, _enc, _prefix_query
 from .text import MAX_QUERY_TERMS, _clean, _clean_title, make_title
 
 CONNECT_TIMEOUT_S = 5  # an unreachable server must not hang start-up
-_ESC = "\U0010fffd"  # a private-use character: the escape for NUL (see the module docstring)
 _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=16, MinWords=6, ShortWord=0"
 
 
 _CONVERSATION_SELECT = """
     SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
-           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.owner
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
     prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
 # A write waiting this long for another transaction's row lock gives up (StorageUnavailable),
 # as SQLite's busy timeout does: a client hears back instead of hanging.
 LOCK_TIMEOUT_MS = 5000
-_TSQUERY_LEXEME = re.compile(r"'(?:[^'\\]|''|\\.)*'")
+
+
+def _owned(owner: str | None, column: str = "c.owner", joiner: str = "AND") -> tuple[str, tuple[str, ...]]:
+    """The SQL that limits a query to `owner`'s rows ("" for None: every owner's).
+    _owned("alice") -> (" AND c.owner = %s", ("alice",)); _owned(None) -> ("", ())"""
+    checked = check_owner(owner, any_allowed=True)
+    return ("", ()) if checked is None else (f" {joiner} {column} = %s", (checked,))
 
 
 def redact(url: str) -> str:
@@ -167,75 +177,84 @@ class PostgresStore:
         system: str | None = None,
         title: str | None = None,
         conversation_id: str | None = None,
+        owner: str = LOCAL_OWNER,
     ) -> Conversation:
-        """A new, empty conversation. Raises AlreadyExists if conversation_id is taken,
-        ValueError if it is not 1-64 characters of [0-9A-Za-z_-]."""
+        """A new, empty conversation of `owner`. Same contract as the SQLite store's create."""
         cid = check_conversation_id(uuid.uuid4().hex if conversation_id is None else conversation_id)
+        check_owner(owner)
         clean_title = _clean_title(title or "")
         clean_system = None if system is None else _clean(system)
         try:
             with self._write() as conn:
                 now = self._now()
                 conn.execute(
-                    "INSERT INTO conversations (id, title, system, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (cid, clean_title, _enc(clean_system), now, now),
+                    "INSERT INTO conversations (id, title, system, created_at, updated_at, owner)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (cid, clean_title, _enc(clean_system), now, now, owner),
                 )
         except pg_errors.UniqueViolation as e:
             raise AlreadyExists(f"conversation {cid} already exists") from e
-        return Conversation(cid, clean_title, clean_system, now, now, 0)
+        return Conversation(cid, clean_title, clean_system, now, now, 0, owner)
 
-    def get(self, conversation_id: str) -> Conversation | None:
+    def get(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> Conversation | None:
         with self._read() as conn:
-            return _get(conn, conversation_id)
+            return _get(conn, conversation_id, owner)
 
-    def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]:
-        """One page of conversations, most recently updated first, and the total count."""
+    def list(self, *, limit: int = 20, offset: int = 0,
+             owner: str | None = LOCAL_OWNER) -> tuple[builtins.list[Conversation], int]:
+        """One page of `owner`'s conversations (None: everyone's), most recently updated
+        first, and the total count."""
         check_page(limit, offset)
+        where, args = _owned(owner, joiner="WHERE")
         with self._read() as conn:
             rows = conn.execute(
-                _CONVERSATION_SELECT + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT %s OFFSET %s",
-                (limit, offset),
+                _CONVERSATION_SELECT + where + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT %s OFFSET %s",
+                (*args, limit, offset),
             ).fetchall()
-            (total,) = conn.execute("SELECT COUNT(*) FROM conversations").fetchone() or (0,)
+            (total,) = conn.execute("SELECT COUNT(*) FROM conversations c" + where, args).fetchone() or (0,)
         return [_conversation(row) for row in rows], total
 
-    def rename(self, conversation_id: str, title: str) -> Conversation:
+    def rename(self, conversation_id: str, title: str, *, owner: str = LOCAL_OWNER) -> Conversation:
         """Set the title (one line; "" lets the next user message name it again)."""
         clean_title = _clean_title(title)
+        check_owner(owner)
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE conversations SET title = %s WHERE id = %s", (clean_title, conversation_id)
+                "UPDATE conversations SET title = %s WHERE id = %s AND owner = %s",
+                (clean_title, conversation_id, owner)
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no conversation {conversation_id}")
-            conversation = _get(conn, conversation_id)
+            conversation = _get(conn, conversation_id, owner)
         assert conversation is not None
         return conversation
 
-    def set_system(self, conversation_id: str, system: str | None) -> None:
+    def set_system(self, conversation_id: str, system: str | None, *, owner: str = LOCAL_OWNER) -> None:
         """Set or (with None) clear the system prompt. Raises NotFound."""
+        check_owner(owner)
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE conversations SET system = %s WHERE id = %s",
-                (None if system is None else _enc(_clean(system)), conversation_id),
+                "UPDATE conversations SET system = %s WHERE id = %s AND owner = %s",
+                (None if system is None else _enc(_clean(system)), conversation_id, owner),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no conversation {conversation_id}")
 
-    def delete(self, conversation_id: str) -> bool:
+    def delete(self, conversation_id: str, *, owner: str = LOCAL_OWNER) -> bool:
         """Delete a conversation and its messages; False if there was none."""
+        check_owner(owner)
         with self._write() as conn:
-            cur = conn.execute("DELETE FROM conversations WHERE id = %s", (conversation_id,))
+            cur = conn.execute("DELETE FROM conversations WHERE id = %s AND owner = %s", (conversation_id, owner))
             return cur.rowcount > 0
 
     # -- messages --------------------------------------------------------------------
 
-    def messages(self, conversation_id: str) -> builtins.list[Message]:
+    def messages(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> builtins.list[Message]:
         """All messages, oldest first. Raises NotFound."""
+        where, args = _owned(owner, "owner")
         with self._read() as conn:
             if conn.execute(
-                "SELECT 1 FROM conversations WHERE id = %s", (conversation_id,)
+                "SELECT 1 FROM conversations WHERE id = %s" + where, (conversation_id, *args)
             ).fetchone() is None:
                 raise NotFound(f"no conversation {conversation_id}")
             return _messages(conn, conversation_id)
@@ -255,9 +274,12 @@ class PostgresStore:
         params: dict[str, Any] | None = None,
         client_id: str | None = None,
         answer_id: str | None = None,
+        owner: str = LOCAL_OWNER,
     ) -> Message:
-        """Append a message and commit. Same contract as the SQLite store's add_message."""
+        """Append a message to `owner`'s conversation and commit. Same contract as the
+        SQLite store's add_message."""
         check_message(role, status, content)
+        check_owner(owner)
         check_client_id(client_id)
         check_client_id(answer_id, "answer_id")
         content = _clean(content)
@@ -266,7 +288,7 @@ class PostgresStore:
             # FOR UPDATE: another replica appending to this conversation waits, so the
             # first user message names it exactly once.
             row = conn.execute(
-                "SELECT title FROM conversations WHERE id = %s FOR UPDATE", (conversation_id,)
+                "SELECT title FROM conversations WHERE id = %s AND owner = %s FOR UPDATE", (conversation_id, owner)
             ).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {conversation_id}")
@@ -276,11 +298,11 @@ class PostgresStore:
                     inserted = conn.execute(
                         "INSERT INTO messages (conversation_id, role, content, status, created_at,"
                         " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
-                        " client_id, answer_id)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        " client_id, answer_id, owner)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                         (conversation_id, role, _enc(content), status, now, prompt_tokens,
                          completion_tokens, ttft_ms, duration_ms, _enc(model), params_json, client_id,
-                         answer_id),
+                         answer_id, owner),
                     ).fetchone()
             except pg_errors.UniqueViolation as e:
                 raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
@@ -319,19 +341,21 @@ class PostgresStore:
             if cur.rowcount == 0:
                 raise NotFound(f"no message {message_id}")
 
-    def message_by_client_id(self, client_id: str) -> Message | None:
-        """The message stored with this client_id, if any."""
+    def message_by_client_id(self, client_id: str, *, owner: str = LOCAL_OWNER) -> Message | None:
+        """`owner`'s message stored with this client_id, if any."""
+        check_owner(owner)
         with self._read() as conn:
-            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_id = %s",
-                               (client_id,)).fetchone()
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE owner = %s AND client_id = %s",
+                               (owner, client_id)).fetchone()
         return None if row is None else _message(row)
 
-    def answer_message(self, answer_id: str) -> Message | None:
-        """The assistant message stored with this answer_id, if any."""
+    def answer_message(self, answer_id: str, *, owner: str = LOCAL_OWNER) -> Message | None:
+        """`owner`'s assistant message stored with this answer_id, if any."""
+        check_owner(owner)
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = %s AND role = 'assistant'",
-                (answer_id,)).fetchone()
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = %s AND role = 'assistant' AND owner = %s",
+                (answer_id, owner)).fetchone()
         return None if row is None else _message(row)
 
     def interrupt_streaming(self) -> int:
@@ -346,9 +370,11 @@ class PostgresStore:
 
     # -- search, export, health --------------------------------------------------------
 
-    def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]:
-        """Messages (and conversation titles) containing every word of `query`, best first;
-        the same hits, shape and rules as the SQLite store's search (score: ts_rank)."""
+    def search(self, query: str, *, limit: int = 20, owner: str | None = LOCAL_OWNER) -> builtins.list[dict[str, Any]]:
+        """`owner`'s messages (and conversation titles) containing every word of `query`, best
+        first; the same hits, shape and rules as the SQLite store's search (score: ts_rank)."""
+        where, args = _owned(owner, "c.owner")
+        owned = where.replace("%s", "%(owner)s")
         words = [w.replace('"', " ")[:_WORD_CHARS]
                  for w in _clean(query).replace("\x00", " ").split()[:MAX_QUERY_TERMS]]
         if not words or limit <= 0:
@@ -365,31 +391,33 @@ class PostgresStore:
                     FROM (SELECT m.conversation_id, c.title, m.id, m.role, m.content, m.created_at,
                                  ts_rank(m.tsv, %(q)s::tsquery) AS score
                           FROM messages m JOIN conversations c ON c.id = m.conversation_id
-                          WHERE m.tsv @@ %(q)s::tsquery
+                          WHERE m.tsv @@ %(q)s::tsquery {owned}
                           ORDER BY score DESC, m.id LIMIT %(limit)s) r
                     ORDER BY r.score DESC, r.id""",
-                {"q": tsquery, "opts": _HEADLINE, "limit": limit},
+                {"q": tsquery, "opts": _HEADLINE, "limit": limit, "owner": args[0] if args else None},
             ).fetchall()
             title_rows = conn.execute(
                 f"""SELECT c.id, c.title, NULL, NULL,
                            ts_headline('{_TS_CONFIG}', c.title, %(q)s::tsquery, %(opts)s),
                            c.created_at, ts_rank(c.tsv, %(q)s::tsquery) AS score
-                    FROM conversations c WHERE c.tsv @@ %(q)s::tsquery
+                    FROM conversations c WHERE c.tsv @@ %(q)s::tsquery {owned}
                     ORDER BY score DESC, c.seq LIMIT %(limit)s""",
                 {"q": tsquery, "opts": f"StartSel={MARK_START}, StopSel={MARK_END}, HighlightAll=true",
-                 "limit": limit},
+                 "limit": limit, "owner": args[0] if args else None},
             ).fetchall()
         message_hits = [dict(zip(HIT_KEYS, (*row[:4], _dec(row[4]), *row[5:]))) for row in message_rows]
         return merge_hits(message_hits, [dict(zip(HIT_KEYS, row)) for row in title_rows], limit)
 
-    def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]:
-        """(message id, content) of messages with no vector from `model` yet, oldest first."""
+    def unembedded(self, model: str, *, limit: int,
+                   owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[int, str]]:
+        """(message id, content) of `owner`'s messages with no vector from `model` yet, oldest first."""
+        where, args = _owned(owner, "m.owner")
         with self._read() as conn:
             rows = conn.execute(
                 """SELECT m.id, m.content FROM messages m
                    LEFT JOIN message_vectors v ON v.message_id = m.id AND v.model = %s
-                   WHERE v.message_id IS NULL AND m.content != '' ORDER BY m.id LIMIT %s""",
-                (model, limit),
+                   WHERE v.message_id IS NULL AND m.content != ''""" + where + " ORDER BY m.id LIMIT %s",
+                (model, *args, limit),
             ).fetchall()
         return [(mid, _dec(content) or "") for mid, content in rows]
 
@@ -405,29 +433,72 @@ class PostgresStore:
                 [(model, blob, mid) for mid, blob in vectors],
             )
 
-    def vectors(self, model: str) -> builtins.list[tuple[dict[str, Any], bytes]]:
-        """Every stored vector of `model`, with its message as a search hit (no score yet)."""
+    def vectors(self, model: str, *, owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[dict[str, Any], bytes]]:
+        """Every stored vector of `model` on `owner`'s messages, with its message as a
+        search hit (no score yet)."""
+        where, args = _owned(owner)
         with self._read() as conn:
             rows = conn.execute(
                 """SELECT m.conversation_id, c.title, m.id, m.role, m.content, m.created_at, v.vector
                    FROM message_vectors v JOIN messages m ON m.id = v.message_id
-                   JOIN conversations c ON c.id = m.conversation_id WHERE v.model = %s
-                   ORDER BY m.id""",
-                (model,),
+                   JOIN conversations c ON c.id = m.conversation_id WHERE v.model = %s""" + where + " ORDER BY m.id",
+                (model, *args),
             ).fetchall()
         keys = HIT_KEYS[:6]
         return [(dict(zip(keys, (*row[:4], _dec(row[4]), row[5]))), bytes(row[6])) for row in rows]
 
-    def export(self, conversation_id: str, fmt: str) -> str:
+    def export(self, conversation_id: str, fmt: str, *, owner: str | None = LOCAL_OWNER) -> str:
         """The conversation as "json" or "markdown" (see store.render_export).
         Raises NotFound, or ValueError for another fmt."""
         check_export_format(fmt)
         with self._read() as conn:
-            conversation = _get(conn, conversation_id)
+            conversation = _get(conn, conversation_id, owner)
             if conversation is None:
                 raise NotFound(f"no conversation {conversation_id}")
             messages = _messages(conn, conversation_id)
         return render_export(conversation, messages, fmt)
+
+    # -- tokens per owner and day ------------------------------------------------------
+
+    def reserve_usage(self, owner: str, day: str, want: int, *, quota: int, minimum: int = 1) -> int:
+        """Same contract as the SQLite store's. The day's row is locked (FOR UPDATE) for the
+        transaction, so replicas reserving at once take turns and never both spend the rest."""
+        check_usage(owner, day, want, quota, minimum)
+        with self._write() as conn:
+            conn.execute("INSERT INTO usage (owner, day) VALUES (%s, %s) ON CONFLICT DO NOTHING", (owner, day))
+            row = conn.execute("SELECT prompt_tokens + completion_tokens + reserved_tokens FROM usage"
+                               " WHERE owner = %s AND day = %s FOR UPDATE", (owner, day)).fetchone()
+            left = quota - (row[0] if row else 0)
+            if left < max(minimum, 1):
+                return 0
+            grant = min(want, left)
+            conn.execute("UPDATE usage SET reserved_tokens = reserved_tokens + %s WHERE owner = %s AND day = %s",
+                         (grant, owner, day))
+        return grant
+
+    def settle_usage(self, owner: str, day: str, *, reserved: int, prompt_tokens: int,
+                     completion_tokens: int) -> None:
+        """Same contract as the SQLite store's: one statement."""
+        check_usage(owner, day, reserved, prompt_tokens, completion_tokens)
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO usage (owner, day, prompt_tokens, completion_tokens, requests)
+                   VALUES (%s, %s, %s, %s, 1) ON CONFLICT (owner, day) DO UPDATE SET
+                       prompt_tokens = usage.prompt_tokens + EXCLUDED.prompt_tokens,
+                       completion_tokens = usage.completion_tokens + EXCLUDED.completion_tokens,
+                       reserved_tokens = GREATEST(0, usage.reserved_tokens - %s), requests = usage.requests + 1""",
+                (owner, day, prompt_tokens, completion_tokens, reserved))
+
+    def usage(self, *, owner: str | None = None, day: str | None = None) -> builtins.list[Usage]:
+        """Token counts per owner and day (`owner`/`day` None: all of them), oldest day first."""
+        where, args = _owned(owner, "owner")
+        if day is not None:
+            where, args = where + " AND day = %s", (*args, day)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT owner, day, prompt_tokens, completion_tokens, reserved_tokens, requests FROM usage"
+                " WHERE TRUE" + where + " ORDER BY day, owner", args).fetchall()
+        return [Usage(*row) for row in rows]
 
     def integrity_check(self) -> str:
         """"ok", or what is wrong: rows pointing at missing parents (the foreign keys
@@ -492,29 +563,9 @@ def _faults() -> Iterator[None]:
         raise StorageUnavailable(str(e)) from e
 
 
-def _prefix_query(conn: psycopg.Connection[Any], words: builtins.list[str]) -> str | None:
-    """A tsquery (as text) requiring every word, each lexeme a prefix; None if no word
-    has a lexeme. Each word goes through websearch_to_tsquery in quotes, so operators
-    ("or", "-", quotes) are plain words: `content:hello` -> `'content':* <-> 'hello':*`."""
-    rows = conn.execute(
-        f"""SELECT websearch_to_tsquery('{_TS_CONFIG}', '"' || w || '"')::text
-            FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i) ORDER BY i""",
-        (words,),
-    ).fetchall()
-    parts = [text for (text,) in rows if text]
-    if not parts:
-        return None
-    prefixed = " & ".join("(" + _TSQUERY_LEXEME.sub(lambda m: m.group(0) + ":*", p) + ")" for p in parts)
-    try:
-        with conn.transaction():  # a savepoint: a surprise in the text must not end the search
-            conn.execute("SELECT %s::tsquery", (prefixed,))
-        return prefixed
-    except psycopg.DataError:
-        return " & ".join(f"({p})" for p in parts)
-
-
-def _get(conn: psycopg.Connection[Any], conversation_id: str) -> Conversation | None:
-    row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = %s", (conversation_id,)).fetchone()
+def _get(conn: psycopg.Connection[Any], conversation_id: str, owner: str | None) -> Conversation | None:
+    where, args = _owned(owner)
+    row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = %s" + where, (conversation_id, *args)).fetchone()
     return None if row is None else _conversation(row)
 
 
@@ -527,27 +578,14 @@ def _messages(conn: psycopg.Connection[Any], conversation_id: str) -> builtins.l
 
 
 def _conversation(row: tuple[Any, ...]) -> Conversation:
-    cid, title, system, created_at, updated_at, count = row
-    return Conversation(cid, title, _dec(system), created_at, updated_at, count)
+    cid, title, system, created_at, updated_at, count, owner = row
+    return Conversation(cid, title, _dec(system), created_at, updated_at, count, owner)
 
 
 def _message(row: tuple[Any, ...]) -> Message:
     mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
     return Message(mid, cid, role, _dec(content) or "", status, created_at, pt, ct, ttft, dur, _dec(model),
                    None if params is None else json.loads(params), client_id, answer_id)
-
-
-def _enc(text: str | None) -> str | None:
-    """Text PostgreSQL can store: `"a\\x00b"` -> `"a" + _ESC + "0b"` (reversible)."""
-    if text is None or ("\x00" not in text and _ESC not in text):
-        return text
-    return text.replace(_ESC, _ESC + "1").replace("\x00", _ESC + "0")
-
-
-def _dec(text: str | None) -> str | None:
-    if text is None or _ESC not in text:
-        return text
-    return re.sub(_ESC + "([01])", lambda m: "\x00" if m.group(1) == "0" else _ESC, text)
 
 
 def _first_line(e: BaseException) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 
 from .store import (
     HIT_KEYS,
+    LOCAL_OWNER,
     MARK_END,
     MARK_START,
     AlreadyExists,
@@ -43,11 +44,14 @@ from .store import (
     NotFound,
     StorageUnavailable,
     StoreError,
+    Usage,
     check_client_id,
     check_conversation_id,
     check_export_format,
     check_message,
+    check_owner,
     check_page,
+    check_usage,
     merge_hits,
     render_export,
 )
@@ -58,7 +62,7 @@ BUSY_TIMEOUT_MS = 5000  # another process (a CLI export) may hold the write lock
 
 _CONVERSATION_SELECT = """
     SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
-           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id)
+           (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.owner
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
     prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
@@ -68,6 +72,13 @@ _UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})
 
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+
+def _owned(owner: str | None, column: str = "c.owner", joiner: str = "AND") -> tuple[str, tuple[str, ...]]:
+    """The SQL that limits a query to `owner`'s rows ("" for None: every owner's).
+    _owned("alice") -> (" AND c.owner = ?", ("alice",)); _owned(None) -> ("", ())"""
+    checked = check_owner(owner, any_allowed=True)
+    return ("", ()) if checked is None else (f" {joiner} {column} = ?", (checked,))
 
 
 class SQLiteStore:
@@ -125,75 +136,84 @@ class SQLiteStore:
         system: str | None = None,
         title: str | None = None,
         conversation_id: str | None = None,
+        owner: str = LOCAL_OWNER,
     ) -> Conversation:
-        """A new, empty conversation. Raises AlreadyExists if conversation_id is taken,
-        ValueError if it is not 1-64 characters of [0-9A-Za-z_-]."""
+        """A new, empty conversation of `owner`. Raises AlreadyExists if conversation_id is
+        taken (by anyone: ids are global), ValueError if it is not 1-64 characters of [0-9A-Za-z_-]."""
         cid = check_conversation_id(uuid.uuid4().hex if conversation_id is None else conversation_id)
+        check_owner(owner)
         clean_title = _clean_title(title or "")
         clean_system = None if system is None else _clean(system)
         with self._write() as conn:
             now = self._now()
             try:
                 conn.execute(
-                    "INSERT INTO conversations (id, title, system, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (cid, clean_title, clean_system, now, now),
+                    "INSERT INTO conversations (id, title, system, created_at, updated_at, owner)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (cid, clean_title, clean_system, now, now, owner),
                 )
             except sqlite3.IntegrityError as e:
                 raise AlreadyExists(f"conversation {cid} already exists") from e
-        return Conversation(cid, clean_title, clean_system, now, now, 0)
+        return Conversation(cid, clean_title, clean_system, now, now, 0, owner)
 
-    def get(self, conversation_id: str) -> Conversation | None:
+    def get(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> Conversation | None:
         with self._read() as conn:
-            return self._get(conn, conversation_id)
+            return self._get(conn, conversation_id, owner)
 
-    def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]:
-        """One page of conversations, most recently updated first, and the total count."""
+    def list(self, *, limit: int = 20, offset: int = 0,
+             owner: str | None = LOCAL_OWNER) -> tuple[builtins.list[Conversation], int]:
+        """One page of `owner`'s conversations (None: everyone's), most recently updated
+        first, and the total count."""
         check_page(limit, offset)
+        where, args = _owned(owner, joiner="WHERE")
         with self._read() as conn:
             rows = conn.execute(
-                _CONVERSATION_SELECT + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                _CONVERSATION_SELECT + where + " ORDER BY c.updated_at DESC, c.seq DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
-            (total,) = conn.execute("SELECT COUNT(*) FROM conversations").fetchone()
+            (total,) = conn.execute("SELECT COUNT(*) FROM conversations c" + where, args).fetchone()
         return [Conversation(*row) for row in rows], total
 
-    def rename(self, conversation_id: str, title: str) -> Conversation:
+    def rename(self, conversation_id: str, title: str, *, owner: str = LOCAL_OWNER) -> Conversation:
         """Set the title (one line; "" lets the next user message name it again)."""
         clean_title = _clean_title(title)
+        check_owner(owner)
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE conversations SET title = ? WHERE id = ?", (clean_title, conversation_id)
+                "UPDATE conversations SET title = ? WHERE id = ? AND owner = ?", (clean_title, conversation_id, owner)
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no conversation {conversation_id}")
-            conversation = self._get(conn, conversation_id)
+            conversation = self._get(conn, conversation_id, owner)
         assert conversation is not None
         return conversation
 
-    def set_system(self, conversation_id: str, system: str | None) -> None:
+    def set_system(self, conversation_id: str, system: str | None, *, owner: str = LOCAL_OWNER) -> None:
         """Set or (with None) clear the system prompt. Raises NotFound."""
+        check_owner(owner)
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE conversations SET system = ? WHERE id = ?",
-                (None if system is None else _clean(system), conversation_id),
+                "UPDATE conversations SET system = ? WHERE id = ? AND owner = ?",
+                (None if system is None else _clean(system), conversation_id, owner),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no conversation {conversation_id}")
 
-    def delete(self, conversation_id: str) -> bool:
+    def delete(self, conversation_id: str, *, owner: str = LOCAL_OWNER) -> bool:
         """Delete a conversation and its messages; False if there was none."""
+        check_owner(owner)
         with self._write() as conn:
-            cur = conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            cur = conn.execute("DELETE FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner))
         return cur.rowcount > 0
 
     # -- messages --------------------------------------------------------------------
 
-    def messages(self, conversation_id: str) -> builtins.list[Message]:
+    def messages(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> builtins.list[Message]:
         """All messages, oldest first. Raises NotFound."""
+        where, args = _owned(owner, "owner")
         with self._read() as conn:
             if conn.execute(
-                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT 1 FROM conversations WHERE id = ?" + where, (conversation_id, *args)
             ).fetchone() is None:
                 raise NotFound(f"no conversation {conversation_id}")
             return self._messages(conn, conversation_id)
@@ -213,20 +233,22 @@ class SQLiteStore:
         params: dict[str, Any] | None = None,
         client_id: str | None = None,
         answer_id: str | None = None,
+        owner: str = LOCAL_OWNER,
     ) -> Message:
-        """Append a message and commit. Raises NotFound, or ValueError for an unknown
-        role/status. Bumps updated_at; an untitled conversation takes its title from
-        its first user message (see make_title). Lone surrogates become U+FFFD.
-        `client_id` (1-64 printable ASCII) is unique across the store: a second message
-        with the same one raises AlreadyExists (see message_by_client_id)."""
+        """Append a message to `owner`'s conversation and commit. Raises NotFound, or
+        ValueError for an unknown role/status. Bumps updated_at; an untitled conversation
+        takes its title from its first user message (see make_title). Lone surrogates
+        become U+FFFD. `client_id` (1-64 printable ASCII) is unique per owner: a second
+        message of the owner with the same one raises AlreadyExists (see message_by_client_id)."""
         check_message(role, status, content)
+        check_owner(owner)
         check_client_id(client_id)
         check_client_id(answer_id, "answer_id")
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
         with self._write() as conn:
             row = conn.execute(
-                "SELECT title FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT title FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
             ).fetchone()
             if row is None:
                 raise NotFound(f"no conversation {conversation_id}")
@@ -235,9 +257,9 @@ class SQLiteStore:
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, role, content, status, created_at,"
                     " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
-                    " client_id, answer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " client_id, answer_id, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (conversation_id, role, content, status, now, prompt_tokens,
-                     completion_tokens, ttft_ms, duration_ms, model, params_json, client_id, answer_id),
+                     completion_tokens, ttft_ms, duration_ms, model, params_json, client_id, answer_id, owner),
                 )
             except sqlite3.IntegrityError as e:
                 raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
@@ -279,18 +301,20 @@ class SQLiteStore:
             if cur.rowcount == 0:
                 raise NotFound(f"no message {message_id}")
 
-    def message_by_client_id(self, client_id: str) -> Message | None:
-        """The message stored with this client_id, if any."""
+    def message_by_client_id(self, client_id: str, *, owner: str = LOCAL_OWNER) -> Message | None:
+        """`owner`'s message stored with this client_id, if any."""
+        check_owner(owner)
         with self._read() as conn:
-            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_id = ?",
-                               (client_id,)).fetchone()
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE owner = ? AND client_id = ?",
+                               (owner, client_id)).fetchone()
         return None if row is None else _message(row)
 
-    def answer_message(self, answer_id: str) -> Message | None:
-        """The assistant message stored with this answer_id, if any."""
+    def answer_message(self, answer_id: str, *, owner: str = LOCAL_OWNER) -> Message | None:
+        """`owner`'s assistant message stored with this answer_id, if any."""
+        check_owner(owner)
         with self._read() as conn:
-            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = ? AND role = 'assistant'",
-                               (answer_id,)).fetchone()
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE answer_id = ? AND role = 'assistant'"
+                               " AND owner = ?", (answer_id, owner)).fetchone()
         return None if row is None else _message(row)
 
     def interrupt_streaming(self) -> int:
@@ -303,8 +327,8 @@ class SQLiteStore:
 
     # -- search, export, health --------------------------------------------------------
 
-    def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]:
-        """Messages (and conversation titles) containing every word of `query`, best first.
+    def search(self, query: str, *, limit: int = 20, owner: str | None = LOCAL_OWNER) -> builtins.list[dict[str, Any]]:
+        """`owner`'s messages (and conversation titles) containing every word of `query`, best first.
 
         Each word also matches longer words it starts ("deplo" finds "deployment").
         Hits: {conversation_id, title, message_id, role, snippet, created_at, score};
@@ -313,6 +337,7 @@ class SQLiteStore:
         gives one hit with message_id and role None. Any input is safe; "" gives [].
         """
         expression = _match_expression(query)
+        where, args = _owned(owner)
         if expression is None or limit <= 0:
             return []
         with self._read() as conn:
@@ -322,28 +347,30 @@ class SQLiteStore:
                    FROM messages_fts
                    JOIN messages m ON m.id = messages_fts.rowid
                    JOIN conversations c ON c.id = m.conversation_id
-                   WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?""",
-                (MARK_START, MARK_END, expression, limit),
+                   WHERE messages_fts MATCH ?""" + where + " ORDER BY rank LIMIT ?",
+                (MARK_START, MARK_END, expression, *args, limit),
             ).fetchall()
             title_rows = conn.execute(
                 """SELECT c.id, c.title, NULL, NULL,
                           highlight(conversations_fts, 0, ?, ?), c.created_at, -rank
                    FROM conversations_fts
                    JOIN conversations c ON c.seq = conversations_fts.rowid
-                   WHERE conversations_fts MATCH ? ORDER BY rank LIMIT ?""",
-                (MARK_START, MARK_END, expression, limit),
+                   WHERE conversations_fts MATCH ?""" + where + " ORDER BY rank LIMIT ?",
+                (MARK_START, MARK_END, expression, *args, limit),
             ).fetchall()
         return merge_hits([dict(zip(HIT_KEYS, row)) for row in message_rows],
                           [dict(zip(HIT_KEYS, row)) for row in title_rows], limit)
 
-    def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]:
-        """(message id, content) of messages with no vector from `model` yet, oldest first."""
+    def unembedded(self, model: str, *, limit: int,
+                   owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[int, str]]:
+        """(message id, content) of `owner`'s messages with no vector from `model` yet, oldest first."""
+        where, args = _owned(owner, "m.owner")
         with self._read() as conn:
             return conn.execute(
                 """SELECT m.id, m.content FROM messages m
                    LEFT JOIN message_vectors v ON v.message_id = m.id AND v.model = ?
-                   WHERE v.message_id IS NULL AND m.content != '' ORDER BY m.id LIMIT ?""",
-                (model, limit),
+                   WHERE v.message_id IS NULL AND m.content != ''""" + where + " ORDER BY m.id LIMIT ?",
+                (model, *args, limit),
             ).fetchall()
 
     def put_vectors(self, model: str, vectors: builtins.list[tuple[int, bytes]]) -> None:
@@ -355,30 +382,76 @@ class SQLiteStore:
                 [(mid, model, blob, mid) for mid, blob in vectors],
             )
 
-    def vectors(self, model: str) -> builtins.list[tuple[dict[str, Any], bytes]]:
-        """Every stored vector of `model`, with its message as a search hit (no score yet)."""
+    def vectors(self, model: str, *, owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[dict[str, Any], bytes]]:
+        """Every stored vector of `model` on `owner`'s messages, with its message as a
+        search hit (no score yet)."""
+        where, args = _owned(owner)
         with self._read() as conn:
             rows = conn.execute(
                 """SELECT m.conversation_id, c.title, m.id, m.role, m.content, m.created_at, v.vector
                    FROM message_vectors v JOIN messages m ON m.id = v.message_id
-                   JOIN conversations c ON c.id = m.conversation_id WHERE v.model = ?""",
-                (model,),
+                   JOIN conversations c ON c.id = m.conversation_id WHERE v.model = ?""" + where,
+                (model, *args),
             ).fetchall()
         keys = ("conversation_id", "title", "message_id", "role", "snippet", "created_at")
         return [(dict(zip(keys, row[:6])), row[6]) for row in rows]
 
-    def export(self, conversation_id: str, fmt: str) -> str:
+    def export(self, conversation_id: str, fmt: str, *, owner: str | None = LOCAL_OWNER) -> str:
         """The conversation as "json" ({"conversation": ..., "messages": [...]}, indented)
         or "markdown" (title, then one bold-labelled section per message; a message that
         did not complete is marked, e.g. "**Assistant** _(stopped)_"). Raises NotFound,
         or ValueError for another fmt."""
         check_export_format(fmt)
         with self._read() as conn:
-            conversation = self._get(conn, conversation_id)
+            conversation = self._get(conn, conversation_id, owner)
             if conversation is None:
                 raise NotFound(f"no conversation {conversation_id}")
             messages = self._messages(conn, conversation_id)
         return render_export(conversation, messages, fmt)
+
+    # -- tokens per owner and day ------------------------------------------------------
+
+    def reserve_usage(self, owner: str, day: str, want: int, *, quota: int, minimum: int = 1) -> int:
+        """Hold up to `want` of the tokens `owner` has left of `quota` on `day` (UTC),
+        in one transaction: what is left (quota minus used and reserved) is granted,
+        capped to `want`; 0, and nothing held, when less than `minimum` is left."""
+        check_usage(owner, day, want, quota, minimum)
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO usage (owner, day) VALUES (?, ?)", (owner, day))
+            (counted,) = conn.execute(
+                "SELECT prompt_tokens + completion_tokens + reserved_tokens FROM usage WHERE owner = ? AND day = ?",
+                (owner, day)).fetchone()
+            left = quota - int(counted)
+            if left < max(minimum, 1):
+                return 0
+            grant = min(want, left)
+            conn.execute("UPDATE usage SET reserved_tokens = reserved_tokens + ? WHERE owner = ? AND day = ?",
+                         (grant, owner, day))
+        return grant
+
+    def settle_usage(self, owner: str, day: str, *, reserved: int, prompt_tokens: int,
+                     completion_tokens: int) -> None:
+        """A request has ended: give back its `reserved` tokens and count what it used
+        (one statement; the day's row is made if it has none)."""
+        check_usage(owner, day, reserved, prompt_tokens, completion_tokens)
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO usage (owner, day, prompt_tokens, completion_tokens, requests) VALUES (?, ?, ?, ?, 1)
+                   ON CONFLICT (owner, day) DO UPDATE SET prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                       completion_tokens = completion_tokens + excluded.completion_tokens,
+                       reserved_tokens = MAX(0, reserved_tokens - ?), requests = requests + 1""",
+                (owner, day, prompt_tokens, completion_tokens, reserved))
+
+    def usage(self, *, owner: str | None = None, day: str | None = None) -> builtins.list[Usage]:
+        """Token counts per owner and day (`owner`/`day` None: all of them), oldest day first."""
+        where, args = _owned(owner, "owner")
+        if day is not None:
+            where, args = where + " AND day = ?", (*args, day)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT owner, day, prompt_tokens, completion_tokens, reserved_tokens, requests FROM usage"
+                " WHERE 1 = 1" + where + " ORDER BY day, owner", args).fetchall()
+        return [Usage(*row) for row in rows]
 
     def integrity_check(self) -> str:
         """"ok", or what is wrong: SQLite's integrity_check, then foreign keys and the
@@ -442,8 +515,9 @@ class SQLiteStore:
         return [_message(row) for row in rows]
 
     @staticmethod
-    def _get(conn: sqlite3.Connection, conversation_id: str) -> Conversation | None:
-        row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = ?", (conversation_id,)).fetchone()
+    def _get(conn: sqlite3.Connection, conversation_id: str, owner: str | None) -> Conversation | None:
+        where, args = _owned(owner)
+        row = conn.execute(_CONVERSATION_SELECT + " WHERE c.id = ?" + where, (conversation_id, *args)).fetchone()
         return None if row is None else Conversation(*row)
 
 

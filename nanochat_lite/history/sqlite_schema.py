@@ -144,6 +144,26 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
         END""",
     ),
+    # 5: owners (the API key's name; rows from before keys were named are 'local') on
+    # conversations and, copied from their conversation, messages: a client_id is then
+    # unique per owner (another owner's id must not collide, or its existence would
+    # show); and tokens per owner and UTC day, for quotas shared by every process.
+    (
+        "ALTER TABLE conversations ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        "ALTER TABLE messages ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        "CREATE INDEX conversations_by_owner ON conversations(owner, updated_at DESC, seq DESC)",
+        "DROP INDEX messages_client_id",
+        "CREATE UNIQUE INDEX messages_client_id ON messages(owner, client_id) WHERE client_id IS NOT NULL",
+        """CREATE TABLE usage (
+            owner TEXT NOT NULL,
+            day TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            reserved_tokens INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (owner, day)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -5,6 +5,13 @@ The backends (`sqlite.py`, `postgres.py`) give the same answers to the same call
 same ids, order, paging, titles, statuses and search-hit shape. The server depends on
 this module's names only, never on a backend.
 
+Every conversation and message has an owner: the API key's name, or `LOCAL_OWNER`
+("local") for a server without keys (and for rows stored before owners existed). Every
+method that reads or changes conversations takes `owner=` and sees that owner's rows
+only: another owner's id is answered exactly as an id that does not exist (None,
+NotFound, False, no hit). Reads also take `owner=None`, every owner's rows (an admin's
+view); writes never do. Token usage is kept per owner and UTC day (`Usage`).
+
 Stdlib only; no database access here.
 """
 
@@ -24,7 +31,11 @@ FINAL_STATUSES = ("complete", "stopped", "failed", "interrupted")
 MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
 EXPORT_FORMATS = ("json", "markdown")
 
+LOCAL_OWNER = "local"  # the owner of rows made without an API key
+
 _ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_OWNER_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # an API key's name (security_config.py)
+_DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CLIENT_ID_RE = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 
 
@@ -60,6 +71,28 @@ class Conversation:
     created_at: float  # unix seconds
     updated_at: float  # unix seconds of the last message (or creation)
     message_count: int
+    owner: str = LOCAL_OWNER  # the API key's name that created it, or "local"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Usage:
+    """One owner's tokens on one UTC day. `reserved_tokens`: held by requests still
+    generating (reserve_usage), given back or turned into used tokens by settle_usage."""
+
+    owner: str
+    day: str  # "2026-11-30", UTC
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reserved_tokens: int = 0
+    requests: int = 0  # settled generation requests
+
+    @property
+    def counted(self) -> int:
+        """What the day's quota is measured against: used plus reserved tokens."""
+        return self.prompt_tokens + self.completion_tokens + self.reserved_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,39 +123,52 @@ class StorageUnavailable(StoreError):
 class Store(Protocol):
     """A conversation store. Every method blocks (call it from a worker thread, never
     from the event loop) and is safe to call from several threads at once. Every write
-    has been committed durably when the method returns."""
+    has been committed durably when the method returns.
+
+    `owner`: whose rows the call sees (see the module docstring); `None` (reads only):
+    every owner's."""
 
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
     def __exit__(self, *exc: object) -> None: ...
 
     def create(self, *, system: str | None = None, title: str | None = None,
-               conversation_id: str | None = None) -> Conversation: ...
-    def get(self, conversation_id: str) -> Conversation | None: ...
-    def list(self, *, limit: int = 20, offset: int = 0) -> tuple[builtins.list[Conversation], int]: ...
-    def rename(self, conversation_id: str, title: str) -> Conversation: ...
-    def set_system(self, conversation_id: str, system: str | None) -> None: ...
-    def delete(self, conversation_id: str) -> bool: ...
+               conversation_id: str | None = None, owner: str = LOCAL_OWNER) -> Conversation: ...
+    def get(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> Conversation | None: ...
+    def list(self, *, limit: int = 20, offset: int = 0,
+             owner: str | None = LOCAL_OWNER) -> tuple[builtins.list[Conversation], int]: ...
+    def rename(self, conversation_id: str, title: str, *, owner: str = LOCAL_OWNER) -> Conversation: ...
+    def set_system(self, conversation_id: str, system: str | None, *, owner: str = LOCAL_OWNER) -> None: ...
+    def delete(self, conversation_id: str, *, owner: str = LOCAL_OWNER) -> bool: ...
 
-    def messages(self, conversation_id: str) -> builtins.list[Message]: ...
+    def messages(self, conversation_id: str, *, owner: str | None = LOCAL_OWNER) -> builtins.list[Message]: ...
     def add_message(self, conversation_id: str, role: str, content: str, *, status: str = "complete",
                     prompt_tokens: int | None = None, completion_tokens: int | None = None,
                     ttft_ms: float | None = None, duration_ms: float | None = None,
                     model: str | None = None, params: dict[str, Any] | None = None,
-                    client_id: str | None = None, answer_id: str | None = None) -> Message: ...
+                    client_id: str | None = None, answer_id: str | None = None,
+                    owner: str = LOCAL_OWNER) -> Message: ...
     def update_message(self, message_id: int, content: str, *, status: str,
                        prompt_tokens: int | None = None, completion_tokens: int | None = None,
                        ttft_ms: float | None = None, duration_ms: float | None = None) -> None: ...
-    def message_by_client_id(self, client_id: str) -> Message | None: ...
-    def answer_message(self, answer_id: str) -> Message | None: ...
+    def message_by_client_id(self, client_id: str, *, owner: str = LOCAL_OWNER) -> Message | None: ...
+    def answer_message(self, answer_id: str, *, owner: str = LOCAL_OWNER) -> Message | None: ...
     def interrupt_streaming(self) -> int: ...
 
-    def search(self, query: str, *, limit: int = 20) -> builtins.list[dict[str, Any]]: ...
-    def unembedded(self, model: str, *, limit: int) -> builtins.list[tuple[int, str]]: ...
+    def search(self, query: str, *, limit: int = 20,
+               owner: str | None = LOCAL_OWNER) -> builtins.list[dict[str, Any]]: ...
+    def unembedded(self, model: str, *, limit: int,
+                   owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[int, str]]: ...
     def put_vectors(self, model: str, vectors: builtins.list[tuple[int, bytes]]) -> None: ...
-    def vectors(self, model: str) -> builtins.list[tuple[dict[str, Any], bytes]]: ...
-    def export(self, conversation_id: str, fmt: str) -> str: ...
+    def vectors(self, model: str, *,
+                owner: str | None = LOCAL_OWNER) -> builtins.list[tuple[dict[str, Any], bytes]]: ...
+    def export(self, conversation_id: str, fmt: str, *, owner: str | None = LOCAL_OWNER) -> str: ...
     def integrity_check(self) -> str: ...
+
+    def reserve_usage(self, owner: str, day: str, want: int, *, quota: int, minimum: int = 1) -> int: ...
+    def settle_usage(self, owner: str, day: str, *, reserved: int, prompt_tokens: int,
+                     completion_tokens: int) -> None: ...
+    def usage(self, *, owner: str | None = None, day: str | None = None) -> builtins.list[Usage]: ...
 
 
 # -- rules shared by the backends ------------------------------------------------------
@@ -154,6 +200,24 @@ def check_client_id(value: object, name: str = "client_id") -> str | None:
     if not isinstance(value, str) or not _CLIENT_ID_RE.fullmatch(value):
         raise ValueError(f"{name} {value!r}: expected 1-64 printable ASCII characters")
     return value
+
+
+def check_owner(owner: object, *, any_allowed: bool = False) -> str | None:
+    """An owner: an API key's name (1-64 of A-Z, a-z, 0-9, '_', '.', '-') or "local";
+    None only where every owner's rows may be read (`any_allowed`)."""
+    if owner is None and any_allowed:
+        return None
+    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
+        raise ValueError(f"owner {owner!r}: expected 1-64 characters of A-Z, a-z, 0-9, '_', '.' or '-'")
+    return owner
+
+
+def check_usage(owner: str, day: str, *numbers: int) -> None:
+    check_owner(owner)
+    if not isinstance(day, str) or not _DAY_RE.fullmatch(day):
+        raise ValueError(f"day {day!r}: expected a UTC date, YYYY-MM-DD")
+    if any(not isinstance(n, int) or n < 0 for n in numbers):
+        raise ValueError(f"token counts must be whole numbers >= 0, got {numbers}")
 
 
 def check_page(limit: int, offset: int) -> None:
