@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .. import IMPORTED_AT, __version__
@@ -130,6 +132,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     from ..limits_config import NetLimits
 
     limits = NetLimits.from_args(args, config.env)
+    prefix_hook = _test_prefix_tokens(config.env)
     # --engine openai:URL: an upstream server generates; no model is loaded here.
     path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
     sock = _bind(config)
@@ -205,7 +208,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
             server.servers[0].get_loop().call_soon_threadsafe(restore)
             restored.wait(5.0)
-        scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix,
+        scheduler = Scheduler(engine, max_queue=config.max_queue,
+                              shared_prefix=_shared_prefix(engine.prompts.shared_prefix, prefix_hook),
                               max_queue_wait=limits.max_queue_wait_s)
         runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
@@ -248,6 +252,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         server.run(sockets=[sock])
     finally:
         runtime.close()
+        if prefix_hook is not None:  # the test hook: the engine calls close() waited for, or not
+            print(f"{PREFIX_HOOK_EXIT} {getattr(runtime.scheduler, 'prefix_tokens', 0)}", file=sys.stderr, flush=True)
         if loader.engine is not None:
             loader.engine.close()
         store.close()
@@ -294,3 +300,46 @@ def _embedder_factory(config: Config):
             raise RuntimeError(redact_paths(str(e))) from None
 
     return make
+
+# -- a test hook -----------------------------------------------------------------------
+# NANOCHAT_LITE_TEST_PREFIX_TOKENS=N, for tests/server/test_shutdown_race.py only: the
+# background shared-prefix job evaluates N tokens (the real prefix, repeated) instead of
+# the real ~24, and prints PREFIX_HOOK_LINE on stderr just before. Its engine call then
+# lasts seconds, so a SIGTERM sent when that line appears lands inside it every time
+# (sent after fixed sleeps, it missed the ~0.2 s copy one run in three). Before the
+# engine closes, PREFIX_HOOK_EXIT says how many prefix tokens the slots hold: all N
+# when the scheduler's close() waited for that call to end (closing the engine under
+# it crashes the process only about 6 times in 10). Read once at start-up; nothing on
+# a request's path looks at it.
+TEST_PREFIX_ENV = "NANOCHAT_LITE_TEST_PREFIX_TOKENS"
+PREFIX_HOOK_LINE = "test hook: evaluating the shared prefix"
+PREFIX_HOOK_EXIT = "test hook: shared-prefix tokens in the slots as the engine closes:"
+
+
+def _test_prefix_tokens(env: Mapping[str, str]) -> int | None:
+    raw = env.get(TEST_PREFIX_ENV)
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 4096:
+        raise CLIError(f"{TEST_PREFIX_ENV} must be a token count between 1 and 4096, got {raw!r} "
+                       "(it is a test hook: unset it)")
+    return n
+
+
+def _shared_prefix(real: Callable[[], list[int]], pad_to: int | None) -> Callable[[], list[int]]:
+    """The scheduler's shared-prefix source: `real`, or with the test hook, `real`
+    repeated to `pad_to` tokens, announced on stderr."""
+    if pad_to is None:
+        return real
+
+    def padded() -> list[int]:
+        tokens = real() or [0]
+        tokens = (tokens * (pad_to // len(tokens) + 1))[:pad_to]
+        print(f"{PREFIX_HOOK_LINE} ({len(tokens)} tokens)", file=sys.stderr, flush=True)
+        return tokens
+
+    return padded
