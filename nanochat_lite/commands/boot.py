@@ -301,6 +301,7 @@ def _embedder_factory(config: Config):
 
     return make
 
+
 # -- a test hook -----------------------------------------------------------------------
 # NANOCHAT_LITE_TEST_PREFIX_TOKENS=N, for tests/server/test_shutdown_race.py only: the
 # background shared-prefix job evaluates N tokens (the real prefix, repeated) instead of
