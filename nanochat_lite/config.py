@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
-               "batch_size", "resume_window", "engine", "engine_key", "engine_model")
+               "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips")
 MAX_RESUME_WINDOW_S = 3600.0
 
 
@@ -72,6 +72,11 @@ class Config:
     engine: str | None = None
     engine_key: str | None = field(default=None, repr=False)
     engine_model: str | None = None
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
+    # addresses or networks, "*" for any): the client's address, and so its per-client
+    # cap, comes from there. None: the header is ignored, whoever sends it (uvicorn
+    # believes it from 127.0.0.1 by default, so any local script could rotate it).
+    forwarded_allow_ips: str | None = None
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -104,6 +109,7 @@ class Config:
         c.engine = env.get("NANOCHAT_LITE_ENGINE") or None
         c.engine_key = env.get("NANOCHAT_LITE_ENGINE_KEY") or None
         c.engine_model = env.get("NANOCHAT_LITE_ENGINE_MODEL") or None
+        c.forwarded_allow_ips = env.get("NANOCHAT_LITE_FORWARDED_ALLOW_IPS") or None
         return c
 
     @classmethod

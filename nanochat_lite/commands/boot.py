@@ -174,9 +174,15 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
     # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
     # are stored as interrupted, their clients get a final event; then exit status 0.
+    from ..server.wire.limits import MAX_WS_FRAME_BYTES
+
+    # One WebSocket frame limit: the app's (uvicorn closes a larger frame with 1009 before
+    # the app sees it). X-Forwarded-For only from the proxies named by --forwarded-allow-ips.
     server = GracefulServer(uvicorn.Config(
-        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off", ws_max_size=4 << 20,
-        timeout_graceful_shutdown=2, **uvicorn_options(limits, refused),
+        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off",
+        ws_max_size=MAX_WS_FRAME_BYTES, proxy_headers=config.forwarded_allow_ips is not None,
+        forwarded_allow_ips=config.forwarded_allow_ips or "", timeout_graceful_shutdown=2,
+        **uvicorn_options(limits, refused),
     ), runtime)
     from ..server.observe.metrics import enable_access_log
 

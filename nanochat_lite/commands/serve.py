@@ -26,6 +26,10 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--port-file", metavar="PATH",
                    help="write the port listened on to PATH once bound, before the model loads "
                         "(with --port 0: the one the OS picked)")
+    s.add_argument("--forwarded-allow-ips", metavar="ADDRS",
+                   help="proxies whose X-Forwarded-For is believed, comma-separated (e.g. 127.0.0.1 for the "
+                        "shipped nginx config; env NANOCHAT_LITE_FORWARDED_ALLOW_IPS; default: none, the header "
+                        "is ignored)")
     s.add_argument("--db", help="conversation store file (env NANOCHAT_LITE_DB)")
     add_security_flags(s)  # --api-key, --api-keys-file, --allowed-host, --cors-origin
     s.add_argument("--parallel", "-np", type=int,
