@@ -106,8 +106,10 @@ echo "Components: postgres $(wanted postgres && pg_bindir || echo 'opted out'), 
 
 # Pull the real models once (verified by sha256); the tests use them.
 .venv/bin/nanochat-lite pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
-# Types first (pyproject.toml's [tool.mypy]: --strict on the server, the scheduler and the engines).
+# Types first (pyproject.toml's [tool.mypy]: --strict on the server, the engines and generation.py).
 .venv/bin/python -m mypy
+# The architecture's one-way doors (pyproject.toml's [tool.importlinter]: rooms, no circles).
+.venv/bin/lint-imports --no-cache
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
