@@ -7,6 +7,7 @@ children's PYTHONPATH) whose function sends itself SIGSEGV, at load or part-way.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nanochat_lite.bench import isolate, peers, serving
+from nanochat_lite.bench import isolate, peers, report, serving, suite
 
 CRASHING_PEER = '''
 import os, signal, time
@@ -171,3 +172,21 @@ def test_cold_start_row_says_crashed_when_a_server_peer_dies(chat_model_path: Pa
     assert r["llama-server"] == "crashed (signal 11)"
     assert r["peer_order"] == ["nanochat-lite"] and r["ratios"] == {}
     assert r["nanochat-lite"]["first_token_s"]["n"] == 2 and r["nanochat-lite"]["first_token_s"]["median"] > 0
+
+
+def test_header_says_when_reading_the_llama_cpp_build_crashed(crashing_peer: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real = isolate.run_in_child
+    monkeypatch.setattr(isolate, "run_in_child", lambda fn, **kw: real(f"{crashing_peer}:segv", **kw))
+    b = suite.llama_cpp_build()
+    assert b["error"] == "crashed (signal 11)" and b["xllamacpp"] == importlib.metadata.version("xllamacpp")
+    line = report.llama_cpp_line(b)
+    assert line.startswith(f"llama.cpp: xllamacpp {b['xllamacpp']}, {b['build']}; its system info: crashed (signal 11)")
+
+
+def test_llama_cpp_line_known_answer() -> None:
+    b = {"xllamacpp": "1.2", "build": "local build (wheel tag cp311-cp311-linux_x86_64)", "compiler": "GNU 12",
+         "instruction_sets": ["AVX2", "AVX512"], "switches": ["OPENMP"], "cpu_simd": ["avx2", "avx512f"]}
+    assert report.llama_cpp_line(b) == ("llama.cpp: xllamacpp 1.2, local build (wheel tag cp311-cp311-linux_x86_64), "
+                                        "compiler GNU 12; instruction sets used: AVX2 AVX512 (also OPENMP); "
+                                        "this CPU offers avx2 avx512f")

@@ -115,6 +115,8 @@ def _tokenizer(r: dict) -> list[Table]:
         ratio = "—" if name == "nanochat-lite" else f"{v['our_speedup_encode']:.1f}× / {v['our_speedup_chat']:.1f}×"
         equal = "yes" if v["ids_equal"] else f"no ({v['mismatched_lines']} lines)"
         t.rows.append([name, f"{v['encode_mb_s']:.2f}", f"{v['chat_per_s']:,.0f}", ratio, equal, v["note"]])
+    for name, why in (r.get("unavailable") or {}).items():  # not installed, or its child crashed
+        t.rows.append([name, why, "", "", "", ""])
     return [t]
 
 
@@ -214,8 +216,8 @@ def _fairness(r: dict) -> list[Table]:
 def _embeddings(r: dict) -> list[Table]:
     if r.get("status") != "ok":
         return [Table("Embeddings", f"{r.get('status', 'not available')}: {r.get('reason', '')}", [])]
-    t = Table("Embeddings", f"Sentences/s embedding 256 texts in calls of 1, 32 and 256 texts, {r['threads']} "
-              f"threads; {r['method']}; median (min–max) of {r['rounds']} rounds.",
+    t = Table("Embeddings", f"Sentences/s embedding {r.get('texts', 256)} texts (the first 64 for calls of 1) in "
+              f"calls of 1, 32 and 256 texts, {r['threads']} threads; {r['method']}; median (min–max).",
               ["engine", "batch 1", "batch 32", "batch 256", "first embedding from cold (s)"])
     for name, v in r["engines"].items():
         if isinstance(v, str):
@@ -334,10 +336,26 @@ def header_lines(h: dict) -> list[str]:
              f"Load average (1 min): {h['load_average_start']:.2f} at start{end} (other processes share these cores)",
              f"Python {h['python']}; {versions}",
              f"Model: {m['name']} ({m['bytes']:,} bytes), sha256 {m['sha256']} ({m['sha256_source']})"]
+    if h.get("llama_cpp"):
+        lines.append(llama_cpp_line(h["llama_cpp"]))
     peers = h.get("peers") or {}
     if peers:
         lines.append("Peers: " + "; ".join(f"{k}: {v}" for k, v in peers.items() if k != "python"))
     return lines
+
+
+def llama_cpp_line(b: dict) -> str:
+    """"llama.cpp: xllamacpp 1.2, prebuilt wheel (...), GNU 10.2.1; instruction sets AVX AVX2 (also
+    OPENMP); this CPU offers avx2 avx512f" — which build the figures come from."""
+    head = f"llama.cpp: xllamacpp {b.get('xllamacpp', '?')}, {b.get('build', '?')}"
+    if "error" in b:
+        body = f"; its system info: {b['error']}"
+    else:
+        switches = f" (also {' '.join(b['switches'])})" if b.get("switches") else ""
+        body = (f", compiler {b.get('compiler', 'unknown')}; instruction sets used: "
+                f"{' '.join(b.get('instruction_sets') or []) or 'none reported'}{switches}")
+    cpu = f"; this CPU offers {' '.join(b['cpu_simd'])}" if b.get("cpu_simd") else ""
+    return head + body + cpu
 
 
 # -- text and Markdown -----------------------------------------------------------------

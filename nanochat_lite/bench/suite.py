@@ -5,11 +5,14 @@ runs the sections, writes `results.json`, `report.md` and PNG plots into the out
 folder and prints the same tables. Sections run in a fixed order; one that fails is reported
 with its error and the others still run. Run sizes are fixed per mode (--quick: fewer
 runs, 32-token answers instead of 64); nothing is extrapolated. Peers that were not
-given or are not installed are reported as such (see `peers.py`).
+given or are not installed are reported as such (see `peers.py`); peers that load native
+code into Python run in child processes, and one that dies is its row, "crashed (signal
+N)" (see `isolate.py`). The header names the llama.cpp build (`llama_cpp_build`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -41,6 +44,10 @@ TIME_BOX_S = (120.0, 60.0)  # per (server, transport, level) run of the concurre
 FAIR_PROMPT_TOKENS, FAIR_STREAM_TOKENS = (3000, 1500), (1024, 256)
 FAIR_CTX = 8192  # the long prompt and three answers fit; 4 slots for llama-server
 FAIR_START_WAIT_S, FAIR_TIME_BOX_S = (30.0, 15.0), (240.0, 90.0)
+FRONT_ROUNDS, FRONT_MAX_TOKENS = (20, 8), (32, 32)  # requests per path, tokens per answer
+# The CPU's SIMD flags worth naming beside the instruction sets llama.cpp was built with
+# (an AVX2 wheel on an AVX-512 machine leaves speed unused).
+SIMD_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 VERSIONS = ("nanochat-lite", "xllamacpp", "llama_cpp_python", "tiktoken", "tokenizers", "numpy", "starlette",
             "uvicorn", "httpx", "websockets", "matplotlib")
 
@@ -72,6 +79,30 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_simd() -> list[str]:
+    """Which of SIMD_FLAGS /proc/cpuinfo lists (what the machine offers, not what runs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in SIMD_FLAGS if flag in flags]
+
+
+def llama_cpp_build() -> dict[str, Any]:
+    """The loaded llama.cpp build (`engines.build_info.describe`), read in a child process:
+    a build for another CPU may die at import, and that must not end the run."""
+    from ..engines import build_info
+    from .isolate import PeerFailed, row_text, run_in_child
+
+    version, kind = build_info.distribution_kind()
+    try:
+        info: dict[str, Any] = run_in_child(build_info.describe, timeout=120)
+    except PeerFailed as e:
+        info = {"xllamacpp": version, "build": kind, "error": row_text(e)}
+    return {**info, "cpu_simd": _cpu_simd()}
+
+
 def _model_info(path: Path, home: Path) -> dict[str, Any]:
     from .. import models
 
@@ -91,7 +122,8 @@ def build_header(model: Path, home: Path, threads: int, quick: bool, sections: l
 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": _cpu(), "cores": os.cpu_count(),
             "threads": threads, "ctx": CTX, "python": platform.python_version(), "versions": _versions(),
-            "peers": peer_info(peers or PeerOptions()), "model": _model_info(model, home), "quick": quick,
+            "peers": peer_info(peers or PeerOptions()), "llama_cpp": llama_cpp_build(),
+            "model": _model_info(model, home), "quick": quick,
             "sections": sections, "load_average_start": os.getloadavg()[0]}
 
 
@@ -113,11 +145,9 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
     def cold() -> dict:
         ps, absent = peers.serving_peers(opts, model, threads, CTX)  # llama-server with its own defaults
         r = serving.cold_start(ps, absent, COLD_RUNS[q], log=_say)
-        try:
-            import transformers  # noqa: F401
-            hf = "installed, not measured: needs this model in transformers format, which the model store lacks"
-        except ImportError:
-            hf = "not installed"
+        # Looked up, not imported: importing it may load torch's native code into this process.
+        hf = ("installed, not measured: needs this model in transformers format, which the model store lacks"
+              if importlib.util.find_spec("transformers") else "not installed")
         return {**r, "runs": COLD_RUNS[q], "transformers": hf}
 
     def decode() -> dict:
@@ -160,14 +190,14 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
     def front() -> dict:
         from . import front_cost
 
-        return front_cost.run(model=str(model), threads=threads, rounds=8 if quick else 20)
+        return front_cost.run(model=str(model), threads=threads, rounds=FRONT_ROUNDS[q], max_tokens=FRONT_MAX_TOKENS[q])
 
     def embeddings() -> dict:
         from .. import models
 
         return embedding.run(quick, threads, models.ensure(home, models.DEFAULT_EMBEDDING))
 
-    return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick),
+    return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick, log=_say),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
             "fairness": fair, "embeddings": embeddings, "front": front}
 
