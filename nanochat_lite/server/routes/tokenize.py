@@ -7,6 +7,11 @@ tokenizer (the same ids as llama.cpp's for the served model).
 
 `special: true` lets special-token text (`<|im_start|>`) become control tokens; by
 default it is tokenized as the plain text it is.
+
+The answer is bounded by what was asked: at most OUTPUT_FACTOR times the request's bytes
+(and never less than OUTPUT_FLOOR_BYTES). With pieces, a token of one byte costs ~25
+bytes of JSON, so 1 MB of such text answered 11.5 MB: past the bound it is a 413
+`output_too_large` that says how to ask (less text, or `with_pieces: false`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from ..wire.http import json_response, read_body
 from ..wire.limits import MAX_BODY_BYTES
 from ..wire.schemas import decode
 
+_encoder = msgspec.json.Encoder()
 MAX_DETOKENIZE_IDS = 100_000
+OUTPUT_FACTOR = 4  # answer bytes per request byte, at most
+OUTPUT_FLOOR_BYTES = 64 * 1024  # small requests may always see every piece
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):
@@ -40,7 +48,8 @@ class DetokenizeRequest(msgspec.Struct, kw_only=True):
 async def tokenize(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        req = decode(await read_body(request), TokenizeRequest)
+        raw = await read_body(request)
+        req = decode(raw, TokenizeRequest)
         tok = await rt.tokenizer()
 
         def run() -> dict[str, Any]:
@@ -51,9 +60,17 @@ async def tokenize(request: Request) -> Response:
 
         # Encoding ~1 MiB takes ~0.2 s: off the event loop.
         body = await asyncio.to_thread(run) if len(req.text) > 10_000 else run()
+        out = _encoder.encode(body)
+        bound = max(OUTPUT_FACTOR * len(raw), OUTPUT_FLOOR_BYTES)
+        if len(out) > bound:
+            hint = "send less text or `with_pieces: false`" if req.with_pieces else "send less text"
+            raise RequestError(f"the answer would be {len(out):,} bytes for a {len(raw):,}-byte request "
+                               f"({body['count']:,} tokens); the limit is {bound:,} ({OUTPUT_FACTOR}x the "
+                               f"request, at least {OUTPUT_FLOOR_BYTES:,}): {hint}",
+                               code="output_too_large", status=413, param="text")
     except RequestError as e:
         return api_error(e)
-    return json_response(body)
+    return Response(out, media_type="application/json")
 
 
 async def detokenize(request: Request) -> Response:

@@ -58,7 +58,9 @@ class RequestError(Exception):
         self.code = code
         self.status = status
         self.param = param
-        self.retry_after = retry_after  # seconds, sent as Retry-After
+        # seconds, sent as Retry-After; every 503 says when to come back (the kinds above
+        # name their own; an engine's 503, a queue timeout among them, the busy default).
+        self.retry_after = RETRY_BUSY_S if retry_after is None and status == 503 else retry_after
         self.extra = extra  # more fields for OpenAI's error body (n_prompt_tokens, n_ctx)
 
 
