@@ -59,23 +59,27 @@ def current_conversation(page: object) -> str:
 # -- an in-process server around a scripted engine ------------------------------
 class InProcessServer:
     """The real app (create_app) with an in-memory store and the given engine, served by
-    uvicorn on a free loopback port in a background thread."""
+    uvicorn on a loopback port in a background thread. The socket is bound here, on
+    port 0: no gap in which another process could take a port picked in advance."""
 
     def __init__(self, engine: object, *, security: object | None = None) -> None:
+        import socket
+
         import uvicorn
-        from serverproc import free_port
 
         from nanochat_lite.history import ConversationStore
         from nanochat_lite.server import Runtime, create_app
 
         self.runtime = Runtime(store=ConversationStore(":memory:"), model_name=engine.name)
         attach_fake(self.runtime, engine)
-        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(self.runtime, security=security)  # a SecurityConfig, or None: the defaults
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, name="browser-test-server", daemon=True)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="browser-test-server", daemon=True)
 
     def __enter__(self) -> "InProcessServer":
         self.thread.start()
@@ -89,6 +93,7 @@ class InProcessServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.sock.close()
         self.runtime.close()
 
 

@@ -20,8 +20,6 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from serverproc import free_port
-
 
 @dataclass(eq=False)  # hashed by identity: kept in a set
 class _Link:
@@ -42,8 +40,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 class CutProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # bound in __enter__, on port 0: no port picked in advance to lose
+        self.url = ""
         self.cuts = 0  # connections reset so far
         self._links: set[_Link] = set()
         self._armed: int | None = None  # bytes to WebSocket clients before the next cut
@@ -53,7 +51,9 @@ class CutProxy:
 
     def __enter__(self) -> "CutProxy":
         self._thread.start()
-        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", self.port))
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
