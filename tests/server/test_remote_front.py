@@ -185,8 +185,8 @@ def test_down_upstream_is_503_within_5s(tmp_path):
 
 
 def test_upstream_that_goes_down_and_comes_back(tmp_path, chat_model_path):
-    port = free_port()
-    up = ServerProc(tmp_path, "--threads", "1", "--parallel", "2", "--api-key", KEY, port=port).start()
+    up = ServerProc(tmp_path, "--threads", "1", "--parallel", "2", "--api-key", KEY).start()
+    port = up.port  # the restart below comes back on it
     front = start_front(tmp_path, up.url)
     try:
         ok = httpx.post(front.url + "/api/chat", json={"message": "hi", "max_tokens": 4}, timeout=60)
@@ -222,7 +222,7 @@ def test_bad_engine_flag_is_a_message(tmp_path, engine):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "nanochat_lite", "serve", "--port", str(free_port()),
+    r = subprocess.run([sys.executable, "-m", "nanochat_lite", "serve", "--port", "0",
                         "--db", str(tmp_path / "c.sqlite3"), "--engine", engine],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "expected openai:URL" in r.stderr and "Traceback" not in r.stderr
