@@ -24,7 +24,6 @@ def test_helpers_known_answers() -> None:
 
 
 def test_rustbpe_and_python_learn_the_same_tokenizer() -> None:
-    pytest.importorskip("rustbpe")
     fast = train(TEXT, 420, engine="rustbpe")
     slow = train(TEXT, 420, engine="python")
     assert fast._merges == slow._merges
