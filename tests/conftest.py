@@ -71,3 +71,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"SKIPPED BY OPT-OUT: {name} ({optout.ENV}): {n} tests not run "
                                     f"({optout.COMPONENTS[name]})", yellow=True, bold=True)
     return result
+
+
+# -- the issues' acceptance counts -----------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--acceptance", action="store_true", default=False,
+                     help="run the issues' acceptance counts instead of the small defaults (100 "
+                          "structured-output samples, 50 resume rounds, 20 replica kills; long)")
+
+
+@pytest.fixture(scope="session")
+def acceptance(pytestconfig: pytest.Config) -> bool:
+    """True under --acceptance: a test that takes a count uses the issue's figure."""
+    return bool(pytestconfig.getoption("acceptance"))
