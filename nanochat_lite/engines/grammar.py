@@ -9,6 +9,10 @@ refuses what it would refuse. One class llguidance accepts and no finite answer 
 is checked here too: a required property whose schema leads back to itself (`{"next":
 {"$ref": "#"}}` required), which the engine "enforces" by nesting until max_tokens.
 
+A llama.cpp built without llguidance (`scripts/build-native.sh` builds one offline) converts
+schemas with its own GBNF converter instead, which raises on what it cannot do: then that
+converter is the one asked.
+
 `engine_schema` is the one place that shapes a schema for the engine: the local engine
 sends what it returns, and `check` validates exactly that.
 """
@@ -46,12 +50,20 @@ def check(schema: Any) -> None:
     if unending is not None:
         raise GrammarError(f"{unending} requires a value of its own schema again, so no finite JSON matches it; "
                            "make the property optional or give the recursion a way to end (anyOf with null)")
+    text = json.dumps(shaped)
     try:
-        from llguidance import LLMatcher
+        import xllamacpp
     except ImportError:  # a front whose only engine is remote: the upstream decides
         return
     try:
-        grammar = LLMatcher.grammar_from_json_schema(json.dumps(shaped))
+        converted = str(xllamacpp.json_schema_to_grammar(text))
+    except (ValueError, RuntimeError) as e:  # llama.cpp's own converter refused it
+        raise GrammarError(str(e)) from None
+    if not converted.startswith("%llguidance"):
+        return  # a GBNF build: converted is enforceable
+    from llguidance import LLMatcher  # the engine compiles with llguidance: ask it
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(text)
         is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     except (ValueError, RuntimeError, TypeError) as e:
         raise GrammarError(str(e)) from None
