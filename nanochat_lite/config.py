@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
-               "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips")
+               "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips",
+               "chat_template")
 MAX_RESUME_WINDOW_S = 3600.0
 
 
@@ -77,6 +78,9 @@ class Config:
     # cap, comes from there. None: the header is ignored, whoever sends it (uvicorn
     # believes it from 127.0.0.1 by default, so any local script could rotate it).
     forwarded_allow_ips: str | None = None
+    # --chat-template FILE|NAME: the chat template to use instead of the model's own (a
+    # base model has none: without this, only raw prompts work). None: the model's.
+    chat_template: str | None = None
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -154,6 +158,9 @@ class Config:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.engine is not None:
             self.engine_url()
+            if self.chat_template is not None:
+                raise ConfigError("--chat-template applies to a model served here; with --engine the upstream "
+                                  "server renders chats with its own template")
 
     def engine_url(self) -> str | None:
         """The upstream's URL of --engine openai:URL (None: the built-in engine).

@@ -23,6 +23,13 @@ class TemplateRefused(EngineError):
     code = "template_error"
 
 
+class NoChatTemplate(EngineError):
+    """The model has no chat template (a base model), so a conversation cannot become
+    its prompt; raw text prompts still work (message says how to give it one)."""
+
+    code = "no_chat_template"
+
+
 class ContextOverflow(EngineError):
     code = "context_overflow"
 

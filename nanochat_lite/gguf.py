@@ -175,3 +175,60 @@ def check(path: str | os.PathLike[str]) -> GGUFInfo:
             f"but the file has {info.file_size:,}"
         )
     return info
+
+
+_SCALAR_SIZE = {t: struct.calcsize(fmt) for t, fmt in _SCALAR.items()}
+
+
+def string_value(path: str | os.PathLike[str], key: str) -> str | None:
+    """One string of a GGUF file's metadata (None when the key is absent), without
+    building the rest: arrays are stepped over, so a 262,144-token vocabulary costs
+    ~40 ms instead of read()'s ~0.5 s. Raises GGUFError for a file read() would refuse.
+
+    string_value("gemma-3-270m.gguf", "tokenizer.chat_template") -> None  (a base model)
+    """
+    import mmap
+
+    path = os.fspath(path)
+    want = key.encode()
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm[:4] != MAGIC:
+                raise GGUFError(f"{path}: expected a GGUF file (magic b'GGUF'), got {mm[:4]!r}")
+            (kv_count,) = _U64.unpack_from(mm, 16)
+            u64, u32 = _U64.unpack_from, struct.Struct("<I").unpack_from
+            off = 24
+            for _ in range(kv_count):
+                (n,) = u64(mm, off)
+                name = mm[off + 8:off + 8 + n]
+                (vtype,) = u32(mm, off + 8 + n)
+                off += 12 + n
+                if name == want:
+                    if vtype != _STRING:
+                        return None
+                    (n,) = u64(mm, off)
+                    return mm[off + 8:off + 8 + n].decode("utf-8", errors="replace")
+                if vtype == _STRING:
+                    off += 8 + u64(mm, off)[0]
+                elif vtype == _ARRAY:
+                    (itype,), (count,) = u32(mm, off), u64(mm, off + 4)
+                    off += 12
+                    if itype == _STRING:
+                        for _ in range(count):
+                            off += 8 + u64(mm, off)[0]
+                    elif itype in _SCALAR_SIZE:
+                        off += _SCALAR_SIZE[itype] * count
+                    else:
+                        raise GGUFError(f"{path}: metadata key {name!r} is an array of type {itype}; "
+                                        "the file is corrupt")
+                elif vtype in _SCALAR_SIZE:
+                    off += _SCALAR_SIZE[vtype]
+                else:
+                    raise GGUFError(f"{path}: unknown metadata value type {vtype}; the file is corrupt")
+    except (struct.error, ValueError) as e:  # an offset past the end; mmap of an empty file
+        if isinstance(e, GGUFError):
+            raise
+        raise GGUFError(f"{path}: the file ends inside its header (truncated download?)") from None
+    except OSError as e:
+        raise GGUFError(f"{path}: cannot be read ({e.strerror})") from None
+    return None

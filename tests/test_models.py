@@ -82,6 +82,21 @@ def test_gguf_reader_on_the_real_model(chat_model_path):
     assert info.expected_size == info.file_size == 98_362_432
 
 
+def test_gguf_string_value_matches_the_full_reader(chat_model_path, tmp_path):
+    meta = gguf.read(chat_model_path).metadata
+    for key in ("tokenizer.chat_template", "general.architecture", "tokenizer.ggml.pre"):
+        assert gguf.string_value(chat_model_path, key) == meta[key]
+    assert gguf.string_value(chat_model_path, "no.such.key") is None
+    assert gguf.string_value(chat_model_path, "llama.block_count") is None  # not a string
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(chat_model_path.read_bytes()[:300_000])  # inside the vocabulary
+    with pytest.raises(gguf.GGUFError, match="ends inside its header"):
+        gguf.string_value(cut, "tokenizer.chat_template")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(gguf.GGUFError, match="ends inside its header"):
+        gguf.string_value(tmp_path / "empty.gguf", "tokenizer.chat_template")
+
+
 def test_gguf_reader_rejects_bad_files(tmp_path, chat_model_path):
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_bytes(b"PK\x03\x04 not a model")

@@ -34,6 +34,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=int, help="CPU threads for inference (env NANOCHAT_LITE_THREADS)")
     p.add_argument("--ctx-size", "-c", type=int, help="context window in tokens (env NANOCHAT_LITE_CTX; 4096)")
     p.add_argument("--seed", type=int, help="default sampling seed (random per request when unset)")
+    p.add_argument("--chat-template", metavar="FILE|NAME",
+                   help="the chat template to use instead of the model's own (a base model has none, and then "
+                        "only raw prompts work): a Jinja file, or a built-in name: chatml")
     p.add_argument("--home", help="model cache and data folder (env NANOCHAT_LITE_HOME)")
 
 
@@ -67,15 +70,34 @@ def resolve_model(config: Config) -> tuple[Path, str]:
     return path, path.stem
 
 
+def chat_template_source(config: Config) -> str | None:
+    """The Jinja source `--chat-template FILE|NAME` gives (None: the model's own), checked
+    to compile; CLIError saying what is wrong otherwise."""
+    if config.chat_template is None:
+        return None
+    from ..engines.template import ChatTemplate, TemplateError, template_source
+
+    try:
+        source = template_source(config.chat_template)
+        ChatTemplate(source)  # compiles, or says where it does not
+    except TemplateError as e:
+        message = str(e)
+        if not message.startswith("--chat-template"):
+            message = f"--chat-template {config.chat_template}: {message}"
+        raise CLIError(message) from None
+    return source
+
+
 def load_engine(path: Path, name: str, config: Config) -> Engine:
     """Load the engine or raise CLIError with a diagnosis of the file."""
     from ..engines.local import Engine
     from ..generation import ModelLoadError
     from ..gguf import GGUFError, check
 
+    template = chat_template_source(config)
     try:
         return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
-                      threads=config.threads, batch=config.batch_size, name=name)
+                      threads=config.threads, batch=config.batch_size, name=name, chat_template=template)
     except ModelLoadError as e:
         try:
             check(path)

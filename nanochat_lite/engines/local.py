@@ -39,7 +39,19 @@ from typing import Any
 
 from ..generation import Delta, Done, EngineError, ModelLoadError, Prepared, SamplingParams
 from .grammar import engine_schema
-from .template import ChatTemplate
+from .template import ChatTemplate, TemplateError
+
+# What llama.cpp's server reports as its chat template when the GGUF has none (its
+# built-in ChatML fallback, byte for byte). Only then is the GGUF itself asked whether
+# it has a template (~15-40 ms; the default model, whose template differs, skips it).
+_LLAMA_CPP_FALLBACK_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "  {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "  {{- '<|im_start|>assistant\n' -}}\n"
+    "{%- endif -%}"
+)
 
 # tokenizer.ggml.token_type values (llama.h, enum llama_token_type) of the tokens
 # only `parse_special` text becomes.
@@ -98,9 +110,11 @@ class _InternalAPI:
 class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
                  kv_size: int | None = None, threads: int | None = None, batch: int = 64,
-                 name: str | None = None) -> None:
+                 name: str | None = None, chat_template: str | None = None) -> None:
         """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
-        the KV cache shared by all `parallel` slots (default: 2 × n_ctx)."""
+        the KV cache shared by all `parallel` slots (default: 2 × n_ctx). `chat_template`
+        (a Jinja source) replaces the model's own; without either, conversations are
+        refused (`NoChatTemplate`) and raw prompts work."""
         import xllamacpp  # ~30 ms, no numpy
 
         self.model_path = Path(model_path)
@@ -145,6 +159,7 @@ class Engine:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {e}") from None
         self.internal_address = self._server.listening_address
         self._api = _InternalAPI(self.internal_address, key)
+        self.closed = False
         props = self._api.call("GET", "/props")
         try:
             self.n_vocab: int | None = int(self._api.call("GET", "/v1/models")["data"][0]["meta"]["n_vocab"])
@@ -156,14 +171,31 @@ class Engine:
         bos_text = props.get("bos_token") or ""
         bos_id = self._api.call("POST", "/tokenize", {"content": bos_text, "parse_special": True,
                                                       "add_special": False})["tokens"][:1]
-        template = ChatTemplate(props.get("chat_template"), bos_token=bos_text,
-                                eos_token=props.get("eos_token") or "", control_tokens=self._control_texts)
+        source = chat_template if chat_template is not None else self._own_template(props.get("chat_template"))
+        try:
+            template = ChatTemplate(source, bos_token=bos_text, eos_token=props.get("eos_token") or "",
+                                    control_tokens=self._control_texts) if source else None
+        except TemplateError as e:
+            self.close()
+            whose = "the --chat-template" if chat_template is not None else f"the chat template in {self.model_path}"
+            raise ModelLoadError(f"{whose} cannot be used: {e}; pass another with --chat-template FILE|NAME") from None
         # Prompts are built apart from the engine (template + tokenizer, any thread).
         self.prompts = PromptBuilder(name=self.name, template=template, n_ctx=n_ctx, n_vocab=self.n_vocab,
                                      add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
                                      fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
         self.kv_cache_bytes: int | None = None  # set by describe_cache()
-        self.closed = False
+
+    def _own_template(self, reported: str | None) -> str | None:
+        """The model's own chat template, or None when its GGUF has none (llama.cpp then
+        reports its ChatML fallback, which a base model was never trained on)."""
+        if not reported or reported != _LLAMA_CPP_FALLBACK_TEMPLATE:
+            return reported or None
+        from ..gguf import GGUFError, string_value
+
+        try:
+            return string_value(self.model_path, "tokenizer.chat_template") or None
+        except GGUFError:  # llama.cpp read the file; we cannot tell: keep what it uses
+            return reported
 
     def describe_cache(self) -> int | None:
         """Bytes of the KV cache the engine allocated (f16 K and V), from the model's

@@ -1,8 +1,9 @@
 """Prompts: a conversation (or a raw text, or token ids) turned into the token ids the
 engine evaluates, fitted to the context.
 
-What it holds: the model's chat template (rendered in our Jinja sandbox, template.py)
-and a tokenizer — the project's BPE tokenizer once it has loaded, llama.cpp's own
+What it holds: the model's chat template (rendered in our Jinja sandbox, template.py;
+None for a base model without one: conversations are then refused with
+`NoChatTemplate`, raw prompts still work) and a tokenizer — the project's BPE tokenizer once it has loaded, llama.cpp's own
 (through the engine's internal API) until then. Message text is tokenized apart from
 template text, so a user who types `<|im_start|>` never produces a control token.
 Context fitting drops the oldest turns, keeps the system prompt, and raises a clear
@@ -20,16 +21,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..generation import MIN_ANSWER_ROOM, ContextOverflow, EngineError, Prepared, SamplingParams, TemplateRefused
+from ..generation import (
+    MIN_ANSWER_ROOM,
+    ContextOverflow,
+    EngineError,
+    NoChatTemplate,
+    Prepared,
+    SamplingParams,
+    TemplateRefused,
+)
 from .template import ChatTemplate, Part, TemplateError
 
 
 class PromptBuilder:
-    def __init__(self, *, name: str, template: ChatTemplate, n_ctx: int, n_vocab: int | None, add_bos: bool,
+    def __init__(self, *, name: str, template: ChatTemplate | None, n_ctx: int, n_vocab: int | None, add_bos: bool,
                  bos_text: str, bos_id: list[int], fallback_tokenize: Callable[[str, bool], Sequence[int]],
                  detokenize: Callable[[Sequence[int]], str]) -> None:
         self.name = name
-        self.template = template
+        self.template = template  # None: the model has none (conversations are refused)
         self.n_ctx = n_ctx  # tokens one conversation's context holds
         self.n_vocab = n_vocab
         self.add_bos = add_bos
@@ -40,6 +49,11 @@ class PromptBuilder:
         # The project's BPE tokenizer (same ids as llama.cpp's, much faster), handed
         # over once it has loaded in the background (use_tokenizer).
         self.tokenizer: Any = None
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether conversations can be turned into prompts (False: raw prompts only)."""
+        return self.template is not None
 
     def use_tokenizer(self, tokenizer: Any) -> None:
         """Build prompts with the project's tokenizer from now on (one attribute swap:
@@ -72,6 +86,11 @@ class PromptBuilder:
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The prompt for a conversation. When the last message is the assistant's, its
         text is continued (prefill): no generation prompt, and nothing after its text."""
+        if self.template is None:
+            raise NoChatTemplate(
+                f"the model {self.name} has no chat template (it is a base model: it continues text), so it "
+                "cannot take a conversation. Send a raw prompt to /v1/completions instead, or start the server "
+                "with --chat-template FILE|NAME: a Jinja chat template file, or a built-in one (chatml).")
         prefill = bool(messages) and messages[-1]["role"] == "assistant"
         try:
             parts = self.template.render_parts(messages, add_generation_prompt=not prefill, continue_final=prefill)
@@ -82,7 +101,9 @@ class PromptBuilder:
 
     def shared_prefix(self) -> list[int]:
         """Tokens every default conversation starts with: the template's text before the
-        first message content (e.g. SmolLM2's default system prompt)."""
+        first message content (e.g. SmolLM2's default system prompt); none without a template."""
+        if self.template is None:
+            return []
         prefix: list[Part] = []
         for p in self.template.render_parts([{"role": "user", "content": "x"}]):
             if p.is_content:

@@ -24,14 +24,19 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# ChatML: what SmolLM2, Qwen and many small models use; the fallback when a GGUF
-# has no template.
+# ChatML: what SmolLM2, Qwen and many small models use. A model whose GGUF has no
+# template gets it only when asked for (--chat-template chatml): a base model does
+# not know these markers, and chatting with it through them is the user's choice.
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Templates --chat-template may name instead of giving a file.
+BUILTIN = {"chatml": CHATML}
+MAX_TEMPLATE_BYTES = 256 * 1024  # a chat template file (real ones are 1-20 KB)
 
 
 # Private-use planes 15 and 16: the stand-ins for control-token text in messages
@@ -47,6 +52,34 @@ class TemplateError(ValueError):
 class Part:
     text: str
     is_content: bool  # True: came from a message (tokenize as plain text)
+
+
+def template_source(spec: str) -> str:
+    """The Jinja source --chat-template names: a built-in name (`chatml`) or a file.
+    Raises TemplateError saying what is wrong with the file, or what to pass instead.
+    (Whether it compiles is ChatTemplate's check.)"""
+    if spec.lower() in BUILTIN:
+        return BUILTIN[spec.lower()]
+    names = ", ".join(sorted(BUILTIN))
+    try:
+        with open(spec, "rb") as f:
+            data = f.read(MAX_TEMPLATE_BYTES + 1)
+    except FileNotFoundError:
+        raise TemplateError(f"--chat-template {spec!r} is neither a built-in template ({names}) nor an existing "
+                            "file. Pass the path of a Jinja chat template file, or a built-in name.") from None
+    except OSError as e:
+        raise TemplateError(f"--chat-template {spec}: cannot be read ({e.strerror}).") from None
+    if len(data) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"--chat-template {spec}: over {MAX_TEMPLATE_BYTES // 1024} KiB; a chat template is "
+                            "a short Jinja text (a few KB). Is this the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"--chat-template {spec}: not UTF-8 text (byte {e.start}); a chat template is a "
+                            "Jinja text file.") from None
+    if not text.strip():
+        raise TemplateError(f"--chat-template {spec}: the file is empty.")
+    return text
 
 
 def _raise(message: str) -> None:
@@ -76,7 +109,7 @@ class ChatTemplate:
         try:
             self._template = env.from_string(self.source)
         except JinjaError as e:
-            raise TemplateError(f"the model's chat template does not compile: {e}") from None
+            raise TemplateError(f"the chat template does not compile: {e}") from None
         self._vars = {"bos_token": bos_token, "eos_token": eos_token}
         self._control_tokens = control_tokens
         self._control_pattern: re.Pattern[str] | None = None

@@ -128,7 +128,10 @@ async def health(request: Request) -> Response:
     if rt.state == "ready":
         body = {"status": "ok", "model": rt.model_name, "uptime": round(time.time() - rt.stats.started, 3),
                 "startup_ms": rt.stats.startup_ms, "generating": rt.generating, "queued": rt.queued,
-                "slots": rt.scheduler.slots if rt.scheduler else None}
+                "slots": rt.scheduler.slots if rt.scheduler else None,
+                # False: a base model, raw prompts only (chat routes answer 400 no_chat_template);
+                # None: not known here (an upstream engine renders with its own).
+                "has_chat_template": getattr(rt.prompts, "has_chat_template", None)}
         upstream = rt.engine_info().get("upstream")  # with --engine openai:URL
         if upstream is not None:
             body["upstream"] = upstream

@@ -212,5 +212,6 @@ async def chat_completions(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     return json_response({"object": "list", "data": [
-        {"id": rt.model_name, "object": "model", "created": int(rt.stats.started), "owned_by": "nanochat-lite"},
+        {"id": rt.model_name, "object": "model", "created": int(rt.stats.started), "owned_by": "nanochat-lite",
+         "has_chat_template": getattr(rt.prompts, "has_chat_template", None)},  # False: /v1/completions only
     ]})
