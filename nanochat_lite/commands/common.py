@@ -65,7 +65,8 @@ def resolve_model(config: Config) -> tuple[Path, str]:
     except OSError as e:
         raise CLIError(f"Cannot read {path}: {e.strerror}. Check the file's permissions.") from None
     if magic != MAGIC:
-        raise CLIError(f"{path} is not a GGUF model file (it starts with {magic!r}, expected b'GGUF'). "
+        what = "is empty: 0 bytes" if not magic else f"starts with {magic!r}, expected b'GGUF'"
+        raise CLIError(f"{path} is not a GGUF model file (it {what}). "
                        "Pass a .gguf file, e.g. one converted with llama.cpp's convert_hf_to_gguf.py.")
     return path, path.stem
 
@@ -89,7 +90,9 @@ def chat_template_source(config: Config) -> str | None:
 
 
 def load_engine(path: Path, name: str, config: Config) -> Engine:
-    """Load the engine or raise CLIError with a diagnosis of the file."""
+    """Load the engine or raise CLIError with a diagnosis of the file: what is wrong with
+    it, read from its header when llama.cpp's own message says little, and the fix."""
+    from .. import models
     from ..engines.local import Engine
     from ..generation import ModelLoadError
     from ..gguf import GGUFError, check
@@ -99,10 +102,27 @@ def load_engine(path: Path, name: str, config: Config) -> Engine:
         return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
                       threads=config.threads, batch=config.batch_size, name=name, chat_template=template)
     except ModelLoadError as e:
-        try:
-            check(path)
-            why = f"{e}."
-        except GGUFError as ge:
-            why = f"{ge}."
-        raise CLIError(f"Could not load the model {path}: {why} If it is a pulled model, run "
-                       f"`nanochat-lite pull --force`; otherwise download or convert the file again.") from None
+        why = _without_path(str(e), path).rstrip(".")
+        if why.startswith("llama.cpp could not load"):  # its message says little: read the header
+            try:
+                arch = check(path).metadata.get("general.architecture")
+                why += (f". Its header reads correctly (architecture {arch!r}), so llama.cpp may not support this "
+                        "architecture, or the tensor data is damaged")
+            except GGUFError as ge:
+                why = _without_path(str(ge), path).rstrip(".")
+        else:  # our own refusal (its chat template): the message says what to do
+            raise CLIError(f"Cannot load the model {path}: {why}.") from None
+        fix = (f"run `nanochat-lite pull {name} --force`" if name in models.KNOWN
+               else "download or convert the file again")
+        raise CLIError(f"Cannot load the model {path}: {why}. To fix it, {fix}.") from None
+
+
+def _without_path(message: str, path: Path) -> str:
+    """A diagnosis without the file's name repeated in it (the CLI message names it once).
+
+    "/m/x.gguf: truncated: its tensors need …" -> "truncated: its tensors need …"
+    "llama.cpp could not load /m/x.gguf: Failed to init server, please check the input params." ->
+    "llama.cpp could not load it: Failed to init server, please check the input params."
+    """
+    message = message.removeprefix(f"{path}: ")
+    return message.replace(f" {path}:", " it:").replace(str(path), "the file")
