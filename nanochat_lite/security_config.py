@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .config import ConfigError
 
-ENV_API_KEY = "NANOCHAT_LITE_API_KEY"  # comma-separated [NAME:]KEY[:TOKENS] entries
+ENV_API_KEY = "NANOCHAT_LITE_API_KEY"  # comma-separated [NAME:]KEY[:TOKENS][:admin] entries
 DEFAULT_KEY_NAME = "default"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_KEY_CHARS = 512
@@ -31,8 +31,10 @@ MAX_KEY_NAME_CHARS = 64
 # subprotocol; secrets.token_urlsafe() output always is one.
 KEY_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-# A daily token quota after a named key: alice:KEY:100000, alice:KEY:100k, alice:KEY:2M.
+# Options after a named key: a daily token quota (alice:KEY:100000, alice:KEY:100k,
+# alice:KEY:2M) and the admin role (ops:KEY:admin), in any order (ops:KEY:1M:admin).
 _QUOTA_RE = re.compile(r"([0-9][0-9_]*)([kKmM]?)")
+ADMIN_OPTION = "admin"
 MAX_DAILY_TOKEN_QUOTA = 10**12
 # A Host header or an origin's authority: a name, an IPv4 address or a bracketed IPv6
 # address, and an optional port. No userinfo, path or spaces ("evil@127.0.0.1" fails).
@@ -51,6 +53,8 @@ class SecurityConfig:
     cors_origins: origins (scheme://host[:port]) whose pages may call the API.
     host: the address the server listens on (its name is answered too).
     daily_token_quotas: key name -> prompt + completion tokens per UTC day (429 past it).
+    admins: key names with the admin role: they may read every owner's conversations
+        (`?owner=`) and see every key's usage.
     """
 
     keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # never in a log line
@@ -58,12 +62,17 @@ class SecurityConfig:
     cors_origins: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     daily_token_quotas: Mapping[str, int] = field(default_factory=dict)
+    admins: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name, key in self.keys.items():
             _check_key(name, key, where="SecurityConfig")
+        unknown = set(self.admins) - set(self.keys)
+        if unknown:
+            raise ConfigError(f"SecurityConfig: admins {sorted(unknown)} name no key")
         object.__setattr__(self, "keys", dict(self.keys))
         object.__setattr__(self, "daily_token_quotas", dict(self.daily_token_quotas))
+        object.__setattr__(self, "admins", frozenset(self.admins))
         object.__setattr__(self, "allowed_hosts",
                            tuple(_normalize_host(h, flag="--allowed-host") for h in self.allowed_hosts))
         object.__setattr__(self, "cors_origins", tuple(_normalize_origin(o) for o in self.cors_origins))
@@ -93,9 +102,10 @@ class SecurityConfig:
         if not specs and env.get(ENV_API_KEY, "").strip():
             specs = [(s, ENV_API_KEY) for s in env[ENV_API_KEY].split(",") if s.strip()]
         listen = host or next(iter(flag("host")), None) or env.get("HOST") or "127.0.0.1"
-        key_specs, quotas = split_quotas(specs)
+        key_specs, quotas, admins = split_key_options(specs)
         return cls(keys=parse_keys(key_specs), allowed_hosts=tuple(flag("allowed_host")),
-                   cors_origins=tuple(flag("cors_origin")), host=listen, daily_token_quotas=quotas)
+                   cors_origins=tuple(flag("cors_origin")), host=listen, daily_token_quotas=quotas,
+                   admins=frozenset(admins))
 
     @property
     def loopback_only(self) -> bool:
@@ -124,13 +134,16 @@ class SecurityConfig:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The `serve` flags read by SecurityConfig.from_args."""
     g = parser.add_argument_group("security")
-    g.add_argument("--api-key", action="append", metavar="[NAME:]KEY[:TOKENS]",
+    g.add_argument("--api-key", action="append", metavar="[NAME:]KEY[:TOKENS][:admin]",
                    help="require this key on /api, /v1 and /ws (repeatable; a key without NAME: is named "
-                        "'default'). NAME:KEY:TOKENS also caps the key's prompt + completion tokens per UTC "
-                        "day (100000, 100k, 2M; 429 once spent). Command lines are visible to other users: "
-                        f"prefer {ENV_API_KEY} (comma-separated) or --api-keys-file")
+                        "'default'). Each key sees only the conversations it made. NAME:KEY:TOKENS also caps "
+                        "the key's prompt + completion tokens per UTC day (100000, 100k, 2M; 429 once spent); "
+                        "NAME:KEY:admin lets it read every key's conversations (?owner=) and usage. Command "
+                        f"lines are visible to other users: prefer {ENV_API_KEY} (comma-separated) or "
+                        "--api-keys-file")
     g.add_argument("--api-keys-file", metavar="PATH",
-                   help="a file of NAME:KEY or NAME:KEY:TOKENS lines (blank lines and # comments ignored)")
+                   help="a file of NAME:KEY lines, each optionally followed by :TOKENS and/or :admin "
+                        "(blank lines and # comments ignored)")
     g.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this Host name, e.g. a reverse proxy's public name "
                         "(repeatable; loopback names, IP addresses and --host always are)")
@@ -142,30 +155,44 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add_limit_flags(parser)
 
 
-def split_quotas(specs: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Take the daily token quota off NAME:KEY:TOKENS specs (a key never contains ':').
+def split_key_options(specs: Iterable[tuple[str, str]]
+                      ) -> tuple[list[tuple[str, str]], dict[str, int], set[str]]:
+    """Take the options off NAME:KEY:OPTION... specs (a key never contains ':'): a daily
+    token quota (TOKENS) and the admin role ("admin"), in any order, each at most once.
 
-    split_quotas([("alice:k1:100k", "--api-key"), ("k2", "--api-key")])
-    -> ([("alice:k1", "--api-key"), ("k2", "--api-key")], {"alice": 100000})
+    split_key_options([("alice:k1:100k", "--api-key"), ("ops:k2:admin", "--api-key"), ("k3", "--api-key")])
+    -> ([("alice:k1", "--api-key"), ("ops:k2", "--api-key"), ("k3", "--api-key")], {"alice": 100000}, {"ops"})
     """
     out: list[tuple[str, str]] = []
     quotas: dict[str, int] = {}
+    admins: set[str] = set()
     for spec, where in specs:
-        head, sep, tail = spec.strip().rpartition(":")
-        if not sep or head.count(":") != 1:
+        parts = spec.strip().split(":")
+        if len(parts) <= 2:
             out.append((spec, where))
             continue
-        m = _QUOTA_RE.fullmatch(tail.strip())
-        tokens = int(m[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[m[2].lower()] if m else 0
-        if not m or not 0 < tokens <= MAX_DAILY_TOKEN_QUOTA:
-            raise ConfigError(f"{where}: the daily token quota after NAME:KEY: must be a whole number of tokens "
-                              f"from 1 to {MAX_DAILY_TOKEN_QUOTA:,} (100000, 100k or 2M), got {tail.strip()[:20]!r}")
-        name = head.partition(":")[0].strip()
+        name, key, options = parts[0].strip(), parts[1], [o.strip() for o in parts[2:]]
         if not name:
-            raise ConfigError(f"{where}: a key with a daily token quota needs a name: NAME:KEY:TOKENS")
-        quotas[name] = tokens
-        out.append((head, where))
-    return out, quotas
+            raise ConfigError(f"{where}: a key with options (:TOKENS, :admin) needs a name: NAME:KEY:OPTION")
+        for option in options:
+            if option.lower() == ADMIN_OPTION and name not in admins:
+                admins.add(name)
+            elif option.lower() != ADMIN_OPTION and name not in quotas:
+                quotas[name] = _quota(option, where)
+            else:
+                raise ConfigError(f"{where}: the option {option[:20]!r} is given twice for the key {name!r}")
+        out.append((f"{name}:{key}", where))
+    return out, quotas, admins
+
+
+def _quota(text: str, where: str) -> int:
+    m = _QUOTA_RE.fullmatch(text)
+    tokens = int(m[1]) * {"": 1, "k": 1_000, "m": 1_000_000}[m[2].lower()] if m else 0
+    if not m or not 0 < tokens <= MAX_DAILY_TOKEN_QUOTA:
+        raise ConfigError(f"{where}: after NAME:KEY: expected a daily token quota (a whole number of tokens from "
+                          f"1 to {MAX_DAILY_TOKEN_QUOTA:,}: 100000, 100k or 2M) or {ADMIN_OPTION!r}, "
+                          f"got {text[:20]!r}")
+    return tokens
 
 
 def parse_keys(specs: Iterable[tuple[str, str]]) -> dict[str, str]:

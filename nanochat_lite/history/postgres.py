@@ -477,17 +477,18 @@ class PostgresStore:
         return grant
 
     def settle_usage(self, owner: str, day: str, *, reserved: int, prompt_tokens: int,
-                     completion_tokens: int) -> None:
+                     completion_tokens: int, requests: int = 1) -> None:
         """Same contract as the SQLite store's: one statement."""
-        check_usage(owner, day, reserved, prompt_tokens, completion_tokens)
+        check_usage(owner, day, reserved, prompt_tokens, completion_tokens, requests)
         with self._write() as conn:
             conn.execute(
                 """INSERT INTO usage (owner, day, prompt_tokens, completion_tokens, requests)
-                   VALUES (%s, %s, %s, %s, 1) ON CONFLICT (owner, day) DO UPDATE SET
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (owner, day) DO UPDATE SET
                        prompt_tokens = usage.prompt_tokens + EXCLUDED.prompt_tokens,
                        completion_tokens = usage.completion_tokens + EXCLUDED.completion_tokens,
-                       reserved_tokens = GREATEST(0, usage.reserved_tokens - %s), requests = usage.requests + 1""",
-                (owner, day, prompt_tokens, completion_tokens, reserved))
+                       reserved_tokens = GREATEST(0, usage.reserved_tokens - %s),
+                       requests = usage.requests + EXCLUDED.requests""",
+                (owner, day, prompt_tokens, completion_tokens, requests, reserved))
 
     def usage(self, *, owner: str | None = None, day: str | None = None) -> builtins.list[Usage]:
         """Token counts per owner and day (`owner`/`day` None: all of them), oldest day first."""

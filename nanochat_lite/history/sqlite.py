@@ -430,17 +430,18 @@ class SQLiteStore:
         return grant
 
     def settle_usage(self, owner: str, day: str, *, reserved: int, prompt_tokens: int,
-                     completion_tokens: int) -> None:
+                     completion_tokens: int, requests: int = 1) -> None:
         """A request has ended: give back its `reserved` tokens and count what it used
-        (one statement; the day's row is made if it has none)."""
-        check_usage(owner, day, reserved, prompt_tokens, completion_tokens)
+        (one statement; the day's row is made if it has none). `requests=0`: a request
+        refused after its reservation (a full queue) gives its tokens back uncounted."""
+        check_usage(owner, day, reserved, prompt_tokens, completion_tokens, requests)
         with self._write() as conn:
             conn.execute(
-                """INSERT INTO usage (owner, day, prompt_tokens, completion_tokens, requests) VALUES (?, ?, ?, ?, 1)
+                """INSERT INTO usage (owner, day, prompt_tokens, completion_tokens, requests) VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT (owner, day) DO UPDATE SET prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                        completion_tokens = completion_tokens + excluded.completion_tokens,
-                       reserved_tokens = MAX(0, reserved_tokens - ?), requests = requests + 1""",
-                (owner, day, prompt_tokens, completion_tokens, reserved))
+                       reserved_tokens = MAX(0, reserved_tokens - ?), requests = requests + excluded.requests""",
+                (owner, day, prompt_tokens, completion_tokens, requests, reserved))
 
     def usage(self, *, owner: str | None = None, day: str | None = None) -> builtins.list[Usage]:
         """Token counts per owner and day (`owner`/`day` None: all of them), oldest day first."""

@@ -34,7 +34,6 @@ from .routes import ws
 from .routes.openai import chat as openai_api
 from .routes.openai import completions as openai_completions
 from .wire.errors import RETRY_STORAGE_S, RequestError, api_error, error_response
-from .wire.http import json_response
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 log = logging.getLogger("nanochat_lite")
@@ -80,17 +79,6 @@ class _StaticWithCSP(StaticFiles):
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-cache"
         return response
-
-
-async def stats(request: Request) -> Response:
-    """`/api/stats`, plus `"keys": {name: {"requests", "websockets"}}` when API keys are set."""
-    response = await chat_api.stats(request)
-    usage: KeyUsage | None = request.app.state.key_usage
-    if usage is None or response.status_code != 200:
-        return response
-    body = msgspec.json.decode(response.body)
-    body["keys"] = usage.snapshot()
-    return json_response(body)
 
 
 async def openapi(request: Request) -> Response:
@@ -150,7 +138,7 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
         Route("/", index),
         Route("/api/health", chat_api.health),
         Route("/health", chat_api.health),
-        Route("/api/stats", stats),
+        Route("/api/stats", chat_api.stats),  # with the keys' usage when API keys are set
         Route("/api/chat", chat_api.chat, methods=["POST"]),
         Route("/api/answers/{answer_id}/events", chat_api.answer_events),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),

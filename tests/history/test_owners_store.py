@@ -140,9 +140,9 @@ def test_reserve_then_settle(store: Store) -> None:
     store.settle_usage("alice", day, reserved=120, prompt_tokens=20, completion_tokens=50)
     assert store.reserve_usage("alice", day, 1000, quota=300, minimum=50) == 50  # exactly enough
     store.settle_usage("alice", day, reserved=180, prompt_tokens=10, completion_tokens=170)
-    store.settle_usage("alice", day, reserved=50, prompt_tokens=0, completion_tokens=0)
+    store.settle_usage("alice", day, reserved=50, prompt_tokens=0, completion_tokens=0, requests=0)  # refused
     (row,) = store.usage(owner="alice", day=day)
-    assert (row.prompt_tokens, row.completion_tokens, row.reserved_tokens, row.requests) == (30, 220, 0, 3)
+    assert (row.prompt_tokens, row.completion_tokens, row.reserved_tokens, row.requests) == (30, 220, 0, 2)
     assert store.reserve_usage("alice", day, 100, quota=300, minimum=51) == 0  # 50 left < 51
     # Without a reservation (no quota) a settle only counts; another owner and day are apart.
     store.settle_usage("bob", day, reserved=0, prompt_tokens=7, completion_tokens=3)

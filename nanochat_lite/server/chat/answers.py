@@ -22,9 +22,13 @@ its own (`_produce`) reads the scheduler ticket's events — not the client's co
 - `drain()` (graceful shutdown) cancels every generation, stores each as interrupted
   and ends its followers with an `error` frame `server_shutdown`.
 
+Every answer has an owner (the API key's name, or 'local'): it is found, followed,
+resumed and replayed only by its owner; for anyone else its id answers exactly as an
+unknown id does (404 `answer_not_found`). When it ends, its token reservation
+(guards/quotas.py) is charged with what it used and settled.
+
 Not here: building the prompt and storing the user's message (turns.py), wire formats
-(frames.py; http.py and ws.py write them), who may resume (the doors pass the API key's
-name; an answer is found only with the name it was started with).
+(frames.py; http.py and ws.py write them), who a request is (the doors pass its owner).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from ...engines.scheduler import Ticket
 from ...generation import Delta, Done, EngineError, SamplingParams
 from ...history import Message, NotFound, Store, StoreError
+from ..guards.quotas import Ledger, Reservation, tokens_used
 from ..observe.stats import Stats
 from ..wire import frames
 from ..wire.errors import RETRY_STORAGE_S, RequestError, error_frame
@@ -62,14 +67,15 @@ class Answer:
     """One answer's state: its numbered frames, its text so far and who follows it."""
 
     def __init__(self, *, answer_id: str, conversation_id: str, message_id: int, model: str,
-                 client_id: str | None, key_name: str | None, ticket: Ticket, params: SamplingParams,
-                 started: float, resumable: bool) -> None:
+                 client_id: str | None, owner: str, ticket: Ticket, params: SamplingParams,
+                 started: float, resumable: bool, reservation: Reservation | None = None) -> None:
         self.id = answer_id
         self.conversation_id = conversation_id
         self.message_id = message_id  # the assistant row, created 'streaming'
         self.model = model
         self.client_id = client_id
-        self.key_name = key_name
+        self.owner = owner
+        self.reservation = reservation
         self.ticket = ticket
         self.params = params
         self.started = started  # time.perf_counter() when the request arrived
@@ -112,9 +118,11 @@ class Answer:
 class Answers:
     """The live and recently finished answers of one server, by id."""
 
-    def __init__(self, store: Store, stats: Stats, *, resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
+    def __init__(self, store: Store, stats: Stats, ledger: Ledger | None = None, *,
+                 resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
         self._store = store
         self._stats = stats
+        self._ledger = ledger or Ledger(store)
         self.resume_window_s = resume_window_s
         self.closing = False  # graceful shutdown has begun
         self._by_id: dict[str, Answer] = {}
@@ -127,12 +135,13 @@ class Answers:
 
     # -- what the doors call ---------------------------------------------------------
     def start(self, *, answer_id: str, conversation_id: str, message_id: int, model: str, client_id: str | None,
-              key_name: str | None, ticket: Ticket, params: SamplingParams, started: float,
-              resumable: bool = True) -> Answer:
-        """Take over a queued generation whose user and assistant rows are stored."""
+              owner: str, ticket: Ticket, params: SamplingParams, started: float,
+              resumable: bool = True, reservation: Reservation | None = None) -> Answer:
+        """Take over a queued generation whose user and assistant rows are stored (and
+        settle its token reservation when it ends)."""
         a = Answer(answer_id=answer_id, conversation_id=conversation_id, message_id=message_id,
-                   model=model, client_id=client_id, key_name=key_name, ticket=ticket,
-                   params=params, started=started, resumable=resumable)
+                   model=model, client_id=client_id, owner=owner, ticket=ticket,
+                   params=params, started=started, resumable=resumable, reservation=reservation)
         self._by_id[answer_id] = a
         self._push(a, frames.start_frame(conversation_id, a.model, answer_id=answer_id, client_id=client_id))
         a.task = asyncio.get_running_loop().create_task(self._produce(a), name=f"answer-{answer_id}")
@@ -140,13 +149,12 @@ class Answers:
             self._cancel_for_shutdown(a)
         return a
 
-    def find(self, answer_id: str, key_name: str | None) -> Answer | None:
-        """The answer in memory (None: not, or no longer). One started with another API
-        key's name is `answer_not_found`, as if it did not exist."""
+    def find(self, answer_id: str, owner: str) -> Answer | None:
+        """`owner`'s answer in memory (None: not, or no longer). Another owner's is None
+        too: the caller then looks in the store (`replay`), which answers 404
+        `answer_not_found` for it, exactly as for an id that never existed."""
         a = self._by_id.get(answer_id)
-        if a is not None and a.key_name != key_name:
-            raise answer_not_found(answer_id)
-        return a
+        return a if a is not None and a.owner == owner else None
 
     async def follow(self, a: Answer, after: int = -1) -> AsyncIterator[dict[str, Any]]:
         """The answer's frames with seq > `after`, each once, then the live ones, until
@@ -189,11 +197,13 @@ class Answers:
             raise RequestError(f"after={after} is past this answer's last event ({a.last_seq})",
                                code="invalid_request", param="after")
 
-    async def replay(self, answer_id: str, after: int = -1, *, start_model: str | None = None) -> list[dict[str, Any]]:
-        """A finished answer no longer in memory, from the store: (`start` and) a `done`
-        with `replayed: true` and the whole text. RequestError 404 `answer_not_found`.
+    async def replay(self, answer_id: str, after: int = -1, *, owner: str,
+                     start_model: str | None = None) -> list[dict[str, Any]]:
+        """`owner`'s answer no longer in memory, from the store: (`start` and) a `done`
+        with `replayed: true` and the whole text. RequestError 404 `answer_not_found`,
+        also for another owner's answer (the store is asked for `owner`'s rows only).
         `start_model`: also a start frame, naming this model where the row names none."""
-        m: Message | None = await self.run_store(self._store.answer_message, answer_id)
+        m: Message | None = await self.run_store(self._store.answer_message, answer_id, owner=owner)
         if m is None:
             raise answer_not_found(answer_id)
         out: list[dict[str, Any]] = []
@@ -328,6 +338,14 @@ class Answers:
         log.error("could not store answer %s (%s): %r", a.id, status, e)
         return storage_unavailable(e, stored=False)
 
+    def _settle(self, a: Answer, done: Done | None) -> None:
+        """Count the answer's tokens against its owner's day, and give back the rest of
+        its reservation (quotas.tokens_used: what a generation without a Done used)."""
+        if a.reservation is None:
+            return
+        a.reservation.charge(*tokens_used(a.ticket, done, a.n_tokens))
+        self._ledger.settle_soon(a.reservation)
+
     async def _produce(self, a: Answer) -> None:
         t0 = self._stats.begin()
         done: Done | None = None
@@ -352,6 +370,7 @@ class Answers:
             a.ticket.cancel()
             self._stats.end(t0, ok=True, cancelled=True)
             a.finished, a.status = True, "interrupted"
+            self._settle(a, None)
             await self._store_final(a, "interrupted", "".join(a.text_parts), None)
             raise
         finally:
@@ -368,6 +387,7 @@ class Answers:
             status, text = "failed", "".join(a.text_parts)
         a.done, a.status = done, status
         store_error = await self._store_final(a, status, text, done)
+        self._settle(a, done)  # after the answer's own save: its client waits for that one only
         final: RequestError | None
         if a.shutdown and status == "interrupted":
             final = RequestError("the server is shutting down; the answer so far is stored as interrupted",

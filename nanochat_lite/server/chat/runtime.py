@@ -1,7 +1,8 @@
 """The server's life cycle: what the routes share, and whether it is ready.
 
 `Runtime` holds the conversation store, the stats, the default sampling parameters,
-the answers being streamed (answers.py: resumable, saved as they stream), and — once
+the answers being streamed (answers.py: resumable, saved as they stream), the token
+ledger (guards/quotas.py: reservations and usage per owner and day), and — once
 the start-up code has loaded the model — the scheduler (the only owner of the engine) and the prompt builder (template + tokenizer, safe from any thread). The
 routes never touch the engine. The tokenizer and the embeddings model load lazily,
 each once, through one `Lazy` helper.
@@ -20,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ...generation import Prepared, SamplingParams
 from ...history import Store
 from ...redact import redact_paths
+from ..guards.quotas import Ledger
 from ..observe.stats import Stats
 from ..wire import limits
 from ..wire.errors import RETRY_BUSY_S, RETRY_LOADING_S, RequestError
@@ -141,7 +143,8 @@ class Runtime:
         self.prompts: Prompter | None = None
         self.stats = Stats(startup_ms)
         self.defaults = defaults or SamplingParams()
-        self.answers = Answers(store, self.stats, resume_window_s=resume_window_s)
+        self.ledger = Ledger(store)
+        self.answers = Answers(store, self.stats, self.ledger, resume_window_s=resume_window_s)
         try:  # answers a crashed server left 'streaming' are over: keep their text, mark them
             store.interrupt_streaming()
         except Exception as e:  # a locked database: requests will say so; serve anyway
@@ -179,6 +182,7 @@ class Runtime:
         if self.scheduler:
             self.scheduler.close()
         self.answers.close()
+        self.ledger.close()  # after the answers: their last settlements are queued by then
 
     def require_ready(self) -> tuple[SchedulerLike, Prompter]:
         if self.state != "ready" or self.scheduler is None or self.prompts is None:

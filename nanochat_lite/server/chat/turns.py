@@ -1,14 +1,17 @@
 """A chat turn, the same whichever door it came through (`/api/chat`, `/ws`).
 
-validate → a `client_id` seen before? then the turn is that message's (no second
-generation) → find the conversation → build the prompt once (history fitted to the
-context: a message that cannot fit is refused here) → take a place in the queue
+validate → a `client_id` of this owner seen before? then the turn is that message's
+(no second generation) → find the owner's conversation (another owner's id is 404, as
+a missing one) → build the prompt once (history fitted to the context: a message that
+cannot fit is refused here) → reserve its tokens of the owner's daily quota (429 when
+nothing is left; a short reservation lowers max_tokens) → take a place in the queue
 (refused with 503 when it is full) → store the user's message and the assistant's
-row, `streaming` (acknowledged from here on) → answers.py takes the generation over:
+row, `streaming`, owned by the request's owner (acknowledged from here on) →
+answers.py takes the generation over:
 numbers its events, saves the text as it grows, stores the end (complete, stopped,
-interrupted or failed) and lets clients follow or resume it. `/v1/*` use `build` +
-`submit` + `stream` without a conversation. The doors only translate frames into
-their wire format (frames.py).
+interrupted or failed), settles the reservation and lets its owner follow or resume
+it. `/v1/*` use `build` + `admit` + `stream` without a conversation. The doors only
+translate frames into their wire format (frames.py).
 
 Between the engine and a client's socket a token crosses two hand-offs: the
 scheduler's worker thread → the ticket's queue on the event loop (Ticket._put), then
@@ -19,11 +22,12 @@ the SSE response or the WebSocket itself. (`/v1/*` have no answer task: one hand
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +36,8 @@ from ...engines.template import TemplateError
 from ...generation import ContextOverflow, Delta, Done, EngineError, Prepared, SamplingParams
 from ...history import AlreadyExists, StoreError
 from ...history.store import check_client_id
+from ..guards.quotas import Reservation, tokens_used
+from ..guards.security import Identity
 from ..wire import limits
 from ..wire.errors import RETRY_BUSY_S, RETRY_SHUTDOWN_S, RequestError
 from ..wire.schemas import ChatRequest
@@ -39,7 +45,6 @@ from .answers import Answer, storage_unavailable
 from .runtime import Runtime
 
 log = logging.getLogger("nanochat_lite")
-
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Turn:
     answer_id: str = ""
     message_id: int = 0  # the assistant's row, stored 'streaming'
     client_id: str | None = None
+    reservation: Reservation | None = None
 
 
 class Duplicate(Exception):
@@ -130,36 +136,89 @@ def submit_all(rt: Runtime, prepared: list[Prepared], params: list[SamplingParam
     return tickets
 
 
+# -- the owner's tokens -------------------------------------------------------------
+
+def prompt_size(prep: Prepared) -> int:
+    """The prompt's tokens; for an upstream engine (which tokenizes itself, so `tokens`
+    is empty) an estimate of ~3 characters a token, to reserve before it answers."""
+    if prep.tokens:
+        return len(prep.tokens)
+    messages = getattr(prep, "messages", None) or []
+    text = getattr(prep, "prompt", None) or ""
+    return (sum(len(str(m.get("content", ""))) for m in messages) + len(text)) // 3 + 4 * len(messages) + 1
+
+
+async def reserve(rt: Runtime, who: Identity, prepared: Sequence[Prepared], params: Sequence[SamplingParams]
+                  ) -> tuple[Reservation, list[Prepared], list[SamplingParams]]:
+    """Reserve the tokens of these choices (one Prepared and SamplingParams each; choices
+    of one prompt share its Prepared object, and its tokens count once) of `who`'s daily
+    quota. When less is left than they could use, each choice's max_tokens is lowered to
+    its share, so generation stops when the reservation is spent (finish_reason
+    "length"). Raises RequestError 429 `quota_exceeded` (nothing stored or queued)."""
+    prompts = {id(p): prompt_size(p) for p in prepared}
+    wanted = [min(p.max_new, q.max_tokens) for p, q in zip(prepared, params)]
+    try:
+        r = await rt.ledger.reserve(who, prompt_tokens=sum(prompts.values()), max_tokens=wanted)
+    except RequestError as e:
+        if e.code == "quota_exceeded":  # /metrics counts it with the middlewares' refusals
+            rt.stats.refused[(e.status, e.code)] += 1
+        raise
+    if r.caps == wanted:
+        return r, list(prepared), list(params)
+    return (r, [dataclasses.replace(p, max_new=cap) for p, cap in zip(prepared, r.caps)],
+            [q.with_overrides(max_tokens=cap) for q, cap in zip(params, r.caps)])
+
+
+async def admit(rt: Runtime, who: Identity, prepared: Sequence[Prepared], params: Sequence[SamplingParams]
+                ) -> tuple[list[Ticket], list[SamplingParams]]:
+    """The `/v1` doors' admission: reserve the choices' tokens, then queue them all (or
+    none); each ticket's stream (`stream`) charges the reservation as it ends. The
+    params returned are those queued (max_tokens lowered by a short reservation)."""
+    keys: list[Hashable] = [id(p) for p in prepared]  # the prompt each choice shares
+    r, prepared, params = await reserve(rt, who, prepared, params)
+    try:
+        tickets = submit_all(rt, list(prepared), list(params))
+    except BaseException:
+        rt.ledger.release(r)
+        raise
+    for ticket, key in zip(tickets, keys):
+        rt.ledger.watch(ticket, r, key)
+    return tickets, list(params)
+
+
 # -- a chat turn --------------------------------------------------------------------
 
-async def open_chat(rt: Runtime, req: ChatRequest, *, key_name: str | None,
+async def open_chat(rt: Runtime, req: ChatRequest, *, who: Identity,
                     stop: threading.Event | None = None, resumable: bool = True) -> Opened:
-    """A chat turn, started (begin_turn, then answers.py takes it over) or, for a
-    client_id already stored, the earlier answer. Raises RequestError."""
+    """A chat turn of `who`, started (begin_turn, then answers.py takes it over) or, for
+    a client_id `who` has already stored, the earlier answer. Raises RequestError."""
     if rt.answers.closing:
         raise shutting_down()
     try:
-        turn = await begin_turn(rt, req, stop)
+        turn = await begin_turn(rt, req, stop, who=who)
     except Duplicate as d:
         if d.answer_id is not None:
-            a = rt.answers.find(d.answer_id, key_name)
+            a = rt.answers.find(d.answer_id, who.owner)
             if a is not None:
                 return Opened(a, [])
-            replayed = await rt.answers.replay(d.answer_id, start_model=rt.model_name)
+            replayed = await rt.answers.replay(d.answer_id, owner=who.owner, start_model=rt.model_name)
             replayed[0]["client_id"] = d.client_id
             return Opened(None, replayed)
         raise RequestError(f"a message with client_id {d.client_id!r} is stored without an answer",
                            code="answer_not_found", status=404, param="client_id") from None
     a = rt.answers.start(answer_id=turn.answer_id, conversation_id=turn.conversation_id,
-                         message_id=turn.message_id, model=rt.model_name, client_id=turn.client_id, key_name=key_name,
-                         ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable)
+                         message_id=turn.message_id, model=rt.model_name, client_id=turn.client_id, owner=who.owner,
+                         ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable,
+                         reservation=turn.reservation)
     return Opened(a, [])
 
 
-async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None = None) -> Turn:
-    """Validate, build the prompt, queue it and store the user's message and the
-    assistant's row (`streaming`). Raises RequestError (when it does, nothing was
-    stored) or Duplicate (the client_id is stored already; nothing was queued)."""
+async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None = None, *,
+                     who: Identity) -> Turn:
+    """Validate, build the prompt, reserve its tokens, queue it and store the user's
+    message and the assistant's row (`streaming`), owned by `who`. Raises RequestError
+    (when it does, nothing was stored) or Duplicate (the client_id is stored already;
+    nothing was queued)."""
     started = time.perf_counter()
     _, prompts = rt.require_ready()
     limits.check_message(req.message)
@@ -171,44 +230,52 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
     except ValueError as e:
         raise RequestError(str(e), code="invalid_request", param="client_id") from None
     params = limits.sampling(rt.defaults, req)
+    owner = who.owner
     # One trip off the loop for the store read and the prompt.
     try:
-        conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params, client_id)
+        conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params, client_id,
+                                                         owner)
     except StoreError as e:
         raise storage_unavailable(e) from None
-    ticket = submit(rt, prepared, params, stop)
+    reservation, [prepared], [params] = await reserve(rt, who, [prepared], [params])
+    try:
+        ticket = submit(rt, prepared, params, stop)
+    except BaseException:
+        rt.ledger.release(reservation)
+        raise
     answer_id = secrets.token_hex(12)
     try:
-        cid, message_id = await asyncio.to_thread(_store_user, rt, req, conv, system, params, client_id, answer_id)
-    except AlreadyExists:  # the same client_id, sent twice at once: the other one stored it
+        cid, message_id = await asyncio.to_thread(_store_user, rt, req, conv, system, params, client_id, answer_id,
+                                                  owner)
+    except BaseException as e:
         ticket.cancel()
-        found = await asyncio.to_thread(rt.store.message_by_client_id, client_id)  # type: ignore[arg-type]
-        raise Duplicate(found.answer_id if found else None, client_id or "") from None
-    except StoreError as e:
-        ticket.cancel()
-        raise storage_unavailable(e) from None
-    except BaseException:
-        ticket.cancel()
+        rt.ledger.release(reservation)
+        if isinstance(e, AlreadyExists):  # the same client_id, sent twice at once: the other one stored it
+            found = await asyncio.to_thread(rt.store.message_by_client_id, client_id or "", owner=owner)
+            raise Duplicate(found.answer_id if found else None, client_id or "") from None
+        if isinstance(e, StoreError):
+            raise storage_unavailable(e) from None
         raise
-    return Turn(cid, params, ticket, started, answer_id, message_id, client_id)
+    return Turn(cid, params, ticket, started, answer_id, message_id, client_id, reservation)
 
 
 def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], params: SamplingParams,
-               client_id: str | None = None) -> tuple[Any, str | None, Prepared]:
-    """The conversation (None for a new one), its system prompt and the prompt to send."""
+               client_id: str | None, owner: str) -> tuple[Any, str | None, Prepared]:
+    """`owner`'s conversation (None for a new one), its system prompt and the prompt to send."""
     store = rt.store
     if client_id is not None:
-        seen = store.message_by_client_id(client_id)
+        seen = store.message_by_client_id(client_id, owner=owner)
         if seen is not None:
             raise Duplicate(seen.answer_id, client_id)
     if req.conversation_id is not None:
-        conv = store.get(req.conversation_id)
-        if conv is None:
+        conv = store.get(req.conversation_id, owner=owner)
+        if conv is None:  # missing, or another owner's: the same answer
             raise RequestError(f"no conversation with id {req.conversation_id!r}",
                                code="conversation_not_found", status=404, param="conversation_id")
         system = (req.system or None) if req.system is not None else conv.system
         # Not failed answers, nor one still streaming (another tab's, unfinished).
-        history = [m for m in store.messages(conv.id) if m.status not in ("failed", "streaming") and m.content]
+        history = [m for m in store.messages(conv.id, owner=owner)
+                   if m.status not in ("failed", "streaming") and m.content]
     else:
         conv, system, history = None, req.system or None, []
     messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
@@ -220,17 +287,17 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
 
 
 def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams,
-                client_id: str | None, answer_id: str) -> tuple[str, int]:
+                client_id: str | None, answer_id: str, owner: str) -> tuple[str, int]:
     """Store the user's message and the assistant's (empty, `streaming`) row; their ids."""
     store = rt.store
     if conv is None:
-        conv = store.create(system=system)
+        conv = store.create(system=system, owner=owner)
     elif system != conv.system:
-        store.set_system(conv.id, system)
+        store.set_system(conv.id, system, owner=owner)
     pd = params_dict(params)
-    store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id)
+    store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id, owner=owner)
     answer = store.add_message(conv.id, "assistant", "", status="streaming", model=rt.model_name, params=pd,
-                               answer_id=answer_id)
+                               answer_id=answer_id, owner=owner)
     return str(conv.id), answer.id
 
 
@@ -245,10 +312,13 @@ async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams) -> AsyncIt
     """
     t0 = rt.stats.begin()
     done: Done | None = None
+    streamed = 0  # text deltas so far: what a generation that ends without a Done has used
     try:
         async for event in ticket.events():
             if isinstance(event, Done):
                 done = event
+            else:
+                streamed += 1
             yield event
     except EngineError as e:
         rt.stats.end(t0, ok=False)
@@ -268,6 +338,7 @@ async def stream(rt: Runtime, ticket: Ticket, params: SamplingParams) -> AsyncIt
         raise
     finally:
         ticket.cancel()  # no-op when finished; stops the worker when we leave early
+        rt.ledger.charge_ticket(ticket, *tokens_used(ticket, done, streamed))
     if done is not None:
         rt.stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                      ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s,

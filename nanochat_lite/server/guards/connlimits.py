@@ -1,5 +1,5 @@
 """Load limits in front of the app: connection and WebSocket caps, header and body
-read timeouts, generations per client, daily token quotas per API key.
+read timeouts, generations per client.
 
 Two pieces, both installed by `serve` (commands/boot.py), with the limits of
 `limits_config.NetLimits`:
@@ -13,12 +13,10 @@ Two pieces, both installed by `serve` (commands/boot.py), with the limits of
   closes. A connection past `max_connections` open ones gets 503 at once.
 - `ConnLimitsMiddleware`: a pure ASGI middleware outside the app (and outside the
   security middleware, so a refusal here costs no work). It refuses a WebSocket
-  handshake past `max_websockets` open ones (before accept: the client sees 403), a
-  generation request past `max_client_generations` running or queued for the same
-  client (429 `too_many_generations`), and one whose API key has spent its daily
-  token quota (429 `quota_exceeded`). A client is its API key's name, else its IP
-  address. It also tells the token ledger whose request this is (quotas.current_key),
-  so tokens are counted per key when the generation ends.
+  handshake past `max_websockets` open ones (before accept: the client sees 403) and
+  a generation request past `max_client_generations` running or queued for the same
+  client (429 `too_many_generations`). A client is its API key's name, else its IP
+  address.
 
 Answers are JSON in the project's shape on `/api`, OpenAI's on `/v1`. Every refusal
 is counted in `/metrics` (`nanochat_requests_refused_total{status, code}`).
@@ -26,8 +24,9 @@ is counted in `/metrics` (`nanochat_requests_refused_total{status, code}`).
 A WebSocket runs one generation at a time and may run many; its door calls
 `begin_generation(scope)` / `end_generation(scope)` around each one.
 
-Not here: the queue cap and the queue-wait deadline (the scheduler's), rate limits
-per second, HTTP/2 (uvicorn serves HTTP/1.1).
+Not here: the queue cap and the queue-wait deadline (the scheduler's), daily token
+quotas (quotas.py: a reservation per request once its prompt is built, in the store),
+rate limits per second, HTTP/2 (uvicorn serves HTTP/1.1).
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ...limits_config import NetLimits
 from ..wire.errors import RETRY_BUSY_S, RequestError, api_body, openai_body
-from .quotas import TokenLedger, current_key
 from .security import KeyIdentifier, KeyUsage, SecurityConfig, add_security_headers
 
 # Generation routes, with llama-server's unprefixed aliases (rewritten inside the app).
@@ -99,11 +97,6 @@ class _Client:
 
     def refusal(self) -> tuple[int, str, str] | None:
         """(status, code, message) when this client may not start a generation now."""
-        ledger = self.limits.ledger
-        if self.key_name is not None and ledger is not None:
-            message = ledger.quota_message(self.key_name)
-            if message is not None:
-                return 429, "quota_exceeded", message
         gate = self.limits.gate
         if gate.limit and gate.held(self.id) >= gate.limit:
             who = f"the API key {self.key_name!r}" if self.key_name else f"the address {self.id[3:]}"
@@ -141,7 +134,10 @@ def refusal_body(path: str, status: int, code: str, message: str) -> bytes:
 
 
 class ConnLimitsMiddleware:
-    """WebSocket cap, generations per client and daily token quotas (see the module doc)."""
+    """WebSocket cap and generations per client (see the module doc).
+
+    `usage` is not used any more (tokens are counted in the store: quotas.py); it is
+    still accepted so that callers need not change at once."""
 
     def __init__(self, app: ASGIApp, limits: NetLimits, *, security: SecurityConfig | None = None,
                  usage: KeyUsage | None = None, on_refused: OnRefused | None = None) -> None:
@@ -149,9 +145,6 @@ class ConnLimitsMiddleware:
         self.limits = limits
         self.gate = ClientGate(limits.max_client_generations)
         self.keys = KeyIdentifier(security.keys if security is not None else {})
-        self.ledger: TokenLedger | None = usage.tokens if usage is not None else None
-        if self.ledger is not None and security is not None:
-            self.ledger.quotas.update(security.daily_token_quotas)
         self.on_refused = on_refused
         self.websockets = 0  # open now
 
@@ -185,11 +178,9 @@ class ConnLimitsMiddleware:
             await _answer(send, scope.get("path", ""), status, code, message, headers)
             return
         self.gate.try_acquire(client.id)
-        token = current_key.set((client.key_name, self.ledger) if client.key_name and self.ledger else None)
         try:
             await self.app(scope, receive, send)
         finally:
-            current_key.reset(token)
             self.gate.release(client.id)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -198,10 +189,6 @@ class ConnLimitsMiddleware:
         why: tuple[str, str] | None = None
         if cap and self.websockets >= cap:
             why = "too_many_websockets", f"{cap} WebSockets are open (the limit); retry later"
-        elif client.key_name is not None and self.ledger is not None:
-            message = self.ledger.quota_message(client.key_name)
-            if message is not None:
-                why = "quota_exceeded", message
         if why is not None:
             self.count_refused(403, why[0])
             # Refused before accept: uvicorn answers the handshake with 403.
@@ -211,11 +198,9 @@ class ConnLimitsMiddleware:
             return
         self.websockets += 1
         scope = {**scope, "state": {**(scope.get("state") or {}), STATE_KEY: client}}
-        token = current_key.set((client.key_name, self.ledger) if client.key_name and self.ledger else None)
         try:
             await self.app(scope, receive, send)
         finally:
-            current_key.reset(token)
             self.websockets -= 1
 
 

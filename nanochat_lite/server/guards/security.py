@@ -22,8 +22,14 @@ is stored, nothing is generated. It checks, in this order:
    also offer it as the subprotocol `bearer.KEY` (browsers cannot set headers on a
    WebSocket). 401 in the project's error shape, or OpenAI's on `/v1`. The page,
    its static files and `/health` stay public. The key's name goes into
-   `scope["state"]["api_key_name"]` (`request.state.api_key_name`) and `KeyUsage`
-   counts requests per name (tokens per name: its `tokens` ledger, quotas.py).
+   `scope["state"]["api_key_name"]` (`request.state.api_key_name`), who the request
+   is into `scope["state"]["identity"]` (`identity(conn)`: the owner of what it stores
+   and reads, whether it is an admin, its daily token quota), and `KeyUsage` counts
+   requests per name (tokens per owner are in the store: quotas.py).
+
+Owners: a key's name owns what its requests store; without keys everything belongs to
+`local` (history.LOCAL_OWNER), whose requests are admins (whoever reaches a keyless
+server reaches all of it anyway).
 
 Every HTTP answer gets `X-Content-Type-Options: nosniff` and `Referrer-Policy:
 no-referrer`; API answers get `Cache-Control: no-store`.
@@ -43,6 +49,7 @@ import hashlib
 import hmac
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 from starlette.datastructures import MutableHeaders
@@ -60,11 +67,11 @@ from ...security_config import (
     parse_origin,
     split_authority,
 )
+from ...history import LOCAL_OWNER
 from ..wire.errors import RequestError, api_body, is_openai_path, openai_body
-from .quotas import TokenLedger
 
-__all__ = ["ENV_API_KEY", "KeyIdentifier", "KeyUsage", "SecurityConfig", "SecurityMiddleware", "add_flags",
-           "add_security_headers", "needs_key", "parse_keys"]
+__all__ = ["ENV_API_KEY", "Identity", "KeyIdentifier", "KeyUsage", "SecurityConfig", "SecurityMiddleware",
+           "add_flags", "add_security_headers", "identity", "key_name", "needs_key", "parse_keys"]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PUBLIC_PATHS = frozenset({"/api/health", "/health"})
@@ -99,29 +106,56 @@ def _quote(value: str) -> str:
     return repr(value[:MAX_HEADER_ECHO_CHARS] + ("…" if len(value) > MAX_HEADER_ECHO_CHARS else ""))
 
 
+# -- who a request is ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Identity:
+    """Who a request is. `owner` owns what it stores and is the only owner whose rows it
+    reads (history.Store's `owner=`); an `admin` may also read other owners' (`?owner=`)
+    and see every key's usage; `daily_quota`: its tokens per UTC day (None: no limit)."""
+
+    owner: str = LOCAL_OWNER
+    admin: bool = True  # the defaults: a server without keys, where 'local' is everyone
+    daily_quota: int | None = None
+    keyed: bool = False  # the server has API keys (the page shows who you are then)
+
+    def can_read(self, owner: str | None) -> bool:
+        """May this identity read `owner`'s rows (None: every owner's)?"""
+        return self.admin or owner == self.owner
+
+
+NO_KEY_IDENTITY = Identity()  # a server without keys: 'local', and everyone is it
+# With keys, a request on a public path (no key needed) is nobody: no admin, and an
+# owner the store refuses (ValueError), so a public route that reached for rows would
+# fail closed instead of reading anyone's.
+ANONYMOUS = Identity(owner="", admin=False, keyed=True)
+
+
+def identity(conn: HTTPConnection) -> Identity:
+    """Who this request is (`SecurityMiddleware` sets it on every request it lets through)."""
+    found = (conn.scope.get("state") or {}).get("identity")
+    return found if isinstance(found, Identity) else NO_KEY_IDENTITY
+
+
 # -- usage per key ---------------------------------------------------------------------------
 class KeyUsage:
-    """Requests (HTTP) and WebSocket connections per key name, since start-up, and the
-    tokens ledger (filled when generations end, through quotas.current_key).
+    """Requests (HTTP) and WebSocket connections per key name, since start-up.
 
     Counted where the key is checked, so it includes refused-later requests (a 400
-    for a bad body still used the key).
+    for a bad body still used the key). Tokens are counted per owner and day in the
+    store (quotas.py), so that they survive restarts and replicas share them.
     """
 
-    def __init__(self, names: Iterable[str] = (), quotas: Mapping[str, int] | None = None) -> None:
+    def __init__(self, names: Iterable[str] = ()) -> None:
         self.requests: Counter[str] = Counter({n: 0 for n in names})
         self.websockets: Counter[str] = Counter({n: 0 for n in names})
-        self.tokens = TokenLedger(quotas)
 
     def count(self, name: str, *, websocket: bool) -> None:
         (self.websockets if websocket else self.requests)[name] += 1
 
-    def snapshot(self) -> dict[str, dict[str, int | None]]:
-        """{"alice": {"requests": 12, "websockets": 1, "prompt_tokens": 300, "completion_tokens": 80,
-        "tokens_today": 380, "daily_token_quota": None}, ...}"""
-        names = sorted(set(self.requests) | set(self.websockets) | set(self.tokens.names()))
-        return {n: {"requests": self.requests[n], "websockets": self.websockets[n], **self.tokens.snapshot(n)}
-                for n in names}
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """{"alice": {"requests": 12, "websockets": 1}, ...}"""
+        names = sorted(set(self.requests) | set(self.websockets))
+        return {n: {"requests": self.requests[n], "websockets": self.websockets[n]} for n in names}
 
 
 class KeyIdentifier:
@@ -226,9 +260,11 @@ class SecurityMiddleware:
             await self._refuse(scope, receive, send, r, cors)
             return
 
+        state = {**(scope.get("state") or {}), "identity": self._identity(key_name)}
         if key_name is not None:
             self.usage.count(key_name, websocket=websocket)
-            scope = {**scope, "state": {**(scope.get("state") or {}), "api_key_name": key_name}}
+            state["api_key_name"] = key_name
+        scope = {**scope, "state": state}
         if websocket:
             offered = list(scope.get("subprotocols") or ())
             # The route never sees the key among the subprotocols.
@@ -236,6 +272,14 @@ class SecurityMiddleware:
             await self.app(scope, receive, self._ws_send(send, offered, key_entry))
         else:
             await self.app(scope, receive, self._http_send(send, path, cors))
+
+    def _identity(self, key_name: str | None) -> Identity:
+        if not self.config.keys:
+            return NO_KEY_IDENTITY
+        if key_name is None:
+            return ANONYMOUS
+        return Identity(owner=key_name, admin=key_name in self.config.admins,
+                        daily_quota=self.config.daily_token_quotas.get(key_name), keyed=True)
 
     # -- the checks, in order ------------------------------------------------------------------
     def _check_host(self, headers: dict[str, list[str]]) -> str | None:

@@ -22,8 +22,13 @@ https://prometheus.io/docs/instrumenting/exposition_formats/
 
 Requests refused before they reach this middleware — by the security middleware
 (400/401/403/421), the load limits (connlimits.py: 408, 429, 503) — are counted by
-`count_refused` and rendered as `nanochat_requests_refused_total{status, code}`.
-Tokens per API key name come from the key usage's ledger (quotas.py).
+`count_refused` and rendered as `nanochat_requests_refused_total{status, code}`, with
+those refused inside a route before anything was stored (`quota_exceeded`: Stats).
+Tokens per API key name come from the store (quotas.py: per owner and UTC day).
+
+With API keys, what a key sees of other keys follows its role: an admin key sees every
+key's series; another key only its own (`key` labels of other names are left out), so
+a scraper that wants them all needs an admin key.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..guards.quotas import key_table
+from ..guards.security import identity
+from ..wire.errors import RequestError, api_error
 from .stats import Histogram, peak_rss_bytes, rss_bytes
 
 log = logging.getLogger("nanochat_lite.access")
@@ -247,8 +255,10 @@ class _Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render(runtime: Any, metrics: Metrics, usage: Any = None) -> str:
-    """The whole `/metrics` page; `usage` is the KeyUsage when API keys are set."""
+def render(runtime: Any, metrics: Metrics, keys: dict[str, dict[str, Any]] | None = None,
+           only: str | None = None) -> str:
+    """The whole `/metrics` page; `keys` is quotas.key_table's when API keys are set, and
+    `only` the key whose series alone are shown (a key that is not an admin)."""
     out = _Exposition()
     stats = runtime.stats
     info = runtime.engine_info()
@@ -257,6 +267,8 @@ def render(runtime: Any, metrics: Metrics, usage: Any = None) -> str:
                       "HTTP requests and WebSocket connections answered, by route template, method and status"
                       + (" and API key name" if metrics.keys_configured else ""))
     for (route, method, status, key), n in sorted(metrics.requests.items()):
+        if only is not None and key != only:
+            continue
         labels = [("route", route), ("method", method), ("status", str(status))]
         if metrics.keys_configured:
             labels.append(("key", key))
@@ -270,10 +282,10 @@ def render(runtime: Any, metrics: Metrics, usage: Any = None) -> str:
                       "Requests and connections refused before reaching a route (bad Host, foreign Origin, "
                       "missing or wrong API key, read timeouts, connection and per-client caps, quotas), "
                       "by status and code")
-    for (status, code), n in sorted(metrics.refused.items()):
+    for (status, code), n in sorted((metrics.refused + stats.refused).items()):
         out.sample(name, n, [("status", str(status)), ("code", code)])
-    if usage is not None:
-        snap = usage.snapshot()
+    if keys is not None:
+        snap = keys
         name = out.family("key_requests_total", "counter", "HTTP requests and WebSockets per API key name")
         for key, row in snap.items():
             out.sample(name, row["requests"], [("key", key), ("kind", "http")])
@@ -321,5 +333,15 @@ def render(runtime: Any, metrics: Metrics, usage: Any = None) -> str:
 
 async def metrics_endpoint(request: Request) -> Response:
     """`GET /metrics`: Prometheus's text format (needs the API key when keys are set)."""
-    text = render(request.app.state.runtime, request.app.state.metrics, getattr(request.app.state, "key_usage", None))
-    return Response(text, media_type=CONTENT_TYPE)
+    runtime = request.app.state.runtime
+    usage = getattr(request.app.state, "key_usage", None)
+    keys, only = None, None
+    if usage is not None:
+        who = identity(request)
+        only = None if who.admin else who.owner
+        try:
+            rows = await runtime.ledger.usage(only)
+        except RequestError as e:
+            return api_error(e)
+        keys = key_table(rows, usage.snapshot(), request.app.state.security.daily_token_quotas, only=only)
+    return Response(render(runtime, request.app.state.metrics, keys, only), media_type=CONTENT_TYPE)

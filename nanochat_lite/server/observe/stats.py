@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..guards.quotas import record_tokens
-
 WINDOW = 1000
 # Upper bounds of the histogram buckets, in seconds (+Inf is implied).
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -90,6 +88,9 @@ class Stats:
         self.requests_failed = 0
         self.requests_cancelled = 0
         self.rejected = 0  # refused because the queue was full
+        # Refused inside a route, before anything was stored (quota_exceeded), by (status, code):
+        # /metrics adds them to the middlewares' refusals.
+        self.refused: collections.Counter[tuple[int, str]] = collections.Counter()
         self.tokens_cached = 0  # prompt tokens served from a slot's cache
         self.active = 0
         self.tokens_in = 0
@@ -114,7 +115,6 @@ class Stats:
             return
         if cancelled:
             self.requests_cancelled += 1
-        record_tokens(prompt_tokens, completion_tokens)  # to the request's API key, if any
         self.tokens_in += prompt_tokens
         self.tokens_cached += cached_tokens
         self.tokens_out += completion_tokens

@@ -23,7 +23,8 @@ from starlette.responses import Response
 from ..chat import turns
 from ..chat.answers import Answer, check_answer_id
 from ..chat.runtime import Runtime
-from ..guards.security import key_name
+from ..guards.quotas import key_table
+from ..guards.security import KeyUsage, identity
 from ..wire import frames
 from ..wire.errors import RequestError, api_error, error_frame
 from ..wire.http import event_stream, json_response, read_body, sse, sse_frame, until_disconnect
@@ -36,7 +37,7 @@ async def chat(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req = decode(await read_body(request), ChatRequest)
-        opened = await turns.open_chat(rt, req, key_name=key_name(request), resumable=req.stream)
+        opened = await turns.open_chat(rt, req, who=identity(request), resumable=req.stream)
     except RequestError as e:
         return api_error(e)
 
@@ -93,10 +94,11 @@ async def answer_events(request: Request) -> Response:
             raise turns.shutting_down()
         check_answer_id(answer_id)
         after = parse_after(request.headers.get("last-event-id"), request.query_params.get("after"))
-        a = rt.answers.find(answer_id, key_name(request))
+        owner = identity(request).owner
+        a = rt.answers.find(answer_id, owner)
         replayed: list[dict[str, Any]] = []
-        if a is None:
-            replayed = await rt.answers.replay(answer_id, after)
+        if a is None:  # not in memory (or another owner's): the store, which knows only the owner's
+            replayed = await rt.answers.replay(answer_id, after, owner=owner)
         else:
             rt.answers.check_after(a, after)  # 400 past its last event
             if a.finished and after == a.last_seq:
@@ -144,7 +146,20 @@ async def health(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
+    """`/api/stats`: the server's figures; `you` (who is asking: owner, admin); and with
+    API keys, `keys`: requests, WebSockets and tokens per key name — every key for an
+    admin, the asking key's own row for the others."""
     rt: Runtime = request.app.state.runtime
     body = rt.stats.snapshot(queued=rt.queued, generating=rt.generating, model=rt.model_name)
     body["engine"] = rt.engine_info()
+    who = identity(request)
+    body["you"] = {"owner": who.owner, "admin": who.admin}
+    usage: KeyUsage | None = getattr(request.app.state, "key_usage", None)
+    if usage is not None:
+        only = None if who.admin else who.owner
+        try:
+            rows = await rt.ledger.usage(only)
+        except RequestError as e:
+            return api_error(e)
+        body["keys"] = key_table(rows, usage.snapshot(), request.app.state.security.daily_token_quotas, only=only)
     return json_response(body)

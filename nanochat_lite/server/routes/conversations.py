@@ -2,6 +2,12 @@
 
 Thin translations of `history.ConversationStore` calls, which run in worker threads
 so a slow disk never stalls the event loop. Unknown ids are 404, bad paging 400.
+
+Each request sees its owner's conversations only (the API key's name, or 'local'
+without keys: guards/security.py): another owner's id is 404 `conversation_not_found`,
+exactly as an id that does not exist. An admin key may read (list, get, export,
+search) another owner's with `?owner=NAME`, or everyone's with `?owner=*`; renaming
+and deleting stay its own. The list says who is asking (`viewer`), for the page.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ...history import NotFound
+from ...history import NotFound, check_owner
 from ..chat import semantic
 from ..chat.runtime import Runtime
+from ..guards.security import identity
 from ..wire import limits
 from ..wire.errors import RequestError, api_error
 from ..wire.http import json_response, read_body
@@ -45,6 +52,24 @@ def _conversation_id(request: Request) -> str:
     return cid
 
 
+def _reader(request: Request) -> str | None:
+    """Whose conversations a read covers: the request's owner, or for an admin the
+    `?owner=` it names (`*`: every owner, None). 403 for another's name without the role."""
+    who = identity(request)
+    raw = request.query_params.get("owner")
+    if raw is None or raw == who.owner:
+        return who.owner
+    if not who.admin:
+        raise RequestError("only an admin key may read another owner's conversations; leave out `owner` to read "
+                           "your own", code="forbidden", status=403, param="owner")
+    if raw == "*":
+        return None
+    try:
+        return check_owner(raw)
+    except ValueError as e:
+        raise RequestError(f"`owner`: {e}; or * for every owner", param="owner") from None
+
+
 def _not_found(cid: str) -> RequestError:
     return RequestError(f"no conversation with id {cid!r}", code="conversation_not_found", status=404)
 
@@ -55,26 +80,31 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 async def list_conversations(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
+    who = identity(request)
     try:
         limit = _int_param(request, "limit", 20, 1, limits.MAX_PAGE)
         offset = _int_param(request, "offset", 0, 0, 10**9)
+        owner = _reader(request)
     except RequestError as e:
         return api_error(e)
-    items, total = await _call(rt.store.list, limit=limit, offset=offset)
+    items, total = await _call(rt.store.list, limit=limit, offset=offset, owner=owner)
     return json_response({"success": True, "data": {
-        "conversations": [c.to_dict() for c in items], "total": total, "limit": limit, "offset": offset}})
+        "conversations": [c.to_dict() for c in items], "total": total, "limit": limit, "offset": offset,
+        "owner": "*" if owner is None else owner,
+        "viewer": {"owner": who.owner, "admin": who.admin, "keys": who.keyed}}})
 
 
 async def get_conversation(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         cid = _conversation_id(request)
+        owner = _reader(request)
 
         def read() -> tuple[Any, Any]:
-            conv = rt.store.get(cid)
+            conv = rt.store.get(cid, owner=owner)
             if conv is None:
                 raise _not_found(cid)
-            return conv, rt.store.messages(cid)
+            return conv, rt.store.messages(cid, owner=owner)
 
         conv, messages = await _call(read)
     except RequestError as e:
@@ -93,7 +123,7 @@ async def rename_conversation(request: Request) -> Response:
         title = " ".join(req.title.split())
         if len(title) > limits.MAX_TITLE_CHARS:
             raise RequestError(f"`title` has {len(title)} characters; the limit is {limits.MAX_TITLE_CHARS}", param="title")
-        conv = await _call(rt.store.rename, cid, title)
+        conv = await _call(rt.store.rename, cid, title, owner=identity(request).owner)
     except RequestError as e:
         return api_error(e)
     except NotFound:
@@ -105,7 +135,7 @@ async def delete_conversation(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         cid = _conversation_id(request)
-        if not await _call(rt.store.delete, cid):
+        if not await _call(rt.store.delete, cid, owner=identity(request).owner):
             raise _not_found(cid)
     except RequestError as e:
         return api_error(e)
@@ -119,7 +149,7 @@ async def export_conversation(request: Request) -> Response:
         cid = _conversation_id(request)
         if fmt not in ("json", "markdown"):
             raise RequestError(f"`format` must be json or markdown, got {fmt!r}", param="format")
-        text = await _call(rt.store.export, cid, fmt)
+        text = await _call(rt.store.export, cid, fmt, owner=_reader(request))
     except RequestError as e:
         return api_error(e)
     except NotFound:
@@ -139,10 +169,11 @@ async def search(request: Request) -> Response:
         if mode not in ("text", "semantic"):
             raise RequestError(f"`mode` must be text or semantic, got {mode!r}", param="mode")
         limit = _int_param(request, "limit", 20, 1, limits.MAX_PAGE)
+        owner = _reader(request)
         if mode == "semantic":
-            results = await semantic.search(rt, q, limit) if q.strip() else []
+            results = await semantic.search(rt, q, limit, owner=owner) if q.strip() else []
         else:
-            results = await _call(rt.store.search, q, limit=limit)
+            results = await _call(rt.store.search, q, limit=limit, owner=owner)
     except RequestError as e:
         return api_error(e)
     return json_response({"success": True, "data": {"query": q, "mode": mode, "results": results}})

@@ -31,7 +31,7 @@ from ..chat import turns
 from ..chat.answers import Answer, check_answer_id
 from ..chat.runtime import Runtime
 from ..guards import connlimits
-from ..guards.security import key_name
+from ..guards.security import identity
 from ..wire.errors import RequestError, error_frame
 from ..wire.limits import MAX_WS_FRAME_BYTES
 from ..wire.schemas import WSChat, WSFrame, WSResume, decode
@@ -58,7 +58,7 @@ class Connection:
     def __init__(self, ws: WebSocket, rt: Runtime) -> None:
         self.ws = ws
         self.rt = rt
-        self.key_name = key_name(ws)
+        self.who = identity(ws)  # the owner of its turns: only its own answers can be resumed
         self.current: asyncio.Task[None] | None = None
         self.following: Answer | None = None
         self.stop_event = threading.Event()  # a stop before the answer exists (prompt being built)
@@ -133,8 +133,8 @@ class Connection:
             return
         self.following = None
         if chat is not None:
-            # The per-client cap on generations and the key's token quota, as the
-            # HTTP doors have them in the middleware (connlimits.py).
+            # The per-client cap on generations, as the HTTP doors have it in the
+            # middleware (connlimits.py); the token quota is reserved in the turn.
             refused = connlimits.begin_generation(self.ws.scope)
             if refused is not None:
                 await self.error(*refused)
@@ -156,7 +156,7 @@ class Connection:
 
     async def _chat(self, req: WSChat, stop_event: threading.Event) -> None:
         try:
-            opened = await turns.open_chat(self.rt, req, key_name=self.key_name, stop=stop_event)
+            opened = await turns.open_chat(self.rt, req, who=self.who, stop=stop_event)
             await self._relay(opened.answer, opened.replayed, -1)
         except RequestError as e:
             with contextlib.suppress(Exception):
@@ -170,9 +170,9 @@ class Connection:
             if answers.closing:
                 raise turns.shutting_down()
             check_answer_id(r.answer_id)
-            a = answers.find(r.answer_id, self.key_name)
-            if a is None:
-                await self._relay(None, await answers.replay(r.answer_id, r.after), r.after)
+            a = answers.find(r.answer_id, self.who.owner)
+            if a is None:  # not in memory (or another owner's): the store, which knows only the owner's
+                await self._relay(None, await answers.replay(r.answer_id, r.after, owner=self.who.owner), r.after)
             else:
                 await self._relay(a, [], r.after)
         except RequestError as e:

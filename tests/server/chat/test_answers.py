@@ -102,7 +102,7 @@ def stored_answer(rt: Runtime, answer_id: str) -> Any:
 
 def produced(rt: Runtime, answer_id: str) -> int:
     """The seq of the answer's newest event, as the server has it (its client may lag)."""
-    a = rt.answers.find(answer_id, None)
+    a = rt.answers.find(answer_id, "local")
     assert a is not None, f"answer {answer_id} is no longer in memory"
     return a.last_seq
 
@@ -179,7 +179,7 @@ def test_nobody_back_within_the_window_cancels_and_stores_interrupted(fake: Fake
         assert m.status == "interrupted" and m.content.startswith(apply(seen)[0]) and m.content
         assert client.get("/api/stats").json()["requests"]["cancelled"] == before + 1
         # Resumable from memory for the window, then from the store, marked replayed.
-        wait_for(lambda: rt.answers.find(start["answer_id"], None) is None, what="the answer leaving memory")
+        wait_for(lambda: rt.answers.find(start["answer_id"], "local") is None, what="the answer leaving memory")
         with client.websocket_connect("/ws") as sock:
             ws = Frames(sock)
             ws.send({"type": "resume", "answer_id": start["answer_id"], "after": 2})

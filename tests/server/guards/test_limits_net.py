@@ -5,12 +5,13 @@ connections and WebSockets, one client hogging the generations, a key past its
 quota; and a user message that tries to open a system turn.
 
 Two servers on free loopback ports, started once for the module: one without keys
-and with small limits, one with two keys (one with a tiny daily quota).
+and with small limits, one with three keys (one with a tiny daily quota, one admin).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import json
 import re
@@ -27,8 +28,9 @@ from serverproc import ServerProc
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from nanochat_lite.history import Usage
 from nanochat_lite.server.guards.connlimits import ClientGate, refusal_body
-from nanochat_lite.server.guards.quotas import TokenLedger
+from nanochat_lite.server.guards.quotas import key_table, quota_exceeded, seconds_to_midnight, utc_day
 
 pytestmark = pytest.mark.model
 
@@ -37,9 +39,10 @@ MAX_CONNECTIONS = 40
 MAX_WEBSOCKETS = 2
 PER_CLIENT = 2
 QUEUE_WAIT_S = 3
-QUOTA = 30  # tokens a day for alice: her first request crosses it
+QUOTA = 80  # tokens a day for alice: her first request's prompt fits, its 400 tokens do not
 KEY_A = "alice-0c4d2e9f7b1a3c5e8d6f0a2b4c6e8f1a"
 KEY_B = "bob-5e7a9c1b3d5f7a9c1e3b5d7f9a1c3e5b"
+KEY_O = "ops-3b9d1f5a7c2e4b6d8f0a1c3e5b7d9f2a"
 LONG = {"messages": [{"role": "user", "content": "Write the numbers from 1 to 500, separated by commas."}],
         "max_tokens": 400, "temperature": 0, "repeat_penalty": 1.0}
 
@@ -56,7 +59,8 @@ def small(tmp_path_factory, chat_model_path) -> Iterator[ServerProc]:
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory, chat_model_path) -> Iterator[ServerProc]:
     with ServerProc(tmp_path_factory.mktemp("quota"), "--threads", "1",
-                    "--api-key", f"alice:{KEY_A}:{QUOTA}", "--api-key", f"bob:{KEY_B}") as s:
+                    "--api-key", f"alice:{KEY_A}:{QUOTA}", "--api-key", f"bob:{KEY_B}",
+                    "--api-key", f"ops:{KEY_O}:admin") as s:
         yield s
 
 
@@ -270,34 +274,45 @@ def test_user_text_that_opens_a_system_turn_stays_plain_text(small):
 # -- quotas and tokens per key --------------------------------------------------------------------
 def test_daily_quota_answers_429_on_every_door_once_spent(keyed):
     alice = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY_A, max_retries=0)
-    r = alice.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    r = alice.chat.completions.create(model="any", messages=LONG["messages"], max_tokens=400, temperature=0)
     used = r.usage.prompt_tokens + r.usage.completion_tokens
-    assert used >= QUOTA  # the first request crosses alice's quota
+    # Her 400 tokens were cut to what her quota had left: the day holds exactly QUOTA.
+    assert used == QUOTA and r.choices[0].finish_reason == "length", r
     with pytest.raises(openai.RateLimitError) as e:
         alice.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
-    assert e.value.code == "quota_exceeded" and str(QUOTA) in e.value.message
+    assert e.value.code == "quota_exceeded" and f"{QUOTA:,}" in e.value.message
+    assert 0 < int(e.value.response.headers["retry-after"]) <= 86400  # midnight UTC
     r = httpx.post(keyed.url + "/api/chat", json={"message": "Hi"}, headers={"Authorization": f"Bearer {KEY_A}"})
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded" and r.json()["success"] is False
-    with pytest.raises(InvalidStatus) as ws_err:
-        with connect(keyed.ws_url, additional_headers={"Authorization": f"Bearer {KEY_A}"}, open_timeout=10):
-            pass
-    assert ws_err.value.response.status_code == 403
-    # Bob has no quota; alice can still read her conversations.
+    assert 0 < int(r.headers["retry-after"]) <= 86400
+    # The WebSocket opens (resuming and pings need no tokens); its chat gets the refusal.
+    with connect(keyed.ws_url, additional_headers={"Authorization": f"Bearer {KEY_A}"}, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "chat", "message": "Hi"}))
+        frame = json.loads(ws.recv(timeout=30))
+    assert frame["type"] == "error" and frame["code"] == "quota_exceeded", frame
+    # Nothing of the refused requests was stored.
+    convs = httpx.get(keyed.url + "/api/conversations", headers={"X-Api-Key": KEY_A}).json()["data"]
+    assert convs["total"] == 0  # /v1 stores no conversation; the refused /api/chat and WS stored none
+    # Bob has no quota.
     r = httpx.post(keyed.url + "/api/chat", json={"message": "Hi", "max_tokens": 2},
                    headers={"X-Api-Key": KEY_B}, timeout=60)
     assert r.status_code == 200, r.text
-    assert httpx.get(keyed.url + "/api/conversations", headers={"X-Api-Key": KEY_A}).status_code == 200
 
-    stats = httpx.get(keyed.url + "/api/stats", headers={"X-Api-Key": KEY_B}).json()["keys"]
+    # Bob sees his own usage; the admin sees every key's.
+    mine = httpx.get(keyed.url + "/api/stats", headers={"X-Api-Key": KEY_B}).json()["keys"]
+    assert list(mine) == ["bob"] and mine["bob"]["completion_tokens"] >= 1
+    assert mine["bob"]["daily_token_quota"] is None
+    stats = httpx.get(keyed.url + "/api/stats", headers={"X-Api-Key": KEY_O}).json()["keys"]
     assert stats["alice"]["prompt_tokens"] + stats["alice"]["completion_tokens"] == used
     assert stats["alice"]["tokens_today"] == used and stats["alice"]["daily_token_quota"] == QUOTA
-    assert stats["bob"]["completion_tokens"] >= 1 and stats["bob"]["daily_token_quota"] is None
-    metrics = httpx.get(keyed.url + "/metrics", headers={"X-Api-Key": KEY_B}).text
+    assert stats["alice"]["tokens_reserved"] == 0
+    metrics = httpx.get(keyed.url + "/metrics", headers={"X-Api-Key": KEY_O}).text
     prompt = re.search(r'nanochat_key_tokens_total\{key="alice",kind="prompt"\} ([0-9]+)', metrics)
     assert prompt and int(prompt[1]) == r_prompt(stats, "alice")
     assert f'nanochat_key_daily_token_quota{{key="alice"}} {QUOTA}' in metrics
-    assert re.search(r'nanochat_requests_refused_total\{status="429",code="quota_exceeded"\} 2', metrics)
-    assert re.search(r'nanochat_requests_refused_total\{status="403",code="quota_exceeded"\} 1', metrics)
+    assert re.search(r'nanochat_requests_refused_total\{status="429",code="quota_exceeded"\} 3', metrics)
+    bobs = httpx.get(keyed.url + "/metrics", headers={"X-Api-Key": KEY_B}).text
+    assert 'key="alice"' not in bobs and 'nanochat_key_tokens_total{key="bob",kind="prompt"}' in bobs
 
 
 def r_prompt(stats: dict, name: str) -> int:
@@ -324,14 +339,23 @@ def test_client_gate_counts_per_client():
     assert ClientGate(0).try_acquire("x")  # 0: no limit
 
 
-def test_ledger_quota_and_refusal_shapes():
-    ledger = TokenLedger({"alice": 100})
-    ledger.record("alice", 60, 39)
-    assert ledger.quota_message("alice") is None
-    ledger.record("alice", 0, 1)
-    assert "100" in (ledger.quota_message("alice") or "") and ledger.quota_message("bob") is None
-    assert ledger.snapshot("alice") == {"prompt_tokens": 60, "completion_tokens": 40, "tokens_today": 100,
-                                        "daily_token_quota": 100}
+def test_key_table_quota_message_and_refusal_shapes():
+    rows = [Usage("alice", "2026-11-29", 10, 20), Usage("alice", "2026-11-30", 60, 39, 1, 2), Usage("local", "2026-11-30", 5)]
+    counts = {"alice": {"requests": 3, "websockets": 1}, "bob": {"requests": 0, "websockets": 0}}
+    table = key_table(rows, counts, {"alice": 100}, today="2026-11-30")
+    assert table == {
+        "alice": {"requests": 3, "websockets": 1, "prompt_tokens": 70, "completion_tokens": 59, "tokens_today": 100,
+                  "tokens_reserved": 1, "daily_token_quota": 100},
+        "bob": {"requests": 0, "websockets": 0, "prompt_tokens": 0, "completion_tokens": 0, "tokens_today": 0,
+                "tokens_reserved": 0, "daily_token_quota": None}}
+    assert list(key_table(rows, counts, {}, only="bob", today="2026-11-30")) == ["bob"]
+    e = quota_exceeded("alice", 100, 100, 30)
+    assert (e.status, e.code) == (429, "quota_exceeded") and "used its daily quota of 100" in e.message
+    assert 0 < e.retry_after <= 86400  # type: ignore[operator]
+    e = quota_exceeded("alice", 100, 90, 30)
+    assert "10 of its daily 100 tokens left" in e.message and "needs 30" in e.message
+    late = datetime.datetime(2026, 11, 30, 23, 59, 30, tzinfo=datetime.timezone.utc)
+    assert seconds_to_midnight(late) == 30 and utc_day(late) == "2026-11-30"
     assert json.loads(refusal_body("/v1/chat/completions", 429, "quota_exceeded", "m")) == {
         "error": {"message": "m", "type": "rate_limit_error", "param": None, "code": "quota_exceeded"}}
     assert json.loads(refusal_body("/api/chat", 408, "body_timeout", "m")) == {

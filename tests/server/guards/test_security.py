@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from nanochat_lite.server.guards.security import ENV_API_KEY, SecurityConfig, ad
 
 KEY = "alice-4f0c1d6b0b3f4e0e9d7a2c5b8e1f3a6d"
 KEY2 = "bob-9b2e7c4a1d8f6e3b0a5c2d9e7f4b1a8c"
+KEY3 = "ops-1c5e9a3f7b2d6e0a4c8f1b5d9e3a7c2f"
 BASE = "http://127.0.0.1:8080"
 WS = "ws://127.0.0.1:8080/ws"  # TestClient's WebSockets default to Host: testserver
 OWN_ORIGIN = "http://127.0.0.1:8080"
@@ -145,7 +147,8 @@ def test_a_key_opens_the_api(keyed):
     r = keyed.post("/api/chat", json=CHAT, headers=bearer(KEY))
     assert r.status_code == 200, r.text
     assert r.json()["data"]["message"] == "Hello, world!"
-    assert conversation_count(keyed, {"X-Api-Key": KEY2}) == 1  # the other key, the other header
+    assert conversation_count(keyed, {"X-Api-Key": KEY}) == 1  # the same key by the other header
+    assert conversation_count(keyed, {"X-Api-Key": KEY2}) == 0  # the other key sees its own only
     assert keyed.get("/api/stats", headers={"authorization": f"bearer  {KEY}"}).status_code == 200
 
 
@@ -182,18 +185,33 @@ def test_openai_routes_answer_in_openai_shape(keyed):
     assert keyed.get("/v1/models", headers={"X-Api-Key": KEY}).status_code == 200
 
 
-def test_key_name_reaches_the_request_and_the_stats(keyed):
+def test_key_name_reaches_the_request_and_the_stats(serve):
+    """Each key sees its own row of `keys` in /api/stats; an admin key sees every key's."""
+    keyed = serve(SecurityConfig(keys={**KEYS, "ops": KEY3}, admins=frozenset({"ops"}),
+                                 daily_token_quotas={"alice": 1000}))
     assert keyed.get("/api/whoami", headers=bearer(KEY)).json() == {"key": "alice"}
     assert keyed.get("/api/whoami", headers={"X-Api-Key": KEY2}).json() == {"key": "bob"}
-    keyed.post("/api/chat", json=CHAT, headers=bearer(KEY2))
+    r = keyed.post("/api/chat", json=CHAT, headers=bearer(KEY2))
+    used = r.json()["data"]["usage"]["totalTokens"]
     with keyed.websocket_connect(WS, subprotocols=["nanochat-lite", f"bearer.{KEY2}"]) as ws:
         ws.send_json({"type": "ping"})
         assert ws.receive_json() == {"type": "pong"}
     stats = keyed.get("/api/stats", headers=bearer(KEY)).json()
-    no_tokens = {"prompt_tokens": 0, "completion_tokens": 0, "tokens_today": 0, "daily_token_quota": None}
-    assert stats["keys"] == {"alice": {"requests": 2, "websockets": 0, **no_tokens},
-                             "bob": {"requests": 2, "websockets": 1, **no_tokens}}
+    no_tokens = {"prompt_tokens": 0, "completion_tokens": 0, "tokens_today": 0, "tokens_reserved": 0}
+    assert stats["keys"] == {"alice": {"requests": 2, "websockets": 0, **no_tokens, "daily_token_quota": 1000}}
+    assert stats["you"] == {"owner": "alice", "admin": False}
     assert stats["requests"]["total"] >= 1  # the runtime's own figures are still there
+    deadline = time.monotonic() + 5  # the usage is settled in a thread of its own, after the answer
+    while True:
+        bob = keyed.get("/api/stats", headers=bearer(KEY2)).json()["keys"]
+        if bob["bob"]["tokens_today"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert list(bob) == ["bob"] and bob["bob"]["tokens_today"] == used > 0
+    assert bob["bob"]["completion_tokens"] == 4 and bob["bob"]["websockets"] == 1
+    everyone = keyed.get("/api/stats", headers=bearer(KEY3)).json()
+    assert sorted(everyone["keys"]) == ["alice", "bob", "ops"] and everyone["you"]["admin"] is True
+    assert everyone["keys"]["bob"]["tokens_today"] == used
 
 
 def test_stats_without_keys_have_no_key_section(serve):

@@ -232,7 +232,8 @@ def test_queue_slots_and_rejections() -> None:
 
 
 def test_key_label_when_keys_are_configured() -> None:
-    c, rt = _make(SecurityConfig(allowed_hosts=("testserver",), keys={"alice": KEY, "bob": KEY + "-b"}))
+    c, rt = _make(SecurityConfig(allowed_hosts=("testserver",), keys={"alice": KEY, "bob": KEY + "-b", "ops": KEY + "-o"},
+                                 admins=frozenset({"ops"})))
     auth = {"Authorization": f"Bearer {KEY}"}
     with c:
         assert c.get("/metrics").status_code == 401  # /metrics follows the API key
@@ -241,12 +242,18 @@ def test_key_label_when_keys_are_configured() -> None:
         with c.websocket_connect("/ws", headers={"X-Api-Key": KEY + "-b"}) as ws:
             ws.send_json({"type": "ping"})
             assert ws.receive_json() == {"type": "pong"}
-        fams = metrics(c, **auth)
+        fams = metrics(c, Authorization=f"Bearer {KEY}-o")  # an admin key sees every key's series
+        mine = metrics(c, **auth)  # another key, its own only
     req = "nanochat_http_requests_total"
     assert value(fams, req, route="/api/chat", method="POST", status="200", key="alice") == 1
     assert value(fams, req, route="/api/health", status="200", key="") == 1
     assert value(fams, req, route="/ws", method="WEBSOCKET", status="101", key="bob") == 1
     assert all("key" in dict(labels) for _, labels in fams[req]["samples"])
+    assert {dict(labels)["key"] for _, labels in fams["nanochat_key_requests_total"]["samples"]} == \
+        {"alice", "bob", "ops"}
+    assert value(mine, req, route="/api/chat", method="POST", status="200", key="alice") == 1
+    assert {dict(labels)["key"] for _, labels in mine[req]["samples"]} == {"alice"}
+    assert {dict(labels)["key"] for _, labels in mine["nanochat_key_requests_total"]["samples"]} == {"alice"}
     rt.close()
     rt.store.close()
 

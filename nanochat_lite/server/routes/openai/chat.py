@@ -24,6 +24,7 @@ from ....generation import Delta, SamplingParams
 from ...chat import turns
 from ...chat.choices import collect_dones, merged
 from ...chat.runtime import Runtime
+from ...guards.security import identity
 from ...wire import limits
 from ...wire.errors import OVERFLOW, RequestError, openai_body, openai_error
 from ...wire.frames import openai_finish_reason as finish_reason
@@ -124,8 +125,9 @@ async def chat_completions(request: Request) -> Response:
         # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
         _, prompts = rt.require_ready()
         prepared = await turns.build(prompts.prepare, messages, params, overflow_code=OVERFLOW)
-        choice_params = op.seeded(params, count)
-        tickets = turns.submit_all(rt, [prepared] * count, choice_params)
+        # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
+        tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
+                                                   op.seeded(params, count))
     except RequestError as e:
         return openai_error(e)
 

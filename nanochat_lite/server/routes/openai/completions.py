@@ -28,6 +28,7 @@ from ....generation import Delta, Done
 from ...chat import turns
 from ...chat.choices import collect_dones, merged
 from ...chat.runtime import Runtime
+from ...guards.security import identity
 from ...wire import limits
 from ...wire.errors import OVERFLOW, RequestError, openai_body, openai_error
 from ...wire.frames import openai_finish_reason as finish_reason
@@ -106,8 +107,8 @@ async def completions(request: Request) -> Response:
                 prepared.append(await turns.build(builder.prepare_tokens, p, params, param="prompt",
                                                   overflow_code=OVERFLOW))
                 echoes.append(await asyncio.to_thread(builder.detokenize, p) if req.echo else "")
-        choice_params = op.seeded(params, n) * len(prompts)
-        tickets = turns.submit_all(rt, [prep for prep in prepared for _ in range(n)], choice_params)
+        tickets, choice_params = await turns.admit(rt, identity(request), [prep for prep in prepared for _ in range(n)],
+                                                   op.seeded(params, n) * len(prompts))
     except RequestError as e:
         return openai_error(e)
 
