@@ -38,16 +38,20 @@ async function call(method, path, body) {
 }
 
 const enc = encodeURIComponent;
+// `owner`: whose conversations an admin key reads (a key's name, or "*" for everyone's);
+// left out, every key reads its own.
+const ownerQ = (owner, sep = "&") => (owner ? `${sep}owner=${enc(owner)}` : "");
 
 export const api = {
   health: () => call("GET", "/api/health"),
   stats: () => call("GET", "/api/stats"),
   limits: () => call("GET", "/api/limits"),
-  conversations: (limit, offset) => call("GET", `/api/conversations?limit=${limit}&offset=${offset}`),
-  conversation: (id) => call("GET", `/api/conversations/${enc(id)}`),
+  conversations: (limit, offset, owner) =>
+    call("GET", `/api/conversations?limit=${limit}&offset=${offset}${ownerQ(owner)}`),
+  conversation: (id, owner) => call("GET", `/api/conversations/${enc(id)}${ownerQ(owner, "?")}`),
   rename: (id, title) => call("PATCH", `/api/conversations/${enc(id)}`, { title }),
   remove: (id) => call("DELETE", `/api/conversations/${enc(id)}`),
-  search: (q) => call("GET", `/api/search?q=${enc(q)}`),
+  search: (q, owner) => call("GET", `/api/search?q=${enc(q)}${ownerQ(owner)}`),
   tokenize: (text, special) => call("POST", "/api/tokenize", { text, with_pieces: true, special }),
-  exportUrl: (id, format) => `/api/conversations/${enc(id)}/export?format=${format}`,
+  exportUrl: (id, format, owner) => `/api/conversations/${enc(id)}/export?format=${format}${ownerQ(owner)}`,
 };

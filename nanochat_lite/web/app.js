@@ -5,8 +5,9 @@
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
 // tokenizer view), api.js (REST), auth.js (the API key, when the server wants one),
 // limits.js (the server's limits, which the page checks too), dom.js (el()).
-// The open conversation lives in the URL hash (#c=<id>) and in localStorage, so a
-// reload comes back to it.
+// The open conversation lives in the URL hash (#c=<id>; #c=<id>&owner=<name> for another
+// key's, which an admin key reads read-only) and in localStorage, so a reload comes back to it.
+// With API keys, the top bar shows which key this page uses.
 
 import { api } from "./api.js";
 import { authorizeDownloads, installKeyForm, onKeyChange, wsProtocols } from "./auth.js";
@@ -72,16 +73,38 @@ function showModel(name) {
 let thread = { id: null };
 let loadSeq = 0;
 let failedLoad = null; // a conversation id whose messages could not be fetched
+let readOnly = null; // the owner of the open conversation when it is another key's (an admin reading)
 
-function setHash(id) {
-  const hash = id ? `#c=${encodeURIComponent(id)}` : "";
+function setHash(id, owner) {
+  let hash = id ? `#c=${encodeURIComponent(id)}` : "";
+  if (id && owner) hash += `&owner=${encodeURIComponent(owner)}`;
   if (location.hash !== hash) history.replaceState(null, "", location.pathname + location.search + hash);
-  saveConversationId(id);
+  if (!owner) saveConversationId(id); // a reload without the hash comes back to one's own only
 }
 
 function hashId() {
-  const m = /^#c=([^&]+)$/.exec(location.hash);
+  const m = /^#c=([^&]+)(?:&owner=[^&]+)?$/.exec(location.hash);
   return m ? decodeURIComponent(m[1]) : null;
+}
+
+function hashOwner() {
+  const m = /^#c=[^&]+&owner=([^&]+)$/.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+function showWho(viewer) {
+  const who = $("#who");
+  who.hidden = !viewer.keys;
+  who.textContent = viewer.keys ? `🔑 ${viewer.owner}${viewer.admin ? " · admin" : ""}` : "";
+}
+
+/** Another key's conversation is read, not continued: the composer says so. */
+function setReadOnly(owner) {
+  readOnly = owner || null;
+  const input = $("#composer-input");
+  input.disabled = Boolean(readOnly);
+  $("#send").disabled = Boolean(readOnly);
+  input.placeholder = readOnly ? `${readOnly}'s conversation: read only` : "Message";
 }
 
 function showHeader(conv) {
@@ -90,8 +113,9 @@ function showHeader(conv) {
   document.title = `${title} · Nanochat-Lite`;
   $("#conv-export").hidden = !conv;
   if (conv) {
-    $("#export-md").href = api.exportUrl(conv.id, "markdown");
-    $("#export-json").href = api.exportUrl(conv.id, "json");
+    const owner = sidebar.foreign(conv.owner) ? conv.owner : "";
+    $("#export-md").href = api.exportUrl(conv.id, "markdown", owner);
+    $("#export-json").href = api.exportUrl(conv.id, "json", owner);
   }
   const sys = $("#conv-system");
   sys.hidden = !(conv && conv.system);
@@ -105,6 +129,7 @@ function showEmptyHint() {
 function newChat() {
   loadSeq++;
   thread = { id: null };
+  setReadOnly(null);
   transcript.clear();
   setHash(null);
   showHeader(null);
@@ -114,11 +139,11 @@ function newChat() {
   $("#composer-input").focus();
 }
 
-async function openConversation(id, messageId) {
+async function openConversation(id, messageId, owner) {
   const seq = ++loadSeq;
   const pending = session.pending().filter((t) => t.thread.id === id);
   thread = pending.length ? pending[0].thread : { id };
-  setHash(id);
+  setHash(id, owner);
   sidebar.highlight();
   closeSidebar();
   transcript.clear();
@@ -126,7 +151,7 @@ async function openConversation(id, messageId) {
   let data;
   failedLoad = null;
   try {
-    data = await api.conversation(id);
+    data = await api.conversation(id, owner);
   } catch (err) {
     if (seq !== loadSeq) return;
     if (err.status === 404) {
@@ -140,6 +165,10 @@ async function openConversation(id, messageId) {
     return;
   }
   if (seq !== loadSeq) return;
+  // Read-only when it is another key's (before the list has said who we are: when it was
+  // asked for with an owner).
+  const foreign = sidebar.viewer ? sidebar.foreign(data.conversation.owner) : Boolean(owner);
+  setReadOnly(foreign ? data.conversation.owner : null);
   let messages = data.messages;
   // A turn still pending here (on the wire, or sent before a reload) may be stored
   // already, its answer too: its own view shows it, not the history.
@@ -176,6 +205,10 @@ async function openConversation(id, messageId) {
 // -- sending ----------------------------------------------------------------------
 function send(text) {
   if (!text.trim()) return false;
+  if (readOnly) {
+    note(`This is ${readOnly}'s conversation: an admin key may read it, not add to it. Start a new chat to ask.`);
+    return false;
+  }
   const max = limits()?.message_chars;
   if (max && text.length > max) {
     note(`Messages are limited to ${max.toLocaleString("en-US")} characters.`);
@@ -248,7 +281,8 @@ $("#new-chat").addEventListener("click", newChat);
 
 // -- sidebar, settings, tabs --------------------------------------------------------
 const sidebar = new Sidebar($("#sidebar"), {
-  open: (id, messageId) => openConversation(id, messageId),
+  open: (id, messageId, owner) => openConversation(id, messageId, owner),
+  viewer: (v) => showWho(v),
   renamed: (id, title) => {
     if (id === thread.id) showHeader(sidebar.items.find((c) => c.id === id) || { id, title });
   },
@@ -318,7 +352,7 @@ for (const tab of tabs) {
 window.addEventListener("hashchange", () => {
   if (location.hash && !location.hash.startsWith("#c=")) return; // not ours
   const id = hashId();
-  if (id && id !== thread.id) openConversation(id);
+  if (id && id !== thread.id) openConversation(id, undefined, hashOwner());
   else if (!id && thread.id) newChat();
 });
 
@@ -334,7 +368,7 @@ sidebar.refresh();
 const restored = session.restore((text) => transcript.newView(text));
 const startId = hashId() || loadConversationId();
 const newThread = restored.map((t) => t.thread).find((t) => !t.id);
-if (startId) openConversation(startId);
+if (startId) openConversation(startId, undefined, hashOwner());
 else if (newThread) {
   newChat();
   thread = newThread;

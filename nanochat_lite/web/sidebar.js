@@ -1,6 +1,11 @@
 // The conversation list: newest first, paged; open, rename (inline), export, delete
 // (after a confirm); and a search box that lists matching messages instead.
 //
+// Each API key sees its own conversations. The list's answer says who is asking
+// (`viewer`); for an admin key an owner filter appears ("my conversations",
+// "everyone's", or one key's): other keys' conversations are then listed with their
+// owner's name, and open read-only (no rename or delete: the server allows reading only).
+//
 // Titles and snippets are text nodes. Search snippets mark matches with «…»; those
 // become <mark> elements by splitting the string, not by parsing HTML.
 
@@ -33,9 +38,13 @@ export function markedSnippet(snippet) {
 }
 
 export class Sidebar {
-  /** hooks: open(id, messageId?), renamed(id, title), deleted(id), currentId() */
+  /** hooks: open(id, messageId?, owner?), renamed(id, title), deleted(id), currentId(), viewer(v) */
   constructor(root, hooks) {
     this.hooks = hooks;
+    this.ownerBox = root.querySelector("#owner-box");
+    this.ownerSelect = root.querySelector("#owner-filter");
+    this.owner = ""; // "" = my conversations; a key's name, or "*" (an admin's filter)
+    this.viewer = null; // {owner, admin, keys}: who the server says this page is
     this.list = root.querySelector("#conversation-list");
     this.status = root.querySelector("#sidebar-status");
     this.more = root.querySelector("#load-more");
@@ -58,7 +67,39 @@ export class Sidebar {
       }
     });
     this.list.addEventListener("click", (ev) => this._onClick(ev));
+    this.ownerSelect.addEventListener("change", () => {
+      this.owner = this.ownerSelect.value;
+      this.items = [];
+      if (this._query) this._runSearch();
+      else this.refresh(PAGE);
+    });
     withLimits((lim) => (this.search.maxLength = lim.search_chars));
+  }
+
+  /** Someone else's conversation (an admin reading it)? */
+  foreign(owner) {
+    return Boolean(this.viewer && owner && owner !== this.viewer.owner);
+  }
+
+  _setViewer(viewer) {
+    if (!viewer || (this.viewer && this.viewer.owner === viewer.owner && this.viewer.admin === viewer.admin)) return;
+    this.viewer = viewer;
+    this.hooks.viewer?.(viewer);
+    const filter = viewer.admin && viewer.keys;
+    this.ownerBox.hidden = !filter;
+    if (!filter) {
+      this.owner = "";
+      return;
+    }
+    // The other keys' names, from the usage an admin sees in /api/stats.
+    api.stats().then((stats) => {
+      for (const name of Object.keys(stats.keys || {}).sort()) {
+        if (name === viewer.owner || [...this.ownerSelect.options].some((o) => o.value === name)) continue;
+        const option = el("option", "", `${name}'s`);
+        option.value = name;
+        this.ownerSelect.append(option);
+      }
+    }, () => {});
   }
 
   /** Reload the list (the first `count` conversations), unless a search is shown. */
@@ -69,7 +110,9 @@ export class Sidebar {
     let total = 0;
     try {
       do {
-        const data = await api.conversations(Math.min(limits()?.page_size ?? PAGE, count - items.length), items.length);
+        const data = await api.conversations(Math.min(limits()?.page_size ?? PAGE, count - items.length), items.length,
+          this.owner);
+        this._setViewer(data.viewer);
         items.push(...data.conversations);
         total = data.total;
         if (!data.conversations.length) break;
@@ -107,17 +150,22 @@ export class Sidebar {
     for (const c of this.items) {
       const li = el("li", "conv-item");
       li.dataset.id = c.id;
+      const foreign = this.foreign(c.owner);
+      if (foreign) li.dataset.owner = c.owner;
       const open = el("button", "conv-open");
       open.type = "button";
       open.dataset.action = "open";
-      open.append(el("span", "conv-name", c.title || "Untitled"),
-        el("span", "conv-sub", `${c.message_count} messages · ${when(c.updated_at)}`));
+      const sub = el("span", "conv-sub", `${c.message_count} messages · ${when(c.updated_at)}`);
+      if (foreign) sub.prepend(el("span", "conv-owner", c.owner), " · ");
+      open.append(el("span", "conv-name", c.title || "Untitled"), sub);
       const exp = el("a", "icon-button row-action", "⤓");
-      exp.href = api.exportUrl(c.id, "markdown");
+      exp.href = api.exportUrl(c.id, "markdown", foreign ? c.owner : "");
       exp.download = "";
       exp.title = "Export as Markdown";
       exp.setAttribute("aria-label", "Export as Markdown");
-      li.append(open, iconButton("Rename", "rename", "✎"), exp, iconButton("Delete", "delete", "✕"));
+      // Another key's conversation can be read, not changed.
+      if (foreign) li.append(open, exp);
+      else li.append(open, iconButton("Rename", "rename", "✎"), exp, iconButton("Delete", "delete", "✕"));
       this.list.append(li);
     }
     this._say(this.items.length ? "" : "No conversations yet.");
@@ -135,7 +183,7 @@ export class Sidebar {
     }
     let data;
     try {
-      data = await api.search(q);
+      data = await api.search(q, this.owner);
     } catch (err) {
       if (seq === this._seq) this._say(`Search failed: ${err.message}`);
       return;
@@ -147,6 +195,7 @@ export class Sidebar {
       const li = el("li", "conv-item search-hit");
       li.dataset.id = hit.conversation_id;
       if (hit.message_id != null) li.dataset.messageId = hit.message_id;
+      if (this.owner) li.dataset.owner = this.owner; // read with the same filter it was found with
       const open = el("button", "conv-open");
       open.type = "button";
       open.dataset.action = "open";
@@ -166,7 +215,7 @@ export class Sidebar {
     const li = target.closest("li");
     const id = li.dataset.id;
     const action = target.dataset.action;
-    if (action === "open") this.hooks.open(id, li.dataset.messageId);
+    if (action === "open") this.hooks.open(id, li.dataset.messageId, li.dataset.owner);
     else if (action === "rename") this._startRename(li);
     else if (action === "delete") this._delete(li);
   }
