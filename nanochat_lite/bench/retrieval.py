@@ -1,0 +1,351 @@
+"""Documents: retrieval quality on a public labelled set, and in-memory search latency.
+
+    .venv/bin/python -m nanochat_lite.bench.retrieval [--quick] [--json]
+
+Quality. The corpus is Python's own reference documentation as the standard library
+ships it for `help()`: `pydoc_data.topics.topics`, 79 topic texts here (about 465k
+characters, a few hundred printed pages), each parsed as a text file and chunked as an
+upload would be (documents/parse.py, documents/chunk.py: 200 pieces, overlap 32).
+The questions and their answers come from the data, not from us. Two sets:
+- "help names": `pydoc.Helper.keywords` and `pydoc.Helper.topics` map every name
+  `help()` accepts ("lambda", "elif", "TRUTHVALUE", "DYNAMICFEATURES"...) to the label
+  of the topic text that answers it, directly or through another name ("elif" -> "if"),
+  resolved exactly as `help(name)` resolves it (upper-case topic names lower-cased).
+  Names whose entry is empty ("True", "None") are skipped and counted.
+- "topic keys": each label of `pydoc_data.topics.topics` itself, hyphens read as
+  spaces ("typesseq-mutable" -> "typesseq mutable").
+Each name becomes a question through each fixed phrasing of `TEMPLATES`; the relevant
+chunks are the chunks of the topic with that label. recall@k is the share of questions
+with at least one relevant chunk among the first k results; MRR the mean of 1/rank of
+the first one (0 past 10). Fusions are compared on every set and phrasing; the mean
+recall@5 over all of them picks the default (documents/search.py).
+
+Latency. Search alone (the query's embedding is timed apart) at 1k, 10k and 100k chunks:
+random unit vectors for the matrix half, and for BM25 the pydoc chunks repeated with
+variations (each copy drops a tenth of the words at random and gains a word of its own)
+so that posting lists grow as they would. p50/p95 over the questions, in milliseconds.
+
+Vectors for the pydoc chunks are cached in the temp folder (keyed by the model and the
+texts), never in the checkout: embedding them takes a minute or two on a busy machine.
+`run(quick)` returns a JSON-ready dict; `--quick` uses 16 topics and stops at 10k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pydoc
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..documents.chunk import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_blocks, minilm_spans
+from ..documents.parse import parse
+from ..documents.search import (
+    DEFAULT_VECTOR_WEIGHT,
+    BM25Index,
+    Fusion,
+    HybridSearch,
+    Mode,
+    VectorIndex,
+    convex,
+    rrf,
+)
+
+# Fixed phrasings, the first one primary: the figures depend on the phrasing (BM25 most:
+# words like "documentation" are rare in the corpus and pull in chunks that hold them),
+# so every one is reported.
+TEMPLATES = ("What is {name} in Python?", "{name}", "What is {name}?",
+             "What does the Python documentation say about {name}?")
+K = 5
+QUICK_TOPICS = 16
+CANDIDATES = 50
+SIZES = (1_000, 10_000, 100_000)
+QUICK_SIZES = (1_000, 10_000)
+LATENCY_QUERIES = 200  # timed searches per size (the questions, round and round)
+QUICK_LATENCY_QUERIES = 40
+DEFAULT = f"convex {DEFAULT_VECTOR_WEIGHT} vector"  # documents/search.py's default fusion
+FUSIONS: dict[str, Callable[[], Fusion]] = {
+    DEFAULT: lambda: convex(DEFAULT_VECTOR_WEIGHT),
+    "convex 0.5 vector": lambda: convex(0.5),
+    "rrf k=60": lambda: rrf(60),
+    "rrf k=10": lambda: rrf(10),
+    "rrf k=60, vector x2": lambda: rrf(60, vector_weight=2.0),
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    name: str  # as it goes into the template
+    label: str  # key of pydoc_data.topics.topics that answers it
+
+
+def _resolve(name: str, seen: frozenset[str] = frozenset()) -> str | None:
+    """The topic label help(name) shows, following string cross-references as
+    pydoc.Helper.showtopic does; None when the entry is empty or loops."""
+    entry = pydoc.Helper.topics.get(name, pydoc.Helper.keywords.get(name))
+    if isinstance(entry, str):
+        return _resolve(entry, seen | {name}) if entry and entry not in seen else None
+    if isinstance(entry, tuple) and entry and isinstance(entry[0], str):
+        return entry[0]
+    return None
+
+
+def qa_set() -> tuple[dict[str, str], dict[str, list[Question]], list[str]]:
+    """(topic texts by label, the question sets, names skipped and why).
+
+    "help names": every name pydoc.Helper lists, resolved to its label (topic names,
+    upper case there, lower-cased); "topic keys": each label of the data itself, its
+    hyphens read as spaces ("typesseq-mutable" -> "typesseq mutable").
+    """
+    from pydoc_data.topics import topics
+
+    names, skipped = [], []
+    for name in sorted({*pydoc.Helper.keywords, *pydoc.Helper.topics}):
+        label = _resolve(name)
+        if label is None or label not in topics:
+            skipped.append(f"{name}: {'no topic' if label is None else f'label {label!r} not shipped'}")
+            continue
+        names.append(Question(name.lower() if name.isupper() else name, label))
+    keys = [Question(label.replace("-", " "), label) for label in sorted(topics)]
+    return dict(topics), {"help names": names, "topic keys": keys}, skipped
+
+
+def _model_dir() -> Path:
+    from .. import models
+    from ..config import default_home
+
+    return models.ensure(default_home(os.environ), models.DEFAULT_EMBEDDING)
+
+
+def _embed_cached(embed: Callable[[list[str]], np.ndarray], model_dir: Path, texts: list[str]) -> np.ndarray:
+    """Vectors for `texts`, from the temp-folder cache when the model and texts match."""
+    key = hashlib.sha256()
+    weights = model_dir / "model.safetensors"
+    key.update(f"{model_dir.name}\0{weights.stat().st_size}\0{weights.stat().st_mtime_ns}\0".encode())
+    for text in texts:
+        key.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    folder = Path(tempfile.gettempdir()) / "nanochat-lite-bench-retrieval"
+    path = folder / f"{key.hexdigest()[:32]}.npy"
+    if path.is_file():
+        cached: np.ndarray = np.load(path, allow_pickle=False)
+        if cached.shape[0] == len(texts):
+            return cached
+    vectors = embed(texts)
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f".{path.name}.{os.getpid()}.tmp"
+    with temp.open("wb") as f:
+        np.save(f, vectors, allow_pickle=False)
+    os.replace(temp, path)
+    return vectors
+
+
+def _metrics(ranks: list[int | None]) -> dict[str, float]:
+    """recall@1/5/10 and MRR@10 from each question's first relevant rank (1-based)."""
+    n = max(1, len(ranks))
+    return {"recall@1": sum(1 for r in ranks if r is not None and r <= 1) / n,
+            "recall@5": sum(1 for r in ranks if r is not None and r <= 5) / n,
+            "recall@10": sum(1 for r in ranks if r is not None and r <= 10) / n,
+            "mrr@10": sum(1.0 / r for r in ranks if r is not None and r <= 10) / n}
+
+
+def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
+    topics, sets, skipped = qa_set()
+    labels = sorted(topics)
+    templates: tuple[str, ...] = TEMPLATES
+    if quick:  # the topics the first help names ask about, 16 of them; one phrasing
+        labels = sorted({q.label for q in sets["help names"]})[:QUICK_TOPICS]
+        sets = {name: [q for q in qs if q.label in labels] for name, qs in sets.items()}
+        templates = TEMPLATES[:1]
+    spans = minilm_spans(model_dir)
+    chunks: list[Chunk] = []
+    chunk_label: list[str] = []
+    started = time.perf_counter()
+    for label in labels:
+        for chunk in chunk_blocks(parse(topics[label].encode("utf-8"), f"{label}.txt"), spans):
+            chunks.append(chunk)
+            chunk_label.append(label)
+    chunk_seconds = time.perf_counter() - started
+    texts = [c.embed_text for c in chunks]
+
+    def embed(batch: list[str]) -> np.ndarray:
+        vectors: np.ndarray = embedder.embed(batch).vectors
+        return vectors
+
+    started = time.perf_counter()
+    chunk_vectors = _embed_cached(embed, model_dir, texts)
+    embed_seconds = time.perf_counter() - started
+
+    ids = list(range(len(chunks)))
+    vectors = VectorIndex(chunk_vectors.shape[1], capacity=len(chunks))
+    vectors.add(ids, chunk_vectors)
+    words = BM25Index()
+    words.add(ids, texts)
+    searches: dict[str, tuple[HybridSearch, Mode]] = {
+        "BM25 only": (HybridSearch(vectors, words, candidates=CANDIDATES), "fulltext"),
+        "vector only": (HybridSearch(vectors, words, candidates=CANDIDATES), "vector"),
+    }
+    for name, make in FUSIONS.items():
+        searches[f"hybrid, {name}"] = (HybridSearch(vectors, words, candidates=CANDIDATES, fusion=make()), "hybrid")
+
+    rows, misses = [], {}
+    all_queries: list[str] = []
+    all_vectors = []
+    for set_name, questions in sets.items():
+        for template in templates:
+            queries = [template.format(name=q.name) for q in questions]
+            query_vectors = embed(queries)
+            all_queries += queries
+            all_vectors.append(query_vectors)
+            row: dict[str, Any] = {"set": set_name, "template": template, "questions": len(questions), "methods": {}}
+            for method, (search, mode) in searches.items():
+                ranks = []
+                for q, text, vector in zip(questions, queries, query_vectors):
+                    hits = [h.chunk_id for h in search.search(text, vector, 10, mode=mode)]
+                    ranks.append(next((r for r, i in enumerate(hits, start=1) if chunk_label[i] == q.label), None))
+                row["methods"][method] = _metrics(ranks)
+                if (set_name, template, method) == ("help names", templates[0], f"hybrid, {DEFAULT}"):
+                    misses = {q.name: q.label for q, r in zip(questions, ranks) if r is None or r > K}
+            rows.append(row)
+    mean = {m: round(statistics.mean(r["methods"][m]["recall@5"] for r in rows), 3) for m in searches}
+    best = max((m for m in mean if m.startswith("hybrid")), key=lambda m: mean[m])
+    return {"corpus": f"pydoc_data.topics (Python {sys.version.split()[0]})", "topics": len(labels),
+            "chunks": len(chunks), "chunk_tokens": DEFAULT_MAX_TOKENS, "overlap": DEFAULT_OVERLAP,
+            "chunking_s": round(chunk_seconds, 2), "embedding_s": round(embed_seconds, 2),
+            "skipped": skipped, "candidates": CANDIDATES, "rows": rows, "mean_recall@5": mean,
+            "best_hybrid": best, "default_fusion_misses_at_5": misses,
+            "_texts": texts, "_queries": all_queries, "_query_vectors": np.concatenate(all_vectors)}
+
+
+def _variant(texts: list[str], i: int) -> str:
+    """The i-th synthetic chunk: copy i // len(texts) of a pydoc chunk, a tenth of its
+    words dropped at random, plus a word of its own (copy 0 is the chunk itself)."""
+    base = texts[i % len(texts)]
+    copy = i // len(texts)
+    if copy == 0:
+        return base
+    rng = random.Random(i)
+    kept = [w for w in base.split() if rng.random() >= 0.1]
+    return " ".join(kept) + f" copy{copy}"
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50": round(statistics.median(ordered), 3),
+            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3)}
+
+
+def latency(quick: bool, texts: list[str], queries: list[str], query_vectors: np.ndarray,
+            embedder: Any) -> dict[str, Any]:
+    dim = query_vectors.shape[1]
+    rounds = QUICK_LATENCY_QUERIES if quick else LATENCY_QUERIES
+    embed_ms = []
+    for q in queries[: min(len(queries), 50)]:
+        started = time.perf_counter()
+        embedder.embed([q])
+        embed_ms.append(1000 * (time.perf_counter() - started))
+    sizes: dict[str, Any] = {}
+    for n in QUICK_SIZES if quick else SIZES:
+        rng = np.random.default_rng(n)
+        matrix = rng.standard_normal((n, dim), dtype=np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        vectors = VectorIndex(dim, capacity=n)
+        vectors.add(list(range(n)), matrix)
+        del matrix
+        started = time.perf_counter()
+        words = BM25Index()
+        words.add(list(range(n)), [_variant(texts, i) for i in range(n)])
+        build_s = time.perf_counter() - started
+        search = HybridSearch(vectors, words, candidates=CANDIDATES)
+        timings: dict[str, list[float]] = {"vector": [], "bm25": [], "hybrid": []}
+        for r in range(rounds):
+            q, v = queries[r % len(queries)], query_vectors[r % len(queries)]
+            for name, fn in (("vector", lambda: vectors.search(v, CANDIDATES)),
+                             ("bm25", lambda: words.search(q, CANDIDATES)),
+                             ("hybrid", lambda: search.search(q, v, K))):
+                started = time.perf_counter()
+                fn()
+                timings[name].append(1000 * (time.perf_counter() - started))
+        sizes[str(n)] = {"bm25_build_s": round(build_s, 2), "searches": rounds,
+                         **{name: _percentiles(t) for name, t in timings.items()}}
+        del vectors, words, search
+    return {"unit": "ms", "embed_query": _percentiles(embed_ms), "sizes": sizes}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Quality on the pydoc QA set, then search latency; JSON-ready."""
+    from ..embeddings import Embedder
+
+    model_dir = _model_dir()
+    embedder = Embedder(model_dir)
+    load_start = os.getloadavg()[0]
+    result: dict[str, Any] = {"status": "ok", "quick": quick, "load_average_start": load_start}
+    q = quality(quick, embedder, model_dir)
+    texts, queries, query_vectors = q.pop("_texts"), q.pop("_queries"), q.pop("_query_vectors")
+    result["quality"] = q
+    result["load_average_quality_end"] = os.getloadavg()[0]
+    result["latency"] = latency(quick, texts, queries, query_vectors, embedder)
+    result["load_average_end"] = os.getloadavg()[0]
+    return result
+
+
+def print_report(r: dict[str, Any]) -> None:
+    q = r["quality"]
+    print(f"Retrieval quality, recall@{K}: {q['corpus']}: {q['topics']} topics, {q['chunks']} chunks "
+          f"({q['chunk_tokens']} pieces, overlap {q['overlap']}; chunked in {q['chunking_s']} s, embedded in "
+          f"{q['embedding_s']} s or read from the cache); {q['candidates']} candidates per half; "
+          f"{len(q['skipped'])} help names without a topic skipped")
+    methods = list(q["mean_recall@5"])
+    short = [m.replace("hybrid, ", "").replace(" vector", "v").replace("BM25 only", "BM25").replace(
+        "vector only", "vector") for m in methods]
+    header = f"{'questions':<12}{'n':>4}  {'phrasing':<54}" + "".join(f"{s:>13}" for s in short)
+    print(header)
+    print("-" * len(header))
+    for row in q["rows"]:
+        print(f"{row['set']:<12}{row['questions']:>4}  {row['template']:<54}"
+              + "".join(f"{row['methods'][m]['recall@5']:>13.3f}" for m in methods))
+    print(f"{'mean':<12}{'':>4}  {'':<54}" + "".join(f"{q['mean_recall@5'][m]:>13.3f}" for m in methods))
+    print(f"best hybrid on the mean: {q['best_hybrid']}")
+    print(f"missed at {K} by the default ({DEFAULT}), help names, first phrasing: "
+          f"{q['default_fusion_misses_at_5']}")
+    lat = r["latency"]
+    print(f"\nSearch latency (ms; the query's embedding apart: p50 {lat['embed_query']['p50']}, "
+          f"p95 {lat['embed_query']['p95']}):")
+    header = (f"{'chunks':>8}{'vector p50':>12}{'p95':>8}{'bm25 p50':>10}{'p95':>8}{'hybrid p50':>12}{'p95':>8}"
+              f"{'bm25 build s':>14}")
+    print(header)
+    print("-" * len(header))
+    for n, row in lat["sizes"].items():
+        print(f"{int(n):>8,}{row['vector']['p50']:>12.2f}{row['vector']['p95']:>8.2f}{row['bm25']['p50']:>10.2f}"
+              f"{row['bm25']['p95']:>8.2f}{row['hybrid']['p50']:>12.2f}{row['hybrid']['p95']:>8.2f}"
+              f"{row['bm25_build_s']:>14.1f}")
+    print(f"load average: {r['load_average_start']:.2f} at start, {r['load_average_quality_end']:.2f} after "
+          f"quality, {r['load_average_end']:.2f} at end")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nanochat_lite.bench.retrieval", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TOPICS} topics; latency at 1k and 10k only")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = ap.parse_args(argv)
+    result = run(args.quick)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
