@@ -58,42 +58,47 @@ def parse(data: bytes, name: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list
     if len(data) > max_bytes:
         raise TooLarge(f"{name!r} is {len(data):,} bytes, over the limit of {max_bytes:,} bytes. "
                        "Split it, or raise the limit.")
-    if not data:
-        raise EmptyDocument(f"{name!r} is empty (0 bytes). Nothing to index.")
-    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
-    if head.startswith(b"%PDF-"):
+    kind, text = _sniffed(data, name)
+    if kind == "pdf":
         return formats.pdf_blocks(data)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return formats.docx_blocks(_checked_docx(data, name))
-    text = decode_text(data, name)
-    if not text.strip():
-        raise EmptyDocument(f"{name!r} holds only whitespace. Nothing to index.")
-    if looks_like_html(text):
+    if kind == "docx":
+        return formats.docx_blocks(data)
+    assert text is not None  # _sniffed decodes every text kind
+    if kind == "html":
         blocks = formats.html_blocks(text)
         if not blocks:
             raise NoText(f"{name!r} is an HTML page without visible text (only scripts, styles or markup).")
         return blocks
-    markdown = name.lower().endswith(_MARKDOWN_NAMES)
-    return text_blocks(text, markdown=markdown)
+    return text_blocks(text, markdown=kind == "markdown")
 
 
 def sniff(data: bytes, name: str) -> str:
     """Which reader `parse` would use: one of KINDS. Raises DocumentError like `parse`
-    for content no reader takes (binary, other archives), without parsing further."""
+    for content no reader takes (empty, binary, other archives, a zip bomb), without
+    parsing further."""
+    return _sniffed(data, name)[0]
+
+
+def _sniffed(data: bytes, name: str) -> tuple[str, str | None]:
+    """(kind, the decoded text for the text kinds, else None)."""
+    if not data:
+        raise EmptyDocument(f"{name!r} is empty (0 bytes). Nothing to index.")
     head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n\x0c")
     if head.startswith(b"%PDF-"):
-        return "pdf"
+        return "pdf", None
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        _checked_docx(data, name)
-        return "docx"
+        _check_docx(data, name)
+        return "docx", None
     text = decode_text(data, name)
+    if not text.strip():
+        raise EmptyDocument(f"{name!r} holds only whitespace. Nothing to index.")
     if looks_like_html(text):
-        return "html"
-    return "markdown" if name.lower().endswith(_MARKDOWN_NAMES) else "text"
+        return "html", text
+    return ("markdown" if name.lower().endswith(_MARKDOWN_NAMES) else "text"), text
 
 
-def _checked_docx(data: bytes, name: str) -> bytes:
-    """The bytes of a zip that is a .docx within the zip limits; else the reason it is not."""
+def _check_docx(data: bytes, name: str) -> None:
+    """Refuse a zip that is not a .docx, or is one past the zip limits."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             formats.check_zip(archive)
@@ -107,7 +112,6 @@ def _checked_docx(data: bytes, name: str) -> bytes:
         kind = next((what for member, what in _ZIP_KINDS if member in names), "a zip archive")
         raise UnsupportedFormat(f"{name!r} is {kind}, not a Word document (no word/document.xml). "
                                 "Supported: .txt, .md, .html, .pdf, .docx.")
-    return data
 
 
 def decode_text(data: bytes, name: str) -> str:

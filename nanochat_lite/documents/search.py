@@ -74,21 +74,22 @@ class FullTextSearch(Protocol):
 class VectorIndex:
     """Unit vectors by chunk id; cosine top-k with one matrix-vector product.
 
-    Searches read a snapshot without locking: `add` writes rows past the snapshot's end
-    (or into a new matrix) and `remove` builds a new matrix, then either publishes the
-    new row count. Writers take a lock among themselves.
+    Searches read a snapshot without locking: the (matrix, ids, rows) triple is published
+    as one tuple. `add` writes rows past the published end (or into a new matrix) before
+    publishing; `remove` builds a new matrix. Writers take a lock among themselves.
     """
 
     def __init__(self, dim: int, *, capacity: int = 1024) -> None:
         self.dim = dim
-        self._matrix = np.empty((max(1, capacity), dim), np.float32)  # (capacity, dim)
-        self._ids = np.empty(max(1, capacity), np.int64)
-        self._n = 0
+        capacity = max(1, capacity)
+        # (matrix (capacity, dim), ids (capacity,), rows in use): replaced whole, never mutated below `rows`
+        self._view: tuple[np.ndarray, np.ndarray, int] = (
+            np.empty((capacity, dim), np.float32), np.empty(capacity, np.int64), 0)
         self._known: set[int] = set()
         self._write = threading.Lock()
 
     def __len__(self) -> int:
-        return self._n
+        return self._view[2]
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Add rows; `vectors` is (len(ids), dim), rows of L2 norm 1 (the embedder's)."""
@@ -99,18 +100,18 @@ class VectorIndex:
             repeated = self._known.intersection(ids)
             if repeated or len(set(ids)) != len(ids):
                 raise ValueError(f"chunk ids already in the index or repeated: {sorted(repeated)[:5]}")
-            n, m = self._n, len(ids)
-            matrix, id_array = self._matrix, self._ids
+            matrix, id_array, n = self._view
+            m = len(ids)
             if n + m > matrix.shape[0]:  # grow by doubling: amortised O(1) a row
                 capacity = max(n + m, 2 * matrix.shape[0])
-                matrix = np.empty((capacity, self.dim), np.float32)
-                matrix[:n] = self._matrix[:n]
-                id_array = np.empty(capacity, np.int64)
-                id_array[:n] = self._ids[:n]
-            matrix[n : n + m] = vectors
+                grown = np.empty((capacity, self.dim), np.float32)
+                grown[:n] = matrix[:n]
+                grown_ids = np.empty(capacity, np.int64)
+                grown_ids[:n] = id_array[:n]
+                matrix, id_array = grown, grown_ids
+            matrix[n : n + m] = vectors  # past every published snapshot's end
             id_array[n : n + m] = ids
-            self._matrix, self._ids = matrix, id_array
-            self._n = n + m  # publish last: a search that started earlier never sees half a row
+            self._view = (matrix, id_array, n + m)
             self._known.update(ids)
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -119,21 +120,20 @@ class VectorIndex:
             gone = self._known.intersection(ids)
             if not gone:
                 return 0
-            n = self._n
-            keep = ~np.isin(self._ids[:n], np.fromiter(gone, np.int64, len(gone)))
-            capacity = self._matrix.shape[0]
-            matrix = np.empty((capacity, self.dim), np.float32)
-            id_array = np.empty(capacity, np.int64)
+            matrix, id_array, n = self._view
+            keep = ~np.isin(id_array[:n], np.fromiter(gone, np.int64, len(gone)))
             kept = int(keep.sum())
-            matrix[:kept] = self._matrix[:n][keep]
-            id_array[:kept] = self._ids[:n][keep]
-            self._matrix, self._ids, self._n = matrix, id_array, kept
+            new_matrix = np.empty((matrix.shape[0], self.dim), np.float32)
+            new_ids = np.empty(matrix.shape[0], np.int64)
+            new_matrix[:kept] = matrix[:n][keep]
+            new_ids[:kept] = id_array[:n][keep]
+            self._view = (new_matrix, new_ids, kept)
             self._known -= gone
             return len(gone)
 
     def search(self, query: np.ndarray, k: int) -> Ranking:
         """The k chunk ids whose vectors have the highest cosine with `query` (unit length)."""
-        matrix, ids, n = self._matrix, self._ids, self._n  # one consistent snapshot
+        matrix, ids, n = self._view  # one consistent snapshot
         if n == 0 or k <= 0:
             return []
         # einsum's own loop, not BLAS: the product is memory-bound, and waking BLAS's threads

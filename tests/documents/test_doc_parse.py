@@ -205,6 +205,8 @@ def test_empty_and_whitespace() -> None:
         parse(b"", "a.txt")
     with pytest.raises(EmptyDocument, match="whitespace"):
         parse(b" \n\t\r\n", "a.txt")
+    with pytest.raises(EmptyDocument):
+        sniff(b"", "a.pdf")
 
 
 def test_too_large_is_checked_before_anything_else() -> None:
