@@ -105,7 +105,7 @@ fi
 echo "Components: postgres $(wanted postgres && pg_bindir || echo 'opted out'), chromium $(wanted browser && echo /usr/bin/chromium || echo 'opted out'), nginx $(wanted nginx && { command -v nginx || echo /usr/sbin/nginx; } || echo 'opted out')" >&2
 
 # Pull the real models once (verified by sha256); the tests use them.
-.venv/bin/nanochat-lite pull smollm2-135m-instruct all-minilm-l6-v2 >/dev/null
+.venv/bin/nanochat-lite pull smollm2-135m-instruct all-minilm-l6-v2 gemma3-270m >/dev/null
 # Types first (pyproject.toml's [tool.mypy]: --strict on the server, the engines and generation.py).
 .venv/bin/python -m mypy
 # The architecture's one-way doors (pyproject.toml's [tool.importlinter]: rooms, no circles).
