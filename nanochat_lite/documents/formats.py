@@ -41,6 +41,7 @@ ZIP_RATIO_FLOOR = 1 << 20  # members smaller than this unpacked may have any rat
 
 _SPACES = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+_LINE_EDGES = re.compile(r" *\n *")
 
 
 def clean_heading(text: str) -> str | None:
@@ -54,7 +55,7 @@ def clean_heading(text: str) -> str | None:
 _SKIPPED = frozenset({"script", "style", "noscript", "template", "svg", "math", "iframe", "object"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _BREAKS = frozenset({
-    "address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt",
+    "address", "article", "aside", "blockquote", "dd", "details", "div", "dl", "dt",
     "fieldset", "figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav",
     "ol", "p", "pre", "section", "summary", "table", "tbody", "td", "th", "thead", "tr", "ul",
 })
@@ -89,10 +90,14 @@ class _HtmlText(html.parser.HTMLParser):
         elif tag in _BREAKS:
             self._flush()
             self._pre += tag == "pre"
+        elif tag == "br" and not self._skip:
+            self._parts.append("\n")  # a line break inside the paragraph, not a new one
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BREAKS and not self._in_heading:
-            self._flush()  # <br/>, <hr/>
+        if tag == "br" and not self._skip:
+            self._parts.append("\n")
+        elif tag in _BREAKS and not self._in_heading:
+            self._flush()  # <hr/>
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title" and self._in_title:
@@ -138,7 +143,7 @@ class _HtmlText(html.parser.HTMLParser):
             return
         text = "".join(self._parts)
         self._parts = []
-        text = text.strip("\n") if self._pre else text.strip()
+        text = text.strip("\n") if self._pre else _LINE_EDGES.sub("\n", text).strip()
         if text.strip():
             self.blocks.append(Block(text, None, self._heading))
 

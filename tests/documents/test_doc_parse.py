@@ -71,8 +71,7 @@ PAGE = b"""<!DOCTYPE html><html><head><title>The Page</title>
 def test_html_drops_scripts_and_styles_and_keeps_headings() -> None:
     assert parse(PAGE, "page.html") == [
         Block("Intro & more text", None, "The Page"),
-        Block("Inside", None, "Section two"),
-        Block("the div", None, "Section two"),
+        Block("Inside\nthe div", None, "Section two"),
         Block("  keep\n    spaces", None, "Section two"),
     ]
 
