@@ -14,8 +14,12 @@ The questions and their answers come from the data, not from us. Two sets:
   Names whose entry is empty ("True", "None") are skipped and counted.
 - "topic keys": each label of `pydoc_data.topics.topics` itself, hyphens read as
   spaces ("typesseq-mutable" -> "typesseq mutable").
+- "section headings" (built as TREC Complex Answer Retrieval builds its queries): each
+  distinct heading the parser finds in the topics (their reStructuredText titles, like
+  "Binary arithmetic operations") asks for the chunks under that heading, searched in
+  a second index of the same chunks without their headings.
 Each name becomes a question through each fixed phrasing of `TEMPLATES`; the relevant
-chunks are the chunks of the topic with that label. recall@k is the share of questions
+chunks are the chunks of the topic with that label (of the section, for headings). recall@k is the share of questions
 with at least one relevant chunk among the first k results; MRR the mean of 1/rank of
 the first one (0 past 10). Fusions are compared on every set and phrasing; the mean
 recall@5 over all of them picks the default (documents/search.py).
@@ -159,6 +163,22 @@ def _metrics(ranks: list[int | None]) -> dict[str, float]:
             "mrr@10": sum(1.0 / r for r in ranks if r is not None and r <= 10) / n}
 
 
+def _searches(texts: list[str], chunk_vectors: np.ndarray) -> dict[str, tuple[HybridSearch, Mode]]:
+    """Every method measured, over one index of `texts` (ids are positions)."""
+    ids = list(range(len(texts)))
+    vectors = VectorIndex(chunk_vectors.shape[1], capacity=len(texts))
+    vectors.add(ids, chunk_vectors)
+    words = BM25Index()
+    words.add(ids, texts)
+    searches: dict[str, tuple[HybridSearch, Mode]] = {
+        "BM25 only": (HybridSearch(vectors, words, candidates=CANDIDATES), "fulltext"),
+        "vector only": (HybridSearch(vectors, words, candidates=CANDIDATES), "vector"),
+    }
+    for name, make in FUSIONS.items():
+        searches[f"hybrid, {name}"] = (HybridSearch(vectors, words, candidates=CANDIDATES, fusion=make()), "hybrid")
+    return searches
+
+
 def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
     topics, sets, skipped = qa_set()
     labels = sorted(topics)
@@ -176,48 +196,47 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
             chunks.append(chunk)
             chunk_label.append(label)
     chunk_seconds = time.perf_counter() - started
-    texts = [c.embed_text for c in chunks]
+    # TREC CAR style: each section heading the parser found asks for its section's chunks,
+    # searched in an index of the chunks *without* their headings (else the answer would
+    # hold the question word for word).
+    chunk_heading = [c.heading or "" for c in chunks]
+    sets["section headings"] = [Question(h, h) for h in sorted(set(chunk_heading) - {""})]
 
     def embed(batch: list[str]) -> np.ndarray:
         vectors: np.ndarray = embedder.embed(batch).vectors
         return vectors
 
     started = time.perf_counter()
-    chunk_vectors = _embed_cached(embed, model_dir, texts)
+    texts = [c.embed_text for c in chunks]
+    bare = [c.text for c in chunks]
+    indexes = {"with headings": _searches(texts, _embed_cached(embed, model_dir, texts)),
+               "without headings": _searches(bare, _embed_cached(embed, model_dir, bare))}
     embed_seconds = time.perf_counter() - started
-
-    ids = list(range(len(chunks)))
-    vectors = VectorIndex(chunk_vectors.shape[1], capacity=len(chunks))
-    vectors.add(ids, chunk_vectors)
-    words = BM25Index()
-    words.add(ids, texts)
-    searches: dict[str, tuple[HybridSearch, Mode]] = {
-        "BM25 only": (HybridSearch(vectors, words, candidates=CANDIDATES), "fulltext"),
-        "vector only": (HybridSearch(vectors, words, candidates=CANDIDATES), "vector"),
-    }
-    for name, make in FUSIONS.items():
-        searches[f"hybrid, {name}"] = (HybridSearch(vectors, words, candidates=CANDIDATES, fusion=make()), "hybrid")
 
     rows, misses = [], {}
     all_queries: list[str] = []
     all_vectors = []
     for set_name, questions in sets.items():
+        index, key = ("without headings", chunk_heading) if set_name == "section headings" else ("with headings",
+                                                                                                 chunk_label)
         for template in templates:
             queries = [template.format(name=q.name) for q in questions]
             query_vectors = embed(queries)
             all_queries += queries
             all_vectors.append(query_vectors)
-            row: dict[str, Any] = {"set": set_name, "template": template, "questions": len(questions), "methods": {}}
-            for method, (search, mode) in searches.items():
+            row: dict[str, Any] = {"set": set_name, "index": index, "template": template,
+                                   "questions": len(questions), "methods": {}}
+            for method, (search, mode) in indexes[index].items():
                 ranks = []
                 for q, text, vector in zip(questions, queries, query_vectors):
                     hits = [h.chunk_id for h in search.search(text, vector, 10, mode=mode)]
-                    ranks.append(next((r for r, i in enumerate(hits, start=1) if chunk_label[i] == q.label), None))
+                    ranks.append(next((r for r, i in enumerate(hits, start=1) if key[i] == q.label), None))
                 row["methods"][method] = _metrics(ranks)
                 if (set_name, template, method) == ("help names", templates[0], f"hybrid, {DEFAULT}"):
                     misses = {q.name: q.label for q, r in zip(questions, ranks) if r is None or r > K}
             rows.append(row)
-    mean = {m: round(statistics.mean(r["methods"][m]["recall@5"] for r in rows), 3) for m in searches}
+    methods = list(rows[0]["methods"])
+    mean = {m: round(statistics.mean(r["methods"][m]["recall@5"] for r in rows), 3) for m in methods}
     best = max((m for m in mean if m.startswith("hybrid")), key=lambda m: mean[m])
     return {"corpus": f"pydoc_data.topics (Python {sys.version.split()[0]})", "topics": len(labels),
             "chunks": len(chunks), "chunk_tokens": DEFAULT_MAX_TOKENS, "overlap": DEFAULT_OVERLAP,
@@ -308,13 +327,13 @@ def print_report(r: dict[str, Any]) -> None:
     methods = list(q["mean_recall@5"])
     short = [m.replace("hybrid, ", "").replace(" vector", "v").replace("BM25 only", "BM25").replace(
         "vector only", "vector") for m in methods]
-    header = f"{'questions':<12}{'n':>4}  {'phrasing':<54}" + "".join(f"{s:>13}" for s in short)
+    header = f"{'questions':<17}{'n':>4}  {'phrasing':<54}" + "".join(f"{s:>14}" for s in short)
     print(header)
     print("-" * len(header))
     for row in q["rows"]:
-        print(f"{row['set']:<12}{row['questions']:>4}  {row['template']:<54}"
-              + "".join(f"{row['methods'][m]['recall@5']:>13.3f}" for m in methods))
-    print(f"{'mean':<12}{'':>4}  {'':<54}" + "".join(f"{q['mean_recall@5'][m]:>13.3f}" for m in methods))
+        print(f"{row['set']:<17}{row['questions']:>4}  {row['template']:<54}"
+              + "".join(f"{row['methods'][m]['recall@5']:>14.3f}" for m in methods))
+    print(f"{'mean':<17}{'':>4}  {'':<54}" + "".join(f"{q['mean_recall@5'][m]:>14.3f}" for m in methods))
     print(f"best hybrid on the mean: {q['best_hybrid']}")
     print(f"missed at {K} by the default ({DEFAULT}), help names, first phrasing: "
           f"{q['default_fusion_misses_at_5']}")

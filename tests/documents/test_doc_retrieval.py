@@ -29,8 +29,9 @@ def quick(embedding_model_dir: Path) -> dict:
 
 def test_hybrid_is_at_least_as_good_as_the_worse_half(quick: dict) -> None:
     rows = quick["quality"]["rows"]
-    assert [(r["set"], r["template"]) for r in rows] == [("help names", retrieval.TEMPLATES[0]),
-                                                         ("topic keys", retrieval.TEMPLATES[0])]
+    assert [(r["set"], r["index"], r["template"]) for r in rows] == [
+        ("help names", "with headings", retrieval.TEMPLATES[0]), ("topic keys", "with headings", retrieval.TEMPLATES[0]),
+        ("section headings", "without headings", retrieval.TEMPLATES[0])]
     for row in rows:
         m = row["methods"]
         assert row["questions"] > 10
