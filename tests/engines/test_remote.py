@@ -12,8 +12,10 @@ oldest turns.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -120,23 +122,105 @@ def test_cancel_while_the_upstream_has_not_answered_yet(remote, upstream):
     upstream.wait_idle(10.0)
 
 
-def test_connections_are_reused(remote):
-    run(remote, user("Hi"), GREEDY.with_overrides(max_tokens=2))
-    pooled = len(remote._pool)
-    assert pooled >= 1
-    run(remote, user("Hello"), GREEDY.with_overrides(max_tokens=2))
-    assert len(remote._pool) == pooled
+class CountingProxy:
+    """A TCP relay in front of the upstream, which sees what the upstream sees: each
+    connection the engine opens, the requests each one carries (request lines
+    counted in what the client sends), and how many are open at once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.requests: list[int] = []  # per connection, in the order they were opened
+        self.open = self.max_open = 0
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._start(self._accept)
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                index = len(self.requests)
+                self.requests.append(0)
+                self.open += 1
+                self.max_open = max(self.max_open, self.open)
+            self._start(self._connection, client, index)
+
+    def _connection(self, client: socket.socket, index: int) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
+            back = threading.Thread(target=self._relay, args=(upstream, client, None), daemon=True)
+            back.start()
+            self._relay(client, upstream, index)
+            back.join()
+        with self._lock:
+            self.open -= 1
+
+    def _relay(self, src: socket.socket, dst: socket.socket, index: int | None) -> None:
+        try:
+            while data := src.recv(65536):
+                if index is not None:  # client -> upstream: count request lines
+                    with self._lock:
+                        self.requests[index] += data.count(b" HTTP/1.1\r\n")
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:  # one side is done: so is the other
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        for t in self._threads:
+            t.join(10)
 
 
-def test_parallel_requests(remote):
+@pytest.fixture
+def proxied(upstream) -> Iterator[tuple[RemoteEngine, CountingProxy]]:
+    proxy = CountingProxy(upstream.port)
+    engine = RemoteEngine(proxy.url, parallel=2, probe=False)  # no probe loop: only requests count
+    yield engine, proxy
+    engine.close()
+    proxy.close()
+
+
+def test_connections_are_reused(proxied):
+    engine, proxy = proxied
+    assert proxy.requests == [1]  # the start-up GET /models, on a connection of its own (closed)
+    run(engine, user("Hi"), GREEDY.with_overrides(max_tokens=2))
+    run(engine, user("Hello"), GREEDY.with_overrides(max_tokens=2))
+    # The upstream saw one more connection, carrying both chats: the second reused the first's.
+    assert proxy.requests == [1, 2], proxy.requests
+
+
+def test_parallel_requests(proxied):
+    engine, proxy = proxied
     results: list[Done] = []
-    threads = [threading.Thread(target=lambda i=i: results.append(run(remote, user(f"Say the number {i}."))[1]))
-               for i in range(4)]
+    start = threading.Barrier(4)
+
+    def one(i: int) -> None:
+        start.wait()
+        results.append(run(engine, user(f"Count from {i} to {i + 20}, separated by commas."))[1])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert len(results) == 4 and all(d.completion_tokens > 0 for d in results)
+    # They overlapped: four connections, one request each (the engine opens one only when
+    # none is idle), open at the upstream at once (it answers two at a time, the other
+    # two wait in its queue), none waiting for another inside the engine.
+    assert proxy.requests == [1, 1, 1, 1, 1] and proxy.max_open >= 4, (proxy.max_open, proxy.requests)
 
 
 def test_unreachable_upstream_is_unavailable_within_5s():
