@@ -9,6 +9,7 @@ test_postgres.py.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -364,15 +365,32 @@ def test_search_finds_text_around_a_nul(store: Store) -> None:
 
 
 def test_export_json_round_trips(store: Store) -> None:
+    t0 = time.time()
     c = store.create(system="Be kind.")
     store.add_message(c.id, "user", "Hi 👋\nsecond line")
     store.add_message(c.id, "assistant", "Hello", params={"temperature": 0.2}, ttft_ms=12.5)
-    data = json.loads(store.export(c.id, "json"))
-    assert data == {
-        "conversation": store.get(c.id).to_dict(),  # type: ignore[union-attr]
-        "messages": [m.to_dict() for m in store.messages(c.id)],
-    }
-    assert "\n  " in store.export(c.id, "json")  # indented
+    t1 = time.time()
+    text = store.export(c.id, "json")
+    data = json.loads(text)
+    # What this test wrote, written out by hand (not the store's own to_dict()): every
+    # value comes back, with its type; what was not written is null.
+    conv = data["conversation"]
+    assert {k: conv[k] for k in ("id", "title", "system", "message_count")} == {
+        "id": c.id, "title": "Hi 👋", "system": "Be kind.", "message_count": 2}
+    assert t0 <= conv["created_at"] <= conv["updated_at"] <= t1, (t0, conv, t1)
+    unset = dict.fromkeys(("prompt_tokens", "completion_tokens", "duration_ms", "model", "client_id", "answer_id"))
+    expected = [
+        {"conversation_id": c.id, "role": "user", "content": "Hi 👋\nsecond line", "status": "complete",
+         "params": None, "ttft_ms": None, **unset},
+        {"conversation_id": c.id, "role": "assistant", "content": "Hello", "status": "complete",
+         "params": {"temperature": 0.2}, "ttft_ms": 12.5, **unset},
+    ]
+    messages = data["messages"]
+    assert [{k: m[k] for k in expected[0]} for m in messages] == expected
+    assert isinstance(messages[1]["ttft_ms"], float) and isinstance(messages[0]["id"], int)
+    assert messages[0]["id"] < messages[1]["id"]
+    assert t0 <= messages[0]["created_at"] <= messages[1]["created_at"] <= t1
+    assert "\n  " in text  # indented
 
 
 def test_export_markdown(store: Store) -> None:
