@@ -1,4 +1,4 @@
-"""Hybrid search over chunks, in memory: vectors and BM25, fused by reciprocal rank.
+"""Hybrid search over chunks, in memory: vectors and BM25, fused by a weighted sum.
 
     vectors = VectorIndex(dim=384); vectors.add(ids, embedder.embed(texts).vectors)
     words = BM25Index(); words.add(ids, texts)
@@ -15,18 +15,20 @@ Two halves, each giving its own ranking of chunk ids:
 `HybridSearch` takes each half's top `candidates` (50) and fuses the two rankings. The
 default is `convex(0.7)`: 0.7 x the vector score + 0.3 x the BM25 score, each min-max
 normalised over its own candidates. Measured on Python's own documentation
-(bench/retrieval.py: 8 question sets and phrasings, 79-105 questions each), its mean
-recall@5 was 0.774, against 0.763 for reciprocal rank fusion at k=10, 0.752 for an
-even convex sum and 0.710 for RRF at the customary k=60 (Cormack et al. 2009), which
-fell below vector search alone (0.766): there BM25 (0.536) is the weak half, and
-RRF at k=60 gives its ranks as much say as the vectors'. `rrf()` stays here for a
-full-text half whose scores do not normalise well.
+(bench/retrieval.py: 3 question sets x 4 phrasings, 79-168 questions each, 892 chunks),
+its mean recall@5 was 0.801, against 0.783 for reciprocal rank fusion at k=10, 0.774
+for an even convex sum, 0.758 for RRF k=60 with the vectors' ranks counted twice and
+0.744 for RRF at the customary k=60 (Cormack et al. 2009), which fell below vector
+search alone (0.788): there BM25 (0.573) is the weak half, and RRF at k=60 gives its
+ranks as much say as the vectors'. `rrf()` stays here for a full-text half whose scores
+do not normalise well.
 
 Why our own BM25 rather than a library: it is ~100 lines on numpy; it keeps FTS5's
-parameters and its tokenisation (runs of letters and digits, case-folded: FTS5's
-unicode61 tokenizer without diacritic folding), so the measured half behaves like the one
-the SQLite store will run; and it adds and removes single chunks, which index-once
-libraries (rank_bm25, bm25s) do not.
+parameters and nearly its tokenisation (runs of letters and digits, case-folded, as
+FTS5's unicode61 tokenizer cuts them; unicode61 also folds diacritics by default, this
+does not), so the measured half behaves like the one the SQLite store will run; and it
+adds and removes single chunks, which index-once libraries (rank_bm25, bm25s) do not.
+A store standing in must OR the query's terms: FTS5's MATCH on bare words ANDs them.
 
 Not handled: stemming and stop words (FTS5's default has neither); phrase or boolean
 queries (every query is a bag of words, any word may match); filtering by owner or
