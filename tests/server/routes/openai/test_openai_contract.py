@@ -15,7 +15,6 @@ import pytest
 from fakes import OVERFLOW, REPLY, FakeEngine
 from openai_helpers import TEXT, chat, error, events, user
 
-from nanochat_lite.generation import SamplingParams
 from nanochat_lite.server.routes.openai.params import check_schema
 from nanochat_lite.server.wire import limits as L
 from nanochat_lite.server.wire.errors import RequestError
@@ -110,6 +109,13 @@ def test_json_schema_reaches_the_engine(client, fake):
         assert fake.calls[-1].params.json_schema == schema
 
 
+def test_json_schema_name_is_optional(client, fake):
+    # OpenAI requires one; llama-server and most clients send none (commit 3f65afd).
+    fmt = {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}
+    assert chat(client, response_format=fmt).status_code == 200
+    assert fake.calls[-1].params.json_schema == {"type": "object"}
+
+
 def test_text_format_is_free_text(client, fake):
     assert chat(client, response_format={"type": "text"}).status_code == 200
     assert fake.calls[-1].params.json_schema is None
@@ -121,7 +127,6 @@ def test_text_format_is_free_text(client, fake):
     {},
     "json",
     {"type": "json_schema"},
-    {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}},  # no name
     {"type": "json_schema", "json_schema": {"name": "has space", "schema": {"type": "object"}}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
     {"type": "json_schema", "json_schema": {"name": "x", "schema": "string"}},
@@ -148,9 +153,27 @@ def test_schema_depth_is_limited():
         check_schema(deep, "response_format")
 
 
-def test_local_refs_resolve():
-    check_schema({"$defs": {"a": {"type": "integer"}}, "type": "object",
-                  "properties": {"x": {"$ref": "#/$defs/a"}, "self": {"$ref": "#"}}}, "p")
+def _with_ref(ref: str) -> dict:
+    return {"$defs": {"a": {"type": "integer"}, "a/b": {"type": "string"}},
+            "type": "object", "properties": {"pair": {"prefixItems": [{"type": "integer"}, {"type": "string"}]},
+                                             "x": {"$ref": ref}}}
+
+
+@pytest.mark.parametrize("ref", ["#", "#/$defs/a", "#/$defs/a~1b", "#/properties/pair/prefixItems/1"])
+def test_local_refs_are_accepted_and_reach_the_engine_as_given(client, fake, ref):
+    schema = _with_ref(ref)
+    r = chat(client, response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+    assert r.status_code == 200, r.text
+    assert fake.calls[-1].params.json_schema == schema
+
+
+@pytest.mark.parametrize("ref", ["#/$defs/b", "#/$defs/a/type/x", "#/$defs/a~1c", "#/properties/pair/prefixItems/2",
+                                 "#/$defs/a/", "defs/a"])
+def test_a_local_ref_to_nothing_is_400_naming_it(client, fake, ref):
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": _with_ref(ref)}}
+    err = error(chat(client, response_format=fmt), 400)
+    assert ref in err["message"], err
+    assert fake.calls == []
 
 
 # -- 3. logprobs and logit_bias --------------------------------------------------------
@@ -264,8 +287,10 @@ def test_trailing_assistant_message_is_continued(client, fake):
                                  {"role": "assistant", "content": "1, 2,"}]
 
 
-def test_default_params_untouched():
-    assert SamplingParams().json_schema is None and SamplingParams().n_probs == 0
+def test_a_plain_request_asks_for_free_text_without_probabilities(client, fake):
+    assert chat(client).status_code == 200
+    params = fake.calls[-1].params
+    assert (params.json_schema, params.n_probs, params.logit_bias) == (None, 0, ())
 
 
 def test_prefill_template_leaves_the_turn_open():
