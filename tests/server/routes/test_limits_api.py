@@ -4,6 +4,8 @@ number (say, 200 for a search the server allows up to 500) fails here."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from server_helpers import TEST_SECURITY
 from starlette.testclient import TestClient
@@ -83,19 +85,24 @@ def test_every_sampling_range_is_the_enforced_one(client: TestClient, lim: dict)
             assert name in body["error"]["message"], body
 
 
-def test_answers_while_the_model_loads() -> None:
-    # The page reads its limits at start-up, often before the model is ready.
+def test_answers_while_the_model_loads(lim: dict) -> None:
+    # The page reads its limits at start-up, often before the model is ready: the same
+    # numbers as a ready server's, every one of them.
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
     try:
         with TestClient(create_app(rt, security=TEST_SECURITY)) as c:
             assert c.get("/api/health").status_code == 503
             r = c.get("/api/limits")
-            assert r.status_code == 200 and r.json()["data"]["message_chars"] > 0
+            assert r.status_code == 200 and r.json() == {"success": True, "data": lim}
     finally:
         rt.close()
         rt.store.close()
 
 
-def test_described_in_openapi(client: TestClient) -> None:
+def test_described_in_openapi(client: TestClient, lim: dict) -> None:
+    # A GET with a 200 JSON answer, whose description names fields the answer has.
     op = client.get("/openapi.json").json()["paths"]["/api/limits"]["get"]
-    assert "limits" in op["summary"].lower()
+    ok = op["responses"]["200"]
+    assert "application/json" in ok["content"]
+    named = re.findall(r"[a-z]+_[a-z_]+", ok["description"])
+    assert named and set(named) <= set(lim), (named, sorted(lim))
