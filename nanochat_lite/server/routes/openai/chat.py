@@ -20,6 +20,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from ....engines.scheduler import Ticket
 from ....generation import Delta, SamplingParams
 from ...chat import turns
 from ...chat.choices import collect_dones, merged
@@ -130,7 +131,14 @@ async def chat_completions(request: Request) -> Response:
                                                    op.seeded(params, count))
     except RequestError as e:
         return openai_error(e)
+    return await _answer(request, rt, req, params, tickets, choice_params, top, tools)
 
+
+async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: SamplingParams, tickets: list[Ticket],
+                  choice_params: list[SamplingParams], top: int, tools: ToolPlan | None) -> Response:
+    """The queued choices' answer: an SSE stream of chunks or one JSON body; with tools, the
+    answer's JSON becomes `tool_calls` (or `content`), sent whole at its end."""
+    count = len(tickets)
     cid = "chatcmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = rt.model_name

@@ -24,10 +24,11 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ....generation import Delta, Done
+from ....engines.scheduler import Ticket
+from ....generation import Delta, Done, Prepared, SamplingParams
 from ...chat import turns
 from ...chat.choices import collect_dones, merged
-from ...chat.runtime import Runtime
+from ...chat.runtime import Prompter, Runtime
 from ...guards.security import identity
 from ...wire import limits
 from ...wire.errors import OVERFLOW, RequestError, openai_body, openai_error
@@ -71,6 +72,40 @@ def prompts_of(prompt: Any) -> list[str | list[int]]:
     return out
 
 
+def _check(req: OAICompletionRequest, n_prompts: int, n: int) -> None:
+    """What this door does not do, refused by name (400)."""
+    if n_prompts * n > limits.MAX_N:
+        raise RequestError(f"{n_prompts} prompts x n={n} make {n_prompts * n} choices; the limit is "
+                           f"{limits.MAX_N}", param="n")
+    if req.suffix:
+        raise RequestError("`suffix` (fill-in-the-middle) is not supported", code="unsupported_parameter",
+                           param="suffix")
+    if req.best_of not in (None, 1, n):
+        raise RequestError("`best_of` is not supported (only best_of = n)", code="unsupported_parameter",
+                           param="best_of")
+    limits.check_range("logprobs", req.logprobs, limits.TOP_LOGPROBS_MIN, limits.TOP_LOGPROBS_MAX)
+    if req.echo and req.logprobs is not None:
+        raise RequestError("`echo` with `logprobs` is not supported: the prompt's logprobs are not computed",
+                           code="unsupported_parameter", param="logprobs")
+
+
+async def _prepare(builder: Prompter, prompts: list[str | list[int]], params: SamplingParams, echo: bool
+                   ) -> tuple[list[Prepared], list[str]]:
+    """Each prompt's token ids (text or ids), and the text `echo` repeats."""
+    prepared: list[Prepared] = []
+    echoes: list[str] = []
+    for p in prompts:
+        if isinstance(p, str):
+            prepared.append(await turns.build(builder.prepare_text, p, params, param="prompt",
+                                              overflow_code=OVERFLOW))
+            echoes.append(p)
+        else:
+            prepared.append(await turns.build(builder.prepare_tokens, p, params, param="prompt",
+                                              overflow_code=OVERFLOW))
+            echoes.append(await asyncio.to_thread(builder.detokenize, p) if echo else "")
+    return prepared, echoes
+
+
 async def completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
@@ -78,46 +113,28 @@ async def completions(request: Request) -> Response:
         _, builder = rt.require_ready()
         prompts = prompts_of(req.prompt)
         n = op.choice_count(req.n)
-        if len(prompts) * n > limits.MAX_N:
-            raise RequestError(f"{len(prompts)} prompts x n={n} make {len(prompts) * n} choices; the limit is "
-                               f"{limits.MAX_N}", param="n")
-        if req.suffix:
-            raise RequestError("`suffix` (fill-in-the-middle) is not supported", code="unsupported_parameter",
-                               param="suffix")
-        if req.best_of not in (None, 1, n):
-            raise RequestError("`best_of` is not supported (only best_of = n)", code="unsupported_parameter",
-                               param="best_of")
-        limits.check_range("logprobs", req.logprobs, limits.TOP_LOGPROBS_MIN, limits.TOP_LOGPROBS_MAX)
-        if req.echo and req.logprobs is not None:
-            raise RequestError("`echo` with `logprobs` is not supported: the prompt's logprobs are not computed",
-                               code="unsupported_parameter", param="logprobs")
-        params = limits.sampling(rt.defaults, req)
-        bias = op.logit_bias(req.logit_bias, builder.n_vocab)
+        _check(req, len(prompts), n)
         top = req.logprobs or 0
-        params = params.with_overrides(n_probs=max(1, top) if req.logprobs is not None else None,
-                                       logit_bias=bias or None)
-        prepared = []
-        echoes: list[str] = []
-        for p in prompts:
-            if isinstance(p, str):
-                prepared.append(await turns.build(builder.prepare_text, p, params, param="prompt",
-                                                  overflow_code=OVERFLOW))
-                echoes.append(p)
-            else:
-                prepared.append(await turns.build(builder.prepare_tokens, p, params, param="prompt",
-                                                  overflow_code=OVERFLOW))
-                echoes.append(await asyncio.to_thread(builder.detokenize, p) if req.echo else "")
+        params = limits.sampling(rt.defaults, req).with_overrides(
+            n_probs=max(1, top) if req.logprobs is not None else None,
+            logit_bias=op.logit_bias(req.logit_bias, builder.n_vocab) or None)
+        prepared, echoes = await _prepare(builder, prompts, params, bool(req.echo))
         tickets, choice_params = await turns.admit(rt, identity(request), [prep for prep in prepared for _ in range(n)],
                                                    op.seeded(params, n) * len(prompts))
     except RequestError as e:
         return openai_error(e)
+    head = [echoes[i // n] if req.echo else "" for i in range(len(tickets))]
+    return await _answer(request, rt, req, tickets, choice_params, head, n, top)
 
+
+async def _answer(request: Request, rt: Runtime, req: OAICompletionRequest, tickets: list[Ticket],
+                  choice_params: list[SamplingParams], head: list[str], n: int, top: int) -> Response:
+    """The queued choices' answer: an SSE stream or one JSON body (`head`: each choice's echo)."""
     cid = "cmpl-" + uuid.uuid4().hex[:24]
     created = int(time.time())
     model = rt.model_name
     count = len(tickets)
     want_probs = req.logprobs is not None
-    head = [echoes[i // n] if req.echo else "" for i in range(count)]
     offsets = [len(h) for h in head]  # text_offset of each choice's next token
 
     def probs_of(i: int, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
