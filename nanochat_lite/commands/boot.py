@@ -146,9 +146,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     store = _open_store(config)
     loader = _EngineLoader(path, name, config)
 
-    import uvicorn
-
-    from ..server import Runtime, create_app
+    from ..server import Runtime, create_app  # the web stack, imported while the model loads
 
     def make_tokenizer():
         from ..tokenizer import Tokenizer
@@ -164,29 +162,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         from ..generation import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
     app = create_app(runtime, security=security)
-    from ..server.guards.connlimits import ConnLimitsMiddleware, uvicorn_options
-
-    # Load limits outermost: connection cap and read timeouts in the HTTP protocol,
-    # WebSocket cap, generations per client and token quotas before the app.
-    refused = app.state.metrics.count_refused
-    served = ConnLimitsMiddleware(app, limits, security=security, usage=app.state.key_usage, on_refused=refused)
-    from ..server.chat.shutdown import GracefulServer, ShutdownGate
-
-    # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
-    # are stored as interrupted, their clients get a final event; then exit status 0.
-    from ..server.wire.limits import MAX_WS_FRAME_BYTES
-
-    # One WebSocket frame limit: the app's (uvicorn closes a larger frame with 1009 before
-    # the app sees it). X-Forwarded-For only from the proxies named by --forwarded-allow-ips.
-    server = GracefulServer(uvicorn.Config(
-        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off",
-        ws_max_size=MAX_WS_FRAME_BYTES, proxy_headers=config.forwarded_allow_ips is not None,
-        forwarded_allow_ips=config.forwarded_allow_ips or "", timeout_graceful_shutdown=2,
-        **uvicorn_options(limits, refused),
-    ), runtime)
-    from ..server.observe.metrics import enable_access_log
-
-    enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
+    server = _uvicorn_server(config, app, runtime, limits, security)
     failure: list[str] = []
 
     def attach() -> None:
@@ -199,59 +175,17 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
             runtime.set_error(redact_paths(str(e)))  # /api/health shows it: no paths
             server.should_exit = True
             return
-        # llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it
-        # starts (they would stop only the engine); give them back to uvicorn.
-        # Done (and waited for) before the engine is attached and "Ready" printed: a
-        # Ctrl-C in between would otherwise stop only the engine and leave the server up.
-        while not server.started and not server.should_exit:
-            time.sleep(0.002)
-        if server.servers:
-            restored = threading.Event()
-
-            def restore() -> None:
-                _reinstall_signal_handlers()
-                restored.set()
-
-            server.servers[0].get_loop().call_soon_threadsafe(restore)
-            restored.wait(5.0)
+        _give_signals_back(server)
         scheduler = Scheduler(engine, max_queue=config.max_queue,
                               shared_prefix=_shared_prefix(engine.prompts.shared_prefix, prefix_hook),
                               max_queue_wait=limits.max_queue_wait_s)
         runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        where = f"({path})" if path else f"from {engine.upstream.url}"
-        engine_line = (f"{engine.threads} threads · {engine.parallel} slots · context {engine.n_ctx} tokens per "
-                       f"chat, {engine.kv_size} shared") if path else f"up to {engine.parallel} answers at once upstream"
-        print(f"Nanochat-Lite {__version__}\n"
-              f"  Model:        {engine.name} {where}\n"
-              f"  Environment:  {config.environment} · {engine_line}\n"
-              f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
-              f"  Ready at:     http://{host}:{port}", flush=True)
-        if warning := app.state.security.exposure_warning():
-            print(f"  WARNING:      {warning}", flush=True)
+        _banner(config, engine, path, port, startup_ms, app.state.security.exposure_warning())
         if config.engine:
             return  # no tokenizer or cache here: the upstream has them
-        # The project's tokenizer (same ids as llama.cpp's, faster) counts tokens,
-        # builds prompts and serves /api/tokenize. Loading it (and reading the GGUF
-        # header for the KV-cache figure) is ~0.5 s of Python holding the GIL: measured,
-        # doing it right after the first answer stalled the next wave of requests
-        # (10 chats: TTFT 3.4 s instead of 1.1 s). So it waits for IDLE_BEFORE_LOAD_S
-        # without traffic; until then llama.cpp tokenizes, through the internal API.
-        idle_since = time.monotonic()
-        while not server.should_exit:
-            now = time.monotonic()
-            if runtime.generating or runtime.queued or runtime.stats.active:
-                idle_since = now
-            elif now - idle_since >= IDLE_BEFORE_LOAD_S:
-                break
-            time.sleep(0.1)
-        try:
-            runtime.load_tokenizer()
-        except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
-            _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
-        engine.describe_cache()
+        _tokenizer_when_idle(runtime, server, engine)
 
     threading.Thread(target=attach, name="nanochat-attach", daemon=True).start()
     try:
@@ -266,6 +200,85 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _uvicorn_server(config: Config, app, runtime, limits, security):
+    """uvicorn around the app, with the load limits outermost (connection cap and read
+    timeouts in the HTTP protocol; WebSocket cap, generations per client before the app)."""
+    import uvicorn
+
+    from ..server.chat.shutdown import GracefulServer, ShutdownGate
+    from ..server.guards.connlimits import ConnLimitsMiddleware, uvicorn_options
+    from ..server.observe.metrics import enable_access_log
+    from ..server.wire.limits import MAX_WS_FRAME_BYTES
+
+    refused = app.state.metrics.count_refused
+    served = ConnLimitsMiddleware(app, limits, security=security, usage=app.state.key_usage, on_refused=refused)
+    enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
+    # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
+    # are stored as interrupted, their clients get a final event; then exit status 0.
+    # One WebSocket frame limit: the app's (uvicorn closes a larger frame with 1009 before
+    # the app sees it). X-Forwarded-For only from the proxies named by --forwarded-allow-ips.
+    return GracefulServer(uvicorn.Config(
+        ShutdownGate(served, runtime), log_level="warning", access_log=False, lifespan="off",
+        ws_max_size=MAX_WS_FRAME_BYTES, proxy_headers=config.forwarded_allow_ips is not None,
+        forwarded_allow_ips=config.forwarded_allow_ips or "", timeout_graceful_shutdown=2,
+        **uvicorn_options(limits, refused),
+    ), runtime)
+
+
+def _give_signals_back(server) -> None:
+    """llama.cpp's server engine installs its own SIGINT/SIGTERM handlers when it starts
+    (they would stop only the engine); give them back to uvicorn. Done (and waited for)
+    before the engine is attached and "Ready" printed: a Ctrl-C in between would otherwise
+    stop only the engine and leave the server up."""
+    while not server.started and not server.should_exit:
+        time.sleep(0.002)
+    if server.servers:
+        restored = threading.Event()
+
+        def restore() -> None:
+            _reinstall_signal_handlers()
+            restored.set()
+
+        server.servers[0].get_loop().call_soon_threadsafe(restore)
+        restored.wait(5.0)
+
+
+def _banner(config: Config, engine, path: Path | None, port: int, startup_ms: float, warning: str | None) -> None:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    where = f"({path})" if path else f"from {engine.upstream.url}"
+    engine_line = (f"{engine.threads} threads · {engine.parallel} slots · context {engine.n_ctx} tokens per "
+                   f"chat, {engine.kv_size} shared") if path else f"up to {engine.parallel} answers at once upstream"
+    print(f"Nanochat-Lite {__version__}\n"
+          f"  Model:        {engine.name} {where}\n"
+          f"  Environment:  {config.environment} · {engine_line}\n"
+          f"  Startup time: {startup_ms:.0f} ms (from interpreter start)\n"
+          f"  Ready at:     http://{host}:{port}", flush=True)
+    if warning:
+        print(f"  WARNING:      {warning}", flush=True)
+
+
+def _tokenizer_when_idle(runtime, server, engine) -> None:
+    """The project's tokenizer (same ids as llama.cpp's, faster) counts tokens, builds
+    prompts and serves /api/tokenize. Loading it (and reading the GGUF header for the
+    KV-cache figure) is ~0.5 s of Python holding the GIL: measured, doing it right after the
+    first answer stalled the next wave of requests (10 chats: TTFT 3.4 s instead of 1.1 s).
+    So it waits for IDLE_BEFORE_LOAD_S without traffic; until then llama.cpp tokenizes,
+    through the internal API."""
+    idle_since = time.monotonic()
+    while not server.should_exit:
+        now = time.monotonic()
+        if runtime.generating or runtime.queued or runtime.stats.active:
+            idle_since = now
+        elif now - idle_since >= IDLE_BEFORE_LOAD_S:
+            break
+        time.sleep(0.1)
+    try:
+        runtime.load_tokenizer()
+    except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
+        _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
+    engine.describe_cache()
 
 
 def _remote_engine(config: Config):
