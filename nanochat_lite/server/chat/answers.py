@@ -122,6 +122,7 @@ class Answers:
                  resume_window_s: float = DEFAULT_RESUME_WINDOW_S) -> None:
         self._store = store
         self._stats = stats
+        self._own_ledger = ledger is None  # made here (tests): closed here
         self._ledger = ledger or Ledger(store)
         self.resume_window_s = resume_window_s
         self.closing = False  # graceful shutdown has begun
@@ -242,6 +243,8 @@ class Answers:
     def close(self) -> None:
         """Wait for the saves still running (after the loop has stopped)."""
         self._saver.shutdown(wait=True)
+        if self._own_ledger:
+            self._ledger.close()
 
     # -- internals -------------------------------------------------------------------
     def _push(self, a: Answer, frame: dict[str, Any]) -> None:
