@@ -1,4 +1,5 @@
-"""The numpy embedding engine against sentence-transformers' own vectors, and its behaviour.
+"""The embedding engine (ONNX Runtime on a graph built from the safetensors) against
+sentence-transformers' own vectors, and its behaviour.
 
 The references (tests/data/embedding_refs.npz) were made once by
 scripts/make_embedding_refs.py under sentence-transformers 6.2.0 + torch 2.13.0 (CPU),
@@ -19,7 +20,9 @@ from embedding_inputs import _ONE_PIECE_WORDS, reference_inputs
 
 from nanochat_lite.commands import embed as embeddings_cli
 from nanochat_lite.config import Config
-from nanochat_lite.embeddings import MAX_TOKENS, Embedder, EmbeddingError, _gelu
+from nanochat_lite.embeddings import MAX_TOKENS, Embedder, EmbeddingError
+from nanochat_lite.embeddings import engine as embedding_engine
+from nanochat_lite.embeddings import graph as embedding_graph
 
 REFS = Path(__file__).parent / "data" / "embedding_refs.npz"
 MIN_COSINE = 0.9999
@@ -192,12 +195,83 @@ def test_one_thread_and_concurrent_callers_agree(embedding_model_dir: Path, embe
         assert cosines(results[k], expected[k::3]).min() >= 0.99999
 
 
-def test_gelu_matches_exact_erf_form() -> None:
-    xs = np.linspace(-12, 12, 48_001, dtype=np.float32)
-    got = xs.copy()
-    _gelu(got)
-    exact = np.array([0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in xs.astype(np.float64)])
-    assert np.abs(got - exact).max() < 1e-6
+def test_mixed_lengths_in_one_call_match_one_by_one_in_callers_order(embedder: Embedder, refs: dict) -> None:
+    # Shuffled lengths from 2 to 256 pieces: the call sorts them into padded runs; every
+    # row must still be its own text's vector, in the caller's order.
+    rng = np.random.default_rng(5)
+    picks = rng.permutation(len(refs["inputs"]))[:80].tolist()
+    texts = [refs["inputs"][i] for i in picks] + ["", "short", "lorem ipsum dolor " * 200]
+    together = embedder.embed(texts)
+    alone = [embedder.embed([t]) for t in texts]
+    assert together.token_counts == [a.token_counts[0] for a in alone]
+    assert together.truncated == [a.truncated[0] for a in alone]
+    assert len(set(together.token_counts)) > 20  # really mixed, so several runs were padded
+    assert cosines(together.vectors, np.stack([a.vectors[0] for a in alone])).min() >= 0.99999
+    assert cosines(together.vectors[:80], refs["vectors"][picks]).min() >= MIN_COSINE
+
+
+@pytest.mark.parametrize("counts", [[5, 5, 5, 6, 200], [3], [256] * 3, [2, 256, 2, 9, 10, 11, 12, 40, 41]])
+def test_runs_cover_every_text_once_sorted_and_within_limits(counts: list[int]) -> None:
+    runs = list(embedding_engine._runs(counts))
+    assert sorted(i for run in runs for i in run) == list(range(len(counts)))
+    flat = [counts[i] for run in runs for i in run]
+    assert flat == sorted(flat)
+    for run in runs:
+        padded = max(counts[i] for i in run) * len(run)
+        assert len(run) == 1 or padded <= embedding_engine._RUN_TOKENS
+        assert len(run) == 1 or padded <= embedding_engine._MAX_PADDING * sum(counts[i] for i in run)
+    if counts == [5, 5, 5, 6, 200]:
+        assert runs == [[0, 1, 2], [3], [4]]  # padding the 5s to 6 would waste 14%
+
+
+def _linked_model(src: Path, dst: Path) -> Path:
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (dst / name).symlink_to(src / name)
+    return dst
+
+
+def test_graph_is_built_once_into_the_folder_and_rebuilt_when_inputs_change(
+        embedding_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _linked_model(embedding_model_dir, tmp_path)
+    first = Embedder(folder).embed(["hello world"]).vectors
+    graphs = list(folder.glob("model-*.onnx"))
+    assert len(graphs) == 1 and not list(folder.glob("*.tmp"))  # renamed into place, nothing left over
+
+    def no_build(*args: object) -> bytes:
+        raise AssertionError("the cached graph should have been reused")
+
+    monkeypatch.setattr(embedding_graph, "build_graph", no_build)
+    assert cosines(Embedder(folder).embed(["hello world"]).vectors, first)[0] >= 0.999999
+    monkeypatch.undo()
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps({**config, "note": "re-pulled"}))
+    again = Embedder(folder).embed(["hello world"]).vectors
+    rebuilt = list(folder.glob("model-*.onnx"))
+    assert len(rebuilt) == 1 and rebuilt != graphs  # a new fingerprint, the stale graph removed
+    assert cosines(again, first)[0] >= 0.999999
+
+
+def test_unwritable_folder_builds_the_graph_in_memory(
+        embedding_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _linked_model(embedding_model_dir, tmp_path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")  # as root, chmod would not stop us
+
+    monkeypatch.setattr(embedding_graph.tempfile, "mkstemp", refuse)
+    vectors = Embedder(folder).embed(["A man is eating food."]).vectors
+    assert not list(folder.glob("model-*.onnx"))
+    expected = Embedder(embedding_model_dir).embed(["A man is eating food."]).vectors
+    assert cosines(vectors, expected)[0] >= 0.999999
+
+
+def test_damaged_graph_file_says_what_to_do(embedding_model_dir: Path, tmp_path: Path) -> None:
+    folder = _linked_model(embedding_model_dir, tmp_path)
+    embedding_graph.graph_path(folder).write_bytes(b"not a graph")
+    with pytest.raises(EmbeddingError, match="Delete the file"):
+        Embedder(folder).load()
 
 
 # -- meaning --------------------------------------------------------------------------

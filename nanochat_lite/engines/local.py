@@ -299,20 +299,7 @@ class Engine:
         cancel = cancel or threading.Event()
         stops = tuple(s for s in params.stop if s)
         st = _StreamState()
-        body = {
-            "prompt": prep.tokens, "stream": True, "n_predict": prep.max_new, "id_slot": slot,
-            "cache_prompt": True, "return_progress": True, "timings_per_token": True,
-            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
-            "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
-            "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
-            "seed": seed,
-        }
-        if params.json_schema is not None:
-            body["json_schema"] = engine_schema(params.json_schema)
-        if params.n_probs > 0:
-            body["n_probs"] = params.n_probs
-        if params.logit_bias:
-            body["logit_bias"] = [[tok, bias] for tok, bias in params.logit_bias]
+        body = _request_body(prep, params, seed, slot)
         all_probs: list[dict[str, Any]] | None = [] if params.n_probs > 0 else None
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
@@ -416,6 +403,25 @@ class _StreamState:
         out, self.probs = self.probs, []
         into.extend(out)
         return out
+
+
+def _request_body(prep: Prepared, params: SamplingParams, seed: int, slot: int) -> dict[str, Any]:
+    """llama-server's `/completion` body for one generation (token ids in, a stream out)."""
+    body: dict[str, Any] = {
+        "prompt": prep.tokens, "stream": True, "n_predict": prep.max_new, "id_slot": slot,
+        "cache_prompt": True, "return_progress": True, "timings_per_token": True,
+        "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+        "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
+        "frequency_penalty": params.frequency_penalty, "presence_penalty": params.presence_penalty,
+        "seed": seed,
+    }
+    if params.json_schema is not None:
+        body["json_schema"] = engine_schema(params.json_schema)
+    if params.n_probs > 0:
+        body["n_probs"] = params.n_probs
+    if params.logit_bias:
+        body["logit_bias"] = [[tok, bias] for tok, bias in params.logit_bias]
+    return body
 
 
 def _split_stop(text: str, stops: tuple[str, ...], *, final: bool = False) -> tuple[str, str, bool]:

@@ -230,7 +230,10 @@ def _raw_response(status: int, reason: str, path: str, code: str, message: str) 
 
 def limited_h11_protocol(limits: NetLimits, on_refused: OnRefused | None = None) -> type[H11Protocol]:
     """uvicorn's h11 protocol class with `limits`' connection cap and read timeouts
-    (pass it as `uvicorn.Config(http=...)`)."""
+    (pass it as `uvicorn.Config(http=...)`).
+
+    Longer than 80 lines on purpose: it is one class, built here so that its methods close
+    over `limits` and `on_refused`; each method is short and overrides one of h11's."""
 
     def refused(status: int, code: str) -> None:
         if on_refused is not None:
