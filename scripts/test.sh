@@ -110,6 +110,8 @@ echo "Components: postgres $(wanted postgres && pg_bindir || echo 'opted out'), 
 .venv/bin/python -m mypy
 # The architecture's one-way doors (pyproject.toml's [tool.importlinter]: rooms, no circles).
 .venv/bin/lint-imports --no-cache
+# Modules within 600 lines, functions within 80 (or saying why).
+.venv/bin/python scripts/check_sizes.py
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
