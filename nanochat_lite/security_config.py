@@ -35,6 +35,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # alice:KEY:2M) and the admin role (ops:KEY:admin), in any order (ops:KEY:1M:admin).
 _QUOTA_RE = re.compile(r"([0-9][0-9_]*)([kKmM]?)")
 ADMIN_OPTION = "admin"
+_TRAILING_COMMENT = re.compile(r"\s+#.*$")
 MAX_DAILY_TOKEN_QUOTA = 10**12
 # A Host header or an origin's authority: a name, an IPv4 address or a bracketed IPv6
 # address, and an optional port. No userinfo, path or spaces ("evil@127.0.0.1" fails).
@@ -143,7 +144,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         "--api-keys-file")
     g.add_argument("--api-keys-file", metavar="PATH",
                    help="a file of NAME:KEY lines, each optionally followed by :TOKENS and/or :admin "
-                        "(blank lines and # comments ignored)")
+                        "(blank lines and # comments, on their own line or after a space, ignored)")
     g.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="also answer requests for this Host name, e.g. a reverse proxy's public name "
                         "(repeatable; loopback names, IP addresses and --host always are)")
@@ -243,7 +244,8 @@ def _read_keys_file(path: Path) -> list[tuple[str, str]]:
         raise ConfigError(f"--api-keys-file {path}: cannot read it ({why})") from None
     specs = []
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+        # A comment after a key needs a space before its '#': a key may contain '#', never a space.
+        line = _TRAILING_COMMENT.sub("", line).strip()
         if line and not line.startswith("#"):
             specs.append((line, f"{path}:{number}"))
     if not specs:

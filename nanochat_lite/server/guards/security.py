@@ -37,8 +37,9 @@ no-referrer`; API answers get `Cache-Control: no-store`.
 Refusals are counted in `/metrics` (`Metrics.count_refused`, found through
 `scope["app"]`, which Starlette sets before its middleware runs).
 
-Not here: TLS (a reverse proxy's job); queue caps, connection caps, read timeouts,
-per-client caps and daily token quotas (connlimits.py, in front of this middleware);
+Not here: TLS (a reverse proxy's job); queue caps, connection caps, read timeouts and
+per-client caps (connlimits.py, in front of this middleware); daily token quotas
+(quotas.py: reserved when a generation is admitted);
 cookies or sessions (there are none: the key travels with each request, so a
 cross-site request has no ambient credential to ride on).
 """

@@ -444,6 +444,25 @@ def test_keys_from_flags_file_and_environment(tmp_path):
     assert parse_keys([("a", "x"), ("b", "x"), ("c", "x")]) == {"default": "a", "default-2": "b", "default-3": "c"}
 
 
+def test_key_options_quota_and_admin_in_any_order(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"ops:{KEY3}:admin   # reads everyone's\ncarol:carol-key-01:admin:2M\n")
+    args = parse_serve_flags("--api-key", f"alice:{KEY}:100k", "--api-key", f"bob:{KEY2}", "--api-keys-file",
+                             str(keys_file))
+    cfg = SecurityConfig.from_args(args, {})
+    assert cfg.keys == {"alice": KEY, "bob": KEY2, "ops": KEY3, "carol": "carol-key-01"}
+    assert cfg.admins == {"ops", "carol"} and cfg.daily_token_quotas == {"alice": 100_000, "carol": 2_000_000}
+    env = SecurityConfig.from_args(parse_serve_flags(), {ENV_API_KEY: f"ci:{KEY}:5k:ADMIN"})
+    assert (env.admins, env.daily_token_quotas) == ({"ci"}, {"ci": 5000})
+    for spec, message in ((f"a:{KEY}:admin:admin", "given twice"), (f"a:{KEY}:1k:2k", "given twice"),
+                          (f"a:{KEY}:root", "expected a daily token quota"), (f":{KEY}:admin", "needs a name")):
+        with pytest.raises(ConfigError, match=message) as e:
+            SecurityConfig.from_args(parse_serve_flags("--api-key", spec), {})
+        assert KEY not in str(e.value)
+    with pytest.raises(ConfigError, match="name no key"):
+        SecurityConfig(keys={"a": KEY}, admins=frozenset({"b"}))
+
+
 @pytest.mark.parametrize("specs, message", [
     ([f"a:{KEY}", f"a:{KEY2}"], "given twice"),
     ([f"a:{KEY}", f"b:{KEY}"], "same value"),
