@@ -21,6 +21,9 @@ their usage is still counted (one settle per request), for `/api/stats` and `/me
 
 A request whose reservation is never settled (the process was killed mid-answer) keeps
 its tokens reserved until the day ends: a quota can then be under-used, never exceeded.
+With an upstream engine (`--engine openai:URL`) the prompt is not tokenized here: its
+size is estimated for the reservation (turns.prompt_size) and counted as the upstream
+reports it, so a day may end past its quota by that estimate's error.
 
 Not here: rate limits per second (none), who the request is (security.py).
 """
@@ -169,7 +172,11 @@ class Ledger:
         r.settled = True
         if r.tokens == 0 and r.requests == 0:
             return None
-        return self._settler.submit(self._settle, r)
+        try:
+            return self._settler.submit(self._settle, r)
+        except RuntimeError:  # closed: the server is past its shutdown; try once, here
+            self._settle(r)
+            return None
 
     def _settle(self, r: Reservation) -> None:
         try:
