@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -76,8 +77,23 @@ def test_models_lists_known(chat_model_path):
 
 
 def test_terminal_chat(chat_model_path):
-    p = cli("chat", "--seed", "1", input="What is the capital of France?\n/reset\nSay hi.\n/exit\n")
-    assert p.returncode == 0, p.stderr
-    assert "(new conversation)" in p.stderr
-    assert p.stderr.count("tokens,") == 2  # one stats line per answer
-    assert len(p.stdout.strip()) > 5
+    def session(first: str) -> tuple[str, str]:
+        """The two answers of a terminal chat: `first`, /reset, "Say hi.", /exit."""
+        p = cli("chat", "--seed", "1", input=f"{first}\n/reset\nSay hi.\n/exit\n", timeout=900)
+        assert p.returncode == 0, p.stderr
+        assert "(new conversation)" in p.stderr and "Traceback" not in p.stderr
+        counts = re.findall(r"\[(\d+) tokens, \d+ tok/s\]", p.stderr)
+        assert len(counts) == 2 and all(int(n) > 0 for n in counts), p.stderr  # one stats line per answer
+        # stdout: the "> " prompt, each answer as it streams and a newline, and a prompt
+        # for each line read (/reset's, then the one /exit answers).
+        assert p.stdout.startswith("> ") and p.stdout.endswith("\n> "), p.stdout
+        answers = p.stdout[2:-3].split("\n> > ")
+        assert len(answers) == 2 and all(a.strip() for a in answers), p.stdout
+        return answers[0], answers[1]
+
+    france, after_france = session("What is the capital of France?")
+    animal, after_animal = session("Name a large animal.")
+    assert france != animal  # each answer is to its own question
+    # After /reset the first turn is forgotten: with the same seed, the same answer to
+    # "Say hi." whatever came before (had the first turn stayed, the prompts would differ).
+    assert after_france == after_animal, (after_france, after_animal)
