@@ -2,15 +2,16 @@
 with the real model (issue #15 items 1-3, 5, 6; #11 items 4, 5): SSE clients that
 reconnect with Last-Event-ID at random token positions, WebSocket resumes, the resume
 window running out, SIGKILL and SIGTERM mid-answer, a locked database, client_id
-de-duplication.
+de-duplication, and the snapshot that replaces events gone from a full buffer.
 
-NANOCHAT_LITE_RESUME_ROUNDS sets the rounds of the two reconnect tests (default 5; the
-acceptance figure is 50)."""
+The two reconnect tests run ROUNDS rounds (the issue's 50 under pytest --acceptance, see
+tests/conftest.py). Every round's cut falls mid-answer (answers far longer than the
+furthest cut), and the rest comes through the resume: a round whose answer had ended
+before its cut would prove nothing about resuming, so it fails the test."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -24,10 +25,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from nanochat_lite.server.chat.answers import MAX_ANSWER_BUFFER_EVENTS
 from serverproc import ServerProc
 
-ROUNDS = int(os.environ.get("NANOCHAT_LITE_RESUME_ROUNDS", "5"))
+ROUNDS, ACCEPTANCE_ROUNDS = 5, 50  # reconnect rounds; the second under --acceptance
+MAX_CUT = 30  # frames before a cut, at most
 SHORT = {"message": "List ten fruits, one per line.", "temperature": 0, "max_tokens": 48}
+# Greedy counting runs to max_tokens: twice the furthest cut, so every cut is mid-answer.
+COUNTING = {"temperature": 0, "repeat_penalty": 1.0, "max_tokens": 2 * MAX_CUT + 4}
 LONG = {"message": "Write the numbers from 1 to 500, separated by commas.", "temperature": 0,
         "repeat_penalty": 1.0, "max_tokens": 1500}
 
@@ -74,12 +79,21 @@ def stored(server: ServerProc, cid: str) -> dict[str, Any]:
     return r.json()["data"]["messages"][-1]
 
 
-def test_sse_reconnects_with_last_event_id_get_the_exact_answer(server: ServerProc) -> None:
+def counting(i: int) -> str:
+    return f"Write the numbers from {10 * i + 1} to {10 * i + 500}, separated by commas."
+
+
+@pytest.fixture(scope="module")
+def rounds(acceptance: bool) -> int:
+    return ACCEPTANCE_ROUNDS if acceptance else ROUNDS
+
+
+def test_sse_reconnects_with_last_event_id_get_the_exact_answer(server: ServerProc, rounds: int) -> None:
     rng = random.Random(15)
     exact = 0
-    for i in range(ROUNDS):
-        body = {**SHORT, "message": f"List {i % 7 + 5} animals, one per line.", "stream": True}
-        cut_after = rng.randint(1, 30)
+    for i in range(rounds):
+        body = {**COUNTING, "message": counting(i), "stream": True}
+        cut_after = rng.randint(1, MAX_CUT)
         state: dict[str, Any] = {"text": "", "last": -1, "final": None}
         with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=60) as r:
             n = 0
@@ -91,6 +105,8 @@ def test_sse_reconnects_with_last_event_id_get_the_exact_answer(server: ServerPr
                 n += 1
                 if n > cut_after or state["final"]:
                     break  # the connection drops here
+        assert state["final"] is None, f"round {i}: the answer ended before its cut after {cut_after} frames"
+        before_cut = state["text"]
         while state["final"] is None:  # EventSource's reconnect, by hand
             headers = {"Last-Event-ID": str(state["last"])}
             with httpx.stream("GET", server.url + start["events_url"], headers=headers, timeout=60) as r:
@@ -99,36 +115,74 @@ def test_sse_reconnects_with_last_event_id_get_the_exact_answer(server: ServerPr
                     apply(frame, state)
         final = state["final"]
         assert final["type"] == "done", final
+        assert len(state["text"]) > len(before_cut), f"round {i}: nothing came through the resume"
         m = stored(server, start["conversation_id"])
         assert m["status"] == "complete", m
         exact += state["text"] == final["message"] == m["content"]
-    print(f"SSE reconnects with Last-Event-ID: {exact}/{ROUNDS} exact")
-    assert exact == ROUNDS
+    print(f"SSE reconnects with Last-Event-ID, each cut mid-answer: {exact}/{rounds} exact")
+    assert exact == rounds
 
 
-def test_ws_resume_at_random_positions(server: ServerProc) -> None:
+def test_ws_resume_at_random_positions(server: ServerProc, rounds: int) -> None:
     rng = random.Random(11)
     exact = 0
-    for i in range(ROUNDS):
-        cut_after = rng.randint(0, 30)
+    for i in range(rounds):
+        cut_after = rng.randint(0, MAX_CUT)
         state: dict[str, Any] = {"text": "", "last": -1, "final": None}
         with connect(server.ws_url, open_timeout=10) as ws:
-            ws.send(json.dumps({"type": "chat", **SHORT, "message": f"Name {i % 5 + 4} colours, one per line."}))
+            ws.send(json.dumps({"type": "chat", **COUNTING, "message": counting(i)}))
             while state["final"] is None and state["last"] < cut_after:
                 frame = json.loads(ws.recv(timeout=60))
                 if frame["type"] == "start":
                     start = frame
                 apply(frame, state)
+        assert state["final"] is None, f"round {i}: the answer ended before its cut at seq {cut_after}"
+        before_cut = state["text"]
         time.sleep(rng.random() * 0.5)  # tokens go on meanwhile
         while state["final"] is None:
             with connect(server.ws_url, open_timeout=10) as ws:
                 ws.send(json.dumps({"type": "resume", "answer_id": start["answer_id"], "after": state["last"]}))
                 while state["final"] is None:
                     apply(json.loads(ws.recv(timeout=60)), state)
+        assert len(state["text"]) > len(before_cut), f"round {i}: nothing came through the resume"
         m = stored(server, start["conversation_id"])
         exact += state["text"] == state["final"]["message"] == m["content"]
-    print(f"WebSocket resumes: {exact}/{ROUNDS} exact")
-    assert exact == ROUNDS
+    print(f"WebSocket resumes, each cut mid-answer: {exact}/{rounds} exact")
+    assert exact == rounds
+
+
+def test_a_resume_from_before_a_full_buffer_gets_the_text_so_far_as_a_snapshot(server: ServerProc) -> None:
+    """An answer longer than the buffer (MAX_ANSWER_BUFFER_EVENTS events): a client
+    resuming from its start gets one `snapshot` in place of the dropped events, whose
+    text is what one client that followed the whole stream had at that seq, then the
+    buffered rest."""
+    body = {"message": "Write the numbers from 1 to 3000, separated by commas.", "temperature": 0,
+            "repeat_penalty": 1.0, "max_tokens": MAX_ANSWER_BUFFER_EVENTS + 64, "stream": True}
+    by_seq: dict[int, str] = {}  # the whole stream, as one client saw it: token text by seq
+    with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=600) as r:
+        for _, frame in sse_blocks(r.iter_lines()):
+            if frame["type"] == "start":
+                start = frame
+            elif frame["type"] == "token":
+                by_seq[frame["seq"]] = frame["text"]
+            elif frame["type"] in ("done", "error"):
+                final = frame
+    assert final["type"] == "done" and final["finish_reason"] == "length", final
+    last = final["seq"]
+    assert last > MAX_ANSWER_BUFFER_EVENTS + 1, f"{last} events: the buffer never overflowed"
+    with httpx.stream("GET", server.url + start["events_url"], headers={"Last-Event-ID": "0"}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        resumed = [frame for _, frame in sse_blocks(r.iter_lines())]
+    snapshot, rest = resumed[0], resumed[1:]
+    # The buffer keeps the newest MAX_ANSWER_BUFFER_EVENTS events: the snapshot stands for all before them.
+    assert snapshot["type"] == "snapshot" and snapshot["seq"] == last - MAX_ANSWER_BUFFER_EVENTS, snapshot["seq"]
+    assert snapshot["text"] == "".join(by_seq[k] for k in range(1, snapshot["seq"] + 1))
+    assert [f["seq"] for f in rest] == list(range(snapshot["seq"] + 1, last + 1))
+    text = snapshot["text"] + "".join(f["text"] for f in rest if f["type"] == "token")
+    assert text == "".join(by_seq[k] for k in sorted(by_seq)) == final["message"] == rest[-1]["message"]
+    assert stored(server, start["conversation_id"])["content"] == text
+    print(f"buffer overflow: {last} events, a resume from seq 0 got a snapshot of {len(snapshot['text'])} "
+          f"characters at seq {snapshot['seq']}, then {len(rest)} events")
 
 
 def test_client_id_sent_twice_is_answered_once(server: ServerProc) -> None:
