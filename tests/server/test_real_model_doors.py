@@ -82,7 +82,8 @@ def test_the_vocabulary_bound_is_the_models(server: ServerProc, n_vocab: int) ->
 
 def test_a_long_prompt_gets_progress_frames_before_its_first_token(server: ServerProc) -> None:
     message = " ".join(str(i) for i in range(1000, 1700))  # one token per digit or space: ~3,500
-    n = httpx.post(server.url + "/api/tokenize", json={"text": message, "with_pieces": False}, timeout=60).json()["count"]
+    n = httpx.post(server.url + "/api/tokenize", json={"text": message, "with_pieces": False},
+                   timeout=60).json()["count"]
     assert 3000 <= n <= 3900, n  # long, and inside the 4,096-token context with room for the answer
     frames: list[tuple[float, dict[str, Any]]] = []  # (seconds since `start`, frame)
     with connect(server.ws_url, open_timeout=10) as ws:
