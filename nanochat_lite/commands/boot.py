@@ -213,7 +213,7 @@ def _uvicorn_server(config: Config, app, runtime, limits, security):
     from ..server.wire.limits import MAX_WS_FRAME_BYTES
 
     refused = app.state.metrics.count_refused
-    served = ConnLimitsMiddleware(app, limits, security=security, usage=app.state.key_usage, on_refused=refused)
+    served = ConnLimitsMiddleware(app, limits, security=security, on_refused=refused)
     enable_access_log()  # one line per request on stderr (logger nanochat_lite.access)
     # On SIGTERM/SIGINT: 503 server_shutdown for new requests, running answers end and
     # are stored as interrupted, their clients get a final event; then exit status 0.

@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ...limits_config import NetLimits
 from ..wire.errors import RETRY_BUSY_S, RequestError, api_body, openai_body
-from .security import KeyIdentifier, KeyUsage, SecurityConfig, add_security_headers
+from .security import KeyIdentifier, SecurityConfig, add_security_headers
 
 # Generation routes, with llama-server's unprefixed aliases (rewritten inside the app).
 GENERATION_PATHS = frozenset({"/api/chat", "/v1/chat/completions", "/v1/completions", "/chat/completions",
@@ -134,13 +134,11 @@ def refusal_body(path: str, status: int, code: str, message: str) -> bytes:
 
 
 class ConnLimitsMiddleware:
-    """WebSocket cap and generations per client (see the module doc).
-
-    `usage` is not used any more (tokens are counted in the store: quotas.py); it is
-    still accepted so that callers need not change at once."""
+    """WebSocket cap and generations per client (see the module doc); tokens are counted
+    in the store (quotas.py)."""
 
     def __init__(self, app: ASGIApp, limits: NetLimits, *, security: SecurityConfig | None = None,
-                 usage: KeyUsage | None = None, on_refused: OnRefused | None = None) -> None:
+                 on_refused: OnRefused | None = None) -> None:
         self.app = app
         self.limits = limits
         self.gate = ClientGate(limits.max_client_generations)
