@@ -1,5 +1,5 @@
 """Make tests/data/embedding_refs.npz: sentence-transformers' own vectors for the
-reference inputs, which tests/test_embeddings.py compares our numpy engine against.
+reference inputs, which tests/test_embeddings.py compares our engine against.
 
 Run it once, in a separate venv that has sentence-transformers and torch (the project
 never depends on either):
