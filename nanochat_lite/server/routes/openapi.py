@@ -71,6 +71,8 @@ class _Op:
 
 
 _LIMIT = ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 20)")
+_OWNER = ("owner", {"type": "string"}, "an admin key's read of another owner's conversations (a key's name, or * "
+          "for every owner); other keys may name only themselves (403)")
 _OPS: dict[tuple[str, str], _Op] = {
     ("get", "/"): _Op("The chat page", "the HTML page", content_type="text/html"),
     ("get", "/health"): _Op("Health (alias of /api/health)", "`{status: ok, model, uptime, ...}`",
@@ -91,24 +93,28 @@ _OPS: dict[tuple[str, str], _Op] = {
                                openai=True),
     ("get", "/api/conversations"): _Op(
         "List conversations, newest first", "`{success: true, data: {conversations, total, limit, offset}}`",
-        query=(_LIMIT, ("offset", {"type": "integer", "minimum": 0}, "how many to skip"))),
+        query=(_LIMIT, ("offset", {"type": "integer", "minimum": 0}, "how many to skip"), _OWNER),
+        errors={403: "`owner` names another key without the admin role"}),
     ("get", "/api/conversations/{cid}"): _Op("A conversation and its messages",
                                              "`{success: true, data: {conversation, messages}}`",
-                                             errors={404: "no such conversation"}),
+                                             query=(_OWNER,),
+                                             errors={404: "no such conversation (or another owner's)",
+                                                     403: "`owner` names another key without the admin role"}),
     ("patch", "/api/conversations/{cid}"): _Op("Rename a conversation", "`{success: true, data: {conversation}}`",
                                                body=RenameRequest, errors={404: "no such conversation"}),
     ("delete", "/api/conversations/{cid}"): _Op("Delete a conversation", "`{success: true, data: {deleted, id}}`",
                                                 errors={404: "no such conversation"}),
     ("get", "/api/conversations/{cid}/export"): _Op(
         "Export a conversation as a file", "the conversation as JSON or Markdown (an attachment)",
-        query=(("format", {"enum": ["json", "markdown"]}, "json (default) or markdown"),),
-        errors={404: "no such conversation"}),
+        query=(("format", {"enum": ["json", "markdown"]}, "json (default) or markdown"), _OWNER),
+        errors={404: "no such conversation (or another owner's)", 403: "`owner` names another key without the admin role"}),
     ("get", "/api/search"): _Op(
         "Search messages", "`{success: true, data: {query, mode, results}}`",
         query=(("q", {"type": "string", "maxLength": MAX_QUERY_CHARS}, "the text to find"),
                ("mode", {"enum": ["text", "semantic"]}, "text (full-text, default) or semantic (embeddings)"),
-               _LIMIT),
-        errors={404: "semantic search without an embeddings model", 503: "the embeddings model is not available"}),
+               _LIMIT, _OWNER),
+        errors={404: "semantic search without an embeddings model", 503: "the embeddings model is not available",
+                403: "`owner` names another key without the admin role"}),
     ("get", "/api/limits"): _Op("The limits the server checks", "`{success: true, data: {message_chars, ...}}`"),
     ("post", "/api/tokenize"): _Op("Token ids of a text, with the served model's tokenizer",
                                    "`{tokens: [{id, text}] or [id], count}`", body=TokenizeRequest,
