@@ -158,15 +158,27 @@ def _ref_targets(root: dict[str, Any]) -> dict[str, Any]:
             stack.extend(node)
     out: dict[str, Any] = {}
     for ref in refs:
-        target: Any = root
-        for piece in ref[2:].split("/") if ref != "#" else ():
-            piece = piece.replace("~1", "/").replace("~0", "~")
-            if isinstance(target, dict) and piece in target:
-                target = target[piece]
-            elif isinstance(target, list) and piece.isdigit() and int(piece) < len(target):
-                target = target[int(piece)]
-            else:
-                break
-        else:
+        found, target = resolve_pointer(root, ref)
+        if found:
             out[ref] = target
     return out
+
+
+
+def resolve_pointer(root: Any, ref: str) -> tuple[bool, Any]:
+    """(found, node) for a local JSON pointer ("#", "#/$defs/Name", "#/items/0"; "~1" is "/",
+    "~0" is "~").
+
+    resolve_pointer({"$defs": {"a": 1}}, "#/$defs/a") -> (True, 1)
+    resolve_pointer({"$defs": {}}, "#/$defs/a") -> (False, None)
+    """
+    target: Any = root
+    for piece in ref[2:].split("/") if ref != "#" else ():
+        piece = piece.replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and piece in target:
+            target = target[piece]
+        elif isinstance(target, list) and piece.isdigit() and int(piece) < len(target):
+            target = target[int(piece)]
+        else:
+            return False, None
+    return True, target

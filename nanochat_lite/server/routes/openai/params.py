@@ -117,15 +117,8 @@ def _resolve_ref(ref: Any, root: dict[str, Any], where: str) -> None:
     if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
         raise RequestError(f"{where}.$ref must point inside the schema (\"#/$defs/Name\"), got {ref!r}; "
                            "remote references are not fetched", param=where)
-    target: Any = root
-    for piece in ref[2:].split("/") if ref != "#" else ():
-        piece = piece.replace("~1", "/").replace("~0", "~")
-        if isinstance(target, dict) and piece in target:
-            target = target[piece]
-        elif isinstance(target, list) and piece.isdigit() and int(piece) < len(target):
-            target = target[int(piece)]
-        else:
-            raise RequestError(f"{where}.$ref {ref!r} points to nothing in the schema", param=where)
+    if not grammar.resolve_pointer(root, ref)[0]:
+        raise RequestError(f"{where}.$ref {ref!r} points to nothing in the schema", param=where)
 
 
 async def check_schema_with_engine(schema: Any, param: str) -> None:
