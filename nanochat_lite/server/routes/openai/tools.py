@@ -33,6 +33,7 @@ from ...wire.schemas import NamedToolChoice, OAIChatRequest, OAIMessage, Tool
 from .params import check_schema
 
 MAX_TOOLS = 64
+TOOL_STRING_CHARS = 256  # a free-form string argument, at most (see _bounded)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 TOOL_PROMPT = (
     "You can call these tools (JSON Schema of their arguments in `parameters`):\n{tools}\n"
@@ -136,8 +137,28 @@ def _call_schema(t: Tool, defs: dict[str, Any]) -> dict[str, Any]:
                 raise RequestError(f"{where}: two tools define $defs/{name} differently; rename one",
                                    param="tools")
             defs[name] = sub
-    return {"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": params},
+    return {"type": "object", "properties": {"name": {"const": t.function.name}, "arguments": _bounded(params)},
             "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _bounded(node: Any) -> Any:
+    """The schema with every free-form string argument bounded to TOOL_STRING_CHARS: a small
+    model once wrote a time zone on and on until max_tokens, and the cut JSON came back as
+    content instead of a tool call. Strings the tool bounds itself (maxLength, enum, const,
+    pattern, format) are left alone.
+
+    _bounded({"type": "string"}) -> {"type": "string", "maxLength": 256}
+    """
+    if isinstance(node, list):
+        return [_bounded(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _bounded(v) for k, v in node.items()}
+    types = out.get("type")
+    if (types == "string" or types == ["string"]) and not any(
+            k in out for k in ("maxLength", "enum", "const", "pattern", "format")):
+        out["maxLength"] = TOOL_STRING_CHARS
+    return out
 
 
 def _refs(node: Any) -> list[str]:
