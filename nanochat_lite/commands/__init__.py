@@ -6,6 +6,7 @@
     tokenizer.py  tokenizer train|encode
     embed.py      embed              sentence embeddings and similarities
     bench.py      bench              flags of the benchmark suite (`nanochat_lite.bench`)
+    docs.py       docs add|list|rm|search   a running server's documents (HTTP: docs_client.py)
     common.py     CLIError, say, the model flags, resolve_model, load_engine
 
 Every command module has `add_parser(subparsers)` and `run(args, config) -> int` and
@@ -25,4 +26,5 @@ COMMANDS: dict[str, str] = {
     "tokenizer": "tokenizer",
     "embed": "embed",
     "bench": "bench",
+    "docs": "docs",
 }
