@@ -108,6 +108,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (owner, day)
         )""",
     ),
+    # 6: status 'length': an answer cut by max_tokens or the owner's quota is told apart
+    # from one the model ended.
+    (
+        "ALTER TABLE messages DROP CONSTRAINT messages_status_check",
+        """ALTER TABLE messages ADD CONSTRAINT messages_status_check
+            CHECK (status IN ('complete', 'length', 'stopped', 'failed', 'interrupted', 'streaming'))""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

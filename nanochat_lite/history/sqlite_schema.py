@@ -164,6 +164,55 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (owner, day)
         )""",
     ),
+    # 6: status 'length': an answer cut by max_tokens or the owner's quota is told apart
+    # from one the model ended. The table is rebuilt as in 4 (ids, owners and the
+    # AUTOINCREMENT high-water mark kept; indexes and FTS triggers recreated).
+    (
+        """CREATE TABLE messages_v6 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'complete'
+                CHECK (status IN ('complete', 'length', 'stopped', 'failed', 'interrupted', 'streaming')),
+            created_at REAL NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            ttft_ms REAL,
+            duration_ms REAL,
+            model TEXT,
+            params TEXT,
+            client_id TEXT,
+            answer_id TEXT,
+            owner TEXT NOT NULL DEFAULT 'local'
+        )""",
+        """INSERT INTO messages_v6 (id, conversation_id, role, content, status, created_at,
+               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,
+               client_id, answer_id, owner)
+           SELECT id, conversation_id, role, content, status, created_at,
+               prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,
+               client_id, answer_id, owner FROM messages""",
+        "DELETE FROM sqlite_sequence WHERE name = 'messages_v6'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages_v6', seq FROM sqlite_sequence WHERE name = 'messages'",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_v6 RENAME TO messages",
+        "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
+        "CREATE UNIQUE INDEX messages_client_id ON messages(owner, client_id) WHERE client_id IS NOT NULL",
+        "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
+        "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, content)
+                VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+        END""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

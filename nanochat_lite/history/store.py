@@ -26,8 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 ROLES = ("system", "user", "assistant")
 # "streaming": an answer still being generated (its text is saved as it grows); a
 # server that stops without finishing it leaves it to `interrupt_streaming()`.
-STATUSES = ("complete", "stopped", "failed", "interrupted", "streaming")
-FINAL_STATUSES = ("complete", "stopped", "failed", "interrupted")
+# "length": an answer cut by its max_tokens or the owner's quota, not ended by the model.
+STATUSES = ("complete", "length", "stopped", "failed", "interrupted", "streaming")
+FINAL_STATUSES = ("complete", "length", "stopped", "failed", "interrupted")
 MARK_START, MARK_END = "«", "»"  # wrap matched words in search snippets; plain text, no HTML
 EXPORT_FORMATS = ("json", "markdown")
 
@@ -45,7 +46,7 @@ class Message:
     conversation_id: str
     role: str  # "system" | "user" | "assistant"
     content: str
-    status: str  # "complete" | "stopped" | "failed" | "interrupted" | "streaming"
+    status: str  # "complete" | "length" | "stopped" | "failed" | "interrupted" | "streaming"
     created_at: float  # unix seconds
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -383,7 +383,10 @@ class Answers:
             self._stats.end(t0, ok=True, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
                          ttft_ms=done.ttft_ms, tokens_per_s=done.decode_tokens_per_s, cancelled=cancelled,
                          cached_tokens=done.cached_tokens)
-            status = ("interrupted" if a.abandoned and not a.user_stopped else "stopped") if cancelled else "complete"
+            if cancelled:
+                status = "interrupted" if a.abandoned and not a.user_stopped else "stopped"
+            else:  # cut by max_tokens or the owner's quota: stored as such, not as ended
+                status = "length" if done.finish_reason == "length" else "complete"
             text = done.text
         else:
             self._stats.end(t0, ok=False)

@@ -253,6 +253,29 @@ def test_client_id_is_answered_once(client: TestClient, rt: Runtime, fake: FakeE
     assert len(fake.calls) == 1 and len(rt.store.messages(cid)) == 2
 
 
+def test_an_answer_cut_by_max_tokens_is_stored_and_replayed_as_length(client: TestClient, rt: Runtime) -> None:
+    """finish_reason `length` live, status `length` in the store, and the same again when the
+    answer is rebuilt from the store (before schema 6 it came back as a complete `stop`)."""
+    with client.websocket_connect("/ws") as sock:
+        ws = Frames(sock)
+        ws.send({"type": "chat", "message": "hi", "max_tokens": 2, "client_id": "cut-1"})
+        live, frames = ws.until("done")
+        ws.send({"type": "chat", "message": "hi again", "client_id": "whole-1"})
+        whole, _ = ws.until("done")
+    assert (live["finish_reason"], live["status"]) == ("length", "length")
+    assert (whole["finish_reason"], whole["status"]) == ("stop", "complete")
+    answer_id = frames[0]["answer_id"]
+    assert stored_answer(rt, answer_id).status == "length"
+    assert stored_answer(rt, frames[0]["answer_id"]).content == live["message"]
+    rt.answers._forget(rt.answers._by_id[answer_id])
+    r = client.post("/api/chat", json={"message": "hi", "client_id": "cut-1"})
+    data = r.json()["data"]
+    assert r.status_code == 200 and data["replayed"] is True
+    assert (data["finish_reason"], data["message"]) == ("length", live["message"])
+    full = client.get(f"/api/conversations/{live['conversation_id']}").json()["data"]
+    assert [m["status"] for m in full["messages"]] == ["complete", "length"]
+
+
 @pytest.mark.parametrize("bad", ["", "x" * 65, "with space", "é"])
 def test_bad_client_id_is_a_400(client: TestClient, bad: str) -> None:
     assert_api_error(client.post("/api/chat", json={"message": "hi", "client_id": bad}), 400, "invalid_request")
