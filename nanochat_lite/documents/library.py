@@ -1,0 +1,107 @@
+"""The stored documents and their vectors in memory: what the server searches.
+
+    library = Library(open_document_store(spec), dim=384)   # vectors loaded from the store
+    library.search("alice", "how do I deploy?", query_vector, k=5) -> [Result, ...]
+
+One `VectorIndex` (search.py) per owner and collection, built at start-up from the
+stored float32 rows and kept in step when a document is stored or deleted; another
+owner's chunks are never in the matrices a search reads. The full-text half is the
+store's own (FTS5 / tsvector), limited to the owner (and collection) in SQL.
+
+Fusion: reciprocal rank fusion (search.py's `rrf`, k=60) of each half's top
+`CANDIDATES`. The two stores score full text differently (bm25 vs ts_rank); RRF reads
+only ranks, so both backends fuse alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .search import DEFAULT_CANDIDATES, Ranking, VectorIndex, rrf
+from .store import ChunkHit, DocumentStore
+
+CANDIDATES = DEFAULT_CANDIDATES  # each half's top-N that goes into the fusion
+
+
+@dataclass(frozen=True)
+class Result:
+    score: float
+    document_id: str
+    name: str
+    page: int | None
+    heading: str | None
+    text: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"score": self.score, "document_id": self.document_id, "name": self.name, "page": self.page,
+                "heading": self.heading, "text": self.text}
+
+
+class Library:
+    """A DocumentStore plus its vectors in memory. Thread-safe; every method blocks."""
+
+    def __init__(self, store: DocumentStore, *, dim: int = 384) -> None:
+        self.store = store
+        self.dim = dim
+        self._indexes: dict[tuple[str, str], VectorIndex] = {}
+        self._lock = threading.Lock()  # guards the dict; each VectorIndex guards itself
+        self._fuse = rrf()
+        for block in store.vector_blocks():
+            if block.vectors.shape[1] != dim:
+                raise ValueError(f"stored vectors of {block.owner}/{block.collection} have "
+                                 f"{block.vectors.shape[1]} dimensions, the embedder gives {dim}")
+            self._index(block.owner, block.collection).add(block.ids.tolist(), block.vectors)
+
+    def _index(self, owner: str, collection: str) -> VectorIndex:
+        with self._lock:
+            index = self._indexes.get((owner, collection))
+            if index is None:
+                index = self._indexes[(owner, collection)] = VectorIndex(self.dim)
+            return index
+
+    def chunks_in_memory(self, owner: str | None = None) -> int:
+        with self._lock:
+            return sum(len(ix) for (o, _), ix in self._indexes.items() if owner is None or o == owner)
+
+    def added(self, owner: str, collection: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """A document's chunks were stored: search them from now on."""
+        if ids:
+            self._index(owner, collection).add(list(ids), vectors)
+
+    def removed(self, owner: str, ids: Sequence[int]) -> None:
+        """A document's chunks were deleted: forget their vectors."""
+        with self._lock:
+            mine = [ix for (o, _), ix in self._indexes.items() if o == owner]
+        gone = set(ids)
+        for index in mine:
+            index.remove(gone)
+
+    def search(self, owner: str, query: str, query_vector: np.ndarray, k: int, *,
+               collection: str | None = None) -> list[Result]:
+        """The owner's k best chunks for `query` (hybrid), best first."""
+        if k <= 0:
+            return []
+        wanted = max(k, CANDIDATES)
+        by_vector = self._vector_search(owner, collection, query_vector, wanted)
+        by_text = self.store.fulltext(owner, query, wanted, collection=collection)
+        fused = self._fuse(by_vector, by_text)[:k]
+        hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused])
+        # A chunk deleted between the ranking and this read is skipped, not shown half.
+        return [_result(score, hits[chunk_id]) for chunk_id, score in fused if chunk_id in hits]
+
+    def _vector_search(self, owner: str, collection: str | None, query_vector: np.ndarray, k: int) -> Ranking:
+        with self._lock:
+            indexes = [ix for (o, c), ix in self._indexes.items() if o == owner and collection in (None, c)]
+        ranking: Ranking = []
+        for index in indexes:
+            ranking.extend(index.search(query_vector, k))
+        ranking.sort(key=lambda item: (-item[1], item[0]))
+        return ranking[:k]
+
+
+def _result(score: float, hit: ChunkHit) -> Result:
+    return Result(round(score, 6), hit.document_id, hit.name, hit.page, hit.heading, hit.text)

@@ -1,0 +1,218 @@
+"""The document store in the conversations' PostgreSQL database (its own connection).
+
+Full text without an extension: each chunk's heading and text as a `tsvector` column
+(the `simple` configuration: no stemming, no stop words, as FTS5's default), GIN-indexed,
+written with the chunk; a query ORs its words (`'deploy' | 'server'`), each quoted, so
+no tsquery syntax gets through, ranked by ts_rank. Vectors are bytea of float32 rows.
+
+Tables are created under an advisory lock, so replicas starting together do not race.
+A broken connection (a database restart) is reopened on the next call; the call that
+saw it break answers StorageUnavailable (503).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..history import StorageUnavailable, StoreError
+from .chunk import Chunk
+from .search import terms
+from .store import (
+    INTERRUPTED,
+    MAX_FULLTEXT_TERMS,
+    SCHEMA_VERSION,
+    ChunkHit,
+    Document,
+    Ranking,
+    VectorBlock,
+    chunk_rows,
+    group_vectors,
+)
+
+CONNECT_TIMEOUT_S = 5
+LOCK_TIMEOUT_MS = 5000
+_SCHEMA_LOCK = 0x6E63_646F  # pg_advisory_xact_lock key: "ncdo"
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS documents (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, collection TEXT NOT NULL, name TEXT NOT NULL,
+        kind TEXT NOT NULL, bytes BIGINT NOT NULL, pages INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('indexing', 'ready', 'error')),
+        error_code TEXT, error TEXT, chunks INTEGER NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS documents_by_owner ON documents(owner, collection, created_at)",
+    """CREATE TABLE IF NOT EXISTS chunks (
+        id BIGSERIAL PRIMARY KEY, document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        owner TEXT NOT NULL, position INTEGER NOT NULL, page INTEGER, heading TEXT, text TEXT NOT NULL,
+        vector BYTEA NOT NULL, body tsvector NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id)",
+    "CREATE INDEX IF NOT EXISTS chunks_by_owner ON chunks(owner)",
+    "CREATE INDEX IF NOT EXISTS chunks_body ON chunks USING GIN (body)",
+)
+_DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
+
+
+def redact(url: str) -> str:
+    """The URL without its password: `postgresql://u:secret@h/db` -> `postgresql://u:***@h/db`."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def tsquery(query: str) -> str | None:
+    """A tsquery text matching any word: 'Deploy the srv' -> "'deploy' | 'the' | 'srv'"."""
+    words = list(dict.fromkeys(terms(query)))[:MAX_FULLTEXT_TERMS]
+    return " | ".join("'" + w.replace("'", "''") + "'" for w in words) or None
+
+
+class PostgresDocuments:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+        try:
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                self._conn.execute("CREATE TABLE IF NOT EXISTS documents_schema (version INTEGER NOT NULL)")
+                row = self._conn.execute("SELECT MAX(version) FROM documents_schema").fetchone()
+                version = (row[0] if row else None) or 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"{redact(url)}: the document tables have version {version}; this "
+                                     f"Nanochat-Lite knows up to {SCHEMA_VERSION}. Upgrade it.")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                if version < SCHEMA_VERSION:
+                    self._conn.execute("INSERT INTO documents_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+        except psycopg.Error as e:
+            self._conn.close()
+            raise StoreError(f"{redact(url)}: cannot create the document tables ({str(e).splitlines()[0]}). "
+                             "The role needs CREATE on the database.") from e
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as e:
+            raise StoreError(f"{redact(self.url)}: cannot connect to PostgreSQL for the documents "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from e
+        conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            try:
+                if self._conn.closed:
+                    self._conn = self._connect()
+                with self._conn.transaction():
+                    yield self._conn
+            except (psycopg.OperationalError, pg_errors.DiskFull, pg_errors.ReadOnlySqlTransaction) as e:
+                raise StorageUnavailable(f"the document store cannot be used right now "
+                                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            except StoreError as e:  # could not reconnect
+                raise StorageUnavailable(str(e)) from e
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    def add(self, owner: str, collection: str, name: str, kind: str, size: int) -> Document:
+        doc = Document(uuid.uuid4().hex, owner, collection, name, kind, size, None, "indexing", None, None, 0,
+                       time.time())
+        with self._tx() as db:
+            db.execute(f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES ({','.join(['%s'] * 12)})",
+                       (doc.id, doc.owner, doc.collection, doc.name, doc.kind, doc.bytes, doc.pages, doc.status,
+                        doc.error_code, doc.error, doc.chunks, doc.created_at))
+        return doc
+
+    def finish(self, doc_id: str, *, pages: int | None, chunks: Sequence[Chunk],
+               vectors: np.ndarray) -> list[int] | None:
+        with self._tx() as db:
+            row = db.execute("SELECT owner FROM documents WHERE id = %s AND status = 'indexing' FOR UPDATE",
+                             (doc_id,)).fetchone()
+            if row is None:
+                return None
+            ids: list[int] = []
+            with db.cursor() as cur:
+                for values in chunk_rows(doc_id, row[0], chunks, vectors):
+                    cur.execute("INSERT INTO chunks (document_id, owner, position, page, heading, text, vector, body) "
+                                "VALUES (%s,%s,%s,%s,%s,%s,%s, to_tsvector('simple', %s)) RETURNING id", values)
+                    got = cur.fetchone()
+                    assert got is not None
+                    ids.append(int(got[0]))
+            db.execute("UPDATE documents SET status = 'ready', pages = %s, chunks = %s WHERE id = %s",
+                       (pages, len(ids), doc_id))
+            return ids
+
+    def fail(self, doc_id: str, code: str, message: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
+            db.execute("UPDATE documents SET status = 'error', error_code = %s, error = %s, chunks = 0 WHERE id = %s",
+                       (code, message.replace("\x00", ""), doc_id))
+
+    def delete(self, doc_id: str, *, owner: str) -> list[int] | None:
+        with self._tx() as db:
+            row = db.execute("SELECT 1 FROM documents WHERE id = %s AND owner = %s FOR UPDATE",
+                             (doc_id, owner)).fetchone()
+            if row is None:
+                return None
+            ids = [int(r[0]) for r in db.execute("SELECT id FROM chunks WHERE document_id = %s", (doc_id,))]
+            db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
+            return ids
+
+    def interrupt_indexing(self) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE documents SET status = 'error', error_code = %s, error = %s "
+                              "WHERE status = 'indexing'", INTERRUPTED).rowcount
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, doc_id: str, *, owner: str) -> Document | None:
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = %s AND owner = %s",
+                             (doc_id, owner)).fetchone()
+        return Document(*row) if row else None
+
+    def of_owner(self, *, owner: str, collection: str | None = None) -> list[Document]:
+        where, args = ("owner = %s", [owner]) if collection is None else ("owner = %s AND collection = %s",
+                                                                          [owner, collection])
+        with self._tx() as db:
+            rows = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE {where} ORDER BY created_at DESC, id",
+                              args).fetchall()
+        return [Document(*r) for r in rows]
+
+    def vector_blocks(self) -> Iterator[VectorBlock]:
+        with self._tx() as db:
+            rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
+                              "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
+        return group_vectors(iter(rows))
+
+    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None) -> Ranking:
+        text = tsquery(query)
+        if text is None or k <= 0:
+            return []
+        sql = ("SELECT c.id, ts_rank(c.body, q) AS score FROM chunks c, to_tsquery('simple', %s) q "
+               + "WHERE c.body @@ q AND c.owner = %s "
+               + ("AND c.document_id IN (SELECT id FROM documents WHERE owner = %s AND collection = %s) "
+                  if collection is not None else "")
+               + "ORDER BY score DESC, c.id LIMIT %s")
+        args: list[Any] = [text, owner] + ([owner, collection] if collection is not None else []) + [k]
+        with self._tx() as db:
+            return [(int(i), float(s)) for i, s in db.execute(sql, args)]
+
+    def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]:
+        if not ids:
+            return {}
+        with self._tx() as db:
+            rows = db.execute("SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
+                              "JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)", (list(ids),)).fetchall()
+        return {int(r[0]): ChunkHit(int(r[0]), *r[1:]) for r in rows}

@@ -1,0 +1,216 @@
+"""The document store in the conversations' SQLite file (its own connection, WAL).
+
+Full text is an FTS5 table over each chunk's heading and text (rowid = the chunk's id),
+written and deleted in the same transactions as the chunks. Queries OR their words
+(FTS5's bare words would AND them), each quoted so no FTS5 syntax gets through, and
+rank by bm25() (negated: higher is better here).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..history import StorageUnavailable, StoreError
+from .chunk import Chunk
+from .search import terms
+from .store import (
+    INTERRUPTED,
+    MAX_FULLTEXT_TERMS,
+    SCHEMA_VERSION,
+    ChunkHit,
+    Document,
+    Ranking,
+    VectorBlock,
+    chunk_rows,
+    group_vectors,
+)
+
+BUSY_TIMEOUT_MS = 5000
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS documents (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, collection TEXT NOT NULL, name TEXT NOT NULL,
+        kind TEXT NOT NULL, bytes INTEGER NOT NULL, pages INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('indexing', 'ready', 'error')),
+        error_code TEXT, error TEXT, chunks INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS documents_by_owner ON documents(owner, collection, created_at)",
+    """CREATE TABLE IF NOT EXISTS chunks (
+        id INTEGER PRIMARY KEY, document_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        owner TEXT NOT NULL, position INTEGER NOT NULL, page INTEGER, heading TEXT, text TEXT NOT NULL,
+        vector BLOB NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id)",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(body)",
+    # The cascade removes chunks; this removes their full-text rows in the same statement.
+    """CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        DELETE FROM chunks_fts WHERE rowid = old.id; END""",
+)
+_DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
+_UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+
+
+def match_expression(query: str) -> str | None:
+    """An FTS5 query that matches any of the words: 'Deploy the "srv"' -> '"deploy" OR "the" OR "srv"'."""
+    words = list(dict.fromkeys(terms(query)))[:MAX_FULLTEXT_TERMS]
+    return " OR ".join(f'"{w}"' for w in words) or None
+
+
+class SQLiteDocuments:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                     timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._create()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise StoreError(f"{self.path}: cannot open the document tables ({e}). Check that this is a "
+                             "Nanochat-Lite database, readable and writable, or use another --db.") from e
+
+    def _create(self) -> None:
+        with self._write():
+            self._conn.execute("CREATE TABLE IF NOT EXISTS documents_schema (version INTEGER NOT NULL)")
+            version = self._conn.execute("SELECT MAX(version) FROM documents_schema").fetchone()[0] or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: the document tables have version {version}; this Nanochat-Lite "
+                                 f"knows up to {SCHEMA_VERSION}. Upgrade it, or use another --db.")
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                self._conn.execute("INSERT INTO documents_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:  # locked, full, read-only: "not now", a 503
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF in _UNAVAILABLE_CODES:
+                raise StorageUnavailable(f"the document store: {e}") from e
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    def add(self, owner: str, collection: str, name: str, kind: str, size: int) -> Document:
+        doc = Document(uuid.uuid4().hex, owner, collection, name, kind, size, None, "indexing", None, None, 0,
+                       time.time())
+        with self._write() as db:
+            db.execute(f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (doc.id, doc.owner, doc.collection, doc.name, doc.kind, doc.bytes, doc.pages, doc.status,
+                        doc.error_code, doc.error, doc.chunks, doc.created_at))
+        return doc
+
+    def finish(self, doc_id: str, *, pages: int | None, chunks: Sequence[Chunk],
+               vectors: np.ndarray) -> list[int] | None:
+        """Store the chunks and mark the document ready, all or nothing; their ids in order.
+        None when the document was deleted meanwhile (nothing stored)."""
+        with self._write() as db:
+            row = db.execute("SELECT owner FROM documents WHERE id = ? AND status = 'indexing'", (doc_id,)).fetchone()
+            if row is None:
+                return None
+            ids = []
+            for *values, body in chunk_rows(doc_id, row[0], chunks, vectors):
+                cur = db.execute("INSERT INTO chunks (document_id, owner, position, page, heading, text, vector) "
+                                 "VALUES (?,?,?,?,?,?,?)", values)
+                assert cur.lastrowid is not None
+                db.execute("INSERT INTO chunks_fts (rowid, body) VALUES (?, ?)", (cur.lastrowid, body))
+                ids.append(cur.lastrowid)
+            db.execute("UPDATE documents SET status = 'ready', pages = ?, chunks = ? WHERE id = ?",
+                       (pages, len(ids), doc_id))
+            return ids
+
+    def fail(self, doc_id: str, code: str, message: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+            db.execute("UPDATE documents SET status = 'error', error_code = ?, error = ?, chunks = 0 WHERE id = ?",
+                       (code, message, doc_id))
+
+    def delete(self, doc_id: str, *, owner: str) -> list[int] | None:
+        """Delete the owner's document with its chunks; the chunk ids gone, None if no such document."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM documents WHERE id = ? AND owner = ?", (doc_id, owner)).fetchone() is None:
+                return None
+            ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE document_id = ?", (doc_id,))]
+            db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+            return ids
+
+    def interrupt_indexing(self) -> int:
+        with self._write() as db:
+            return db.execute("UPDATE documents SET status = 'error', error_code = ?, error = ? "
+                              "WHERE status = 'indexing'", INTERRUPTED).rowcount
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, doc_id: str, *, owner: str) -> Document | None:
+        with self._read() as db:
+            row = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ? AND owner = ?",
+                             (doc_id, owner)).fetchone()
+        return Document(*row) if row else None
+
+    def of_owner(self, *, owner: str, collection: str | None = None) -> list[Document]:
+        where, args = ("owner = ?", [owner]) if collection is None else ("owner = ? AND collection = ?",
+                                                                         [owner, collection])
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE {where} ORDER BY created_at DESC, id",
+                              args).fetchall()
+        return [Document(*r) for r in rows]
+
+    def vector_blocks(self) -> Iterator[VectorBlock]:
+        with self._read() as db:
+            rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
+                              "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
+        return group_vectors(iter(rows))
+
+    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None) -> Ranking:
+        expression = match_expression(query)
+        if expression is None or k <= 0:
+            return []
+        sql = ("SELECT f.rowid, -bm25(chunks_fts) AS score FROM chunks_fts f JOIN chunks c ON c.id = f.rowid "
+               + ("JOIN documents d ON d.id = c.document_id " if collection is not None else "")
+               + "WHERE chunks_fts MATCH ? AND c.owner = ? "
+               + ("AND d.collection = ? " if collection is not None else "")
+               + "ORDER BY score DESC, f.rowid LIMIT ?")
+        args = [expression, owner] + ([collection] if collection is not None else []) + [k]
+        with self._read() as db:
+            return [(int(i), float(s)) for i, s in db.execute(sql, args)]
+
+    def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._read() as db:
+            rows = db.execute(f"SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
+                              f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})", list(ids)).fetchall()
+        return {r[0]: ChunkHit(*r) for r in rows}
