@@ -189,7 +189,7 @@ def _unreadable(path: Path) -> str | None:
 def _follow_with_bar(client: DocumentsClient, doc_id: str, name: str) -> _Outcome:
     from tqdm import tqdm
 
-    bar = tqdm(total=None, desc=name, unit="chunk", file=sys.stderr, leave=True, dynamic_ncols=True)
+    bar = tqdm(total=None, desc=name, unit=" chunks", file=sys.stderr, leave=True, dynamic_ncols=True)
     try:
         return _follow(client, doc_id, bar)
     except KeyboardInterrupt:
@@ -248,17 +248,19 @@ def _status(client: DocumentsClient, doc_id: str, bar: tqdm[Any]) -> _Outcome | 
         chunks = _count(document.get("chunks"), fallback=bar.total or bar.n)
         _advance(bar, chunks, chunks)
         return _Outcome(True, chunks=chunks)
-    if status in ("error", "failed"):
+    if status in ("error", "failed"):  # the reason as `error_code` and `error`, or one `error` object
         error = document.get("error")
+        code, message = document.get("error_code"), error
         if isinstance(error, dict):
-            return _Outcome(False, code=str(error.get("code") or status), message=str(error.get("message") or ""))
-        return _Outcome(False, code=status, message=str(error or "the server gave no reason"))
+            code, message = error.get("code") or code, error.get("message")
+        return _Outcome(False, code=str(code or status), message=str(message or "the server gave no reason"))
     return None
 
 
 def _advance(bar: tqdm[Any], done: object, total: object) -> None:
     """Show done/total on the bar (either may be missing from an event: then it stays)."""
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0 and total != bar.total:
+    # total 0: not known yet (the server has not chunked the document): the bar counts without one
+    if isinstance(total, int) and not isinstance(total, bool) and total > 0 and total != bar.total:
         bar.total = total
         bar.refresh()
     if isinstance(done, int) and not isinstance(done, bool) and done != bar.n:
