@@ -80,10 +80,12 @@ class Worker:
     """A child process serving one peer (see the module docstring); use as a context manager."""
 
     def __init__(self, factory: Callable[..., Any] | str, *, env: dict[str, str] | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, **init: Any) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, python: str | None = None, **init: Any) -> None:
+        """`python`: the interpreter to run the child with (default this one); another venv's
+        must be able to import this package (put its folder on PYTHONPATH in `env`)."""
         self._log = tempfile.TemporaryFile()
         self.spawned = time.time()  # wall clock, comparable with a time.time() the child reports
-        self.proc = subprocess.Popen([sys.executable, "-m", "nanochat_lite.bench.isolate"],
+        self.proc = subprocess.Popen([python or sys.executable, "-m", "nanochat_lite.bench.isolate"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      env={**os.environ, **(env or {})})
         self._buf = b""

@@ -69,6 +69,7 @@ class PeerOptions:
     serve_args: tuple[str, ...] = ()
     baseline_cmd: str | None = None
     llama_cpp_server: bool = True  # use it when installed
+    st_python: str | None = None  # interpreter for the embeddings section's sentence-transformers
 
 
 # -- nanochat-lite ---------------------------------------------------------------------

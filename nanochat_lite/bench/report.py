@@ -216,15 +216,20 @@ def _fairness(r: dict) -> list[Table]:
 def _embeddings(r: dict) -> list[Table]:
     if r.get("status") != "ok":
         return [Table("Embeddings", f"{r.get('status', 'not available')}: {r.get('reason', '')}", [])]
-    t = Table("Embeddings", f"Sentences/s embedding {r.get('texts', 256)} texts (the first 64 for calls of 1) in "
-              f"calls of 1, 32 and 256 texts, {r['threads']} threads; {r['method']}; median (min–max).",
-              ["engine", "batch 1", "batch 32", "batch 256", "first embedding from cold (s)"])
-    for name, v in r["engines"].items():
-        if isinstance(v, str):
-            t.rows.append([name, v, "", "", ""])
-        else:
-            t.rows.append([name, _r(v.get("batch_1")), _r(v.get("batch_32")), _r(v.get("batch_256")),
-                           _r(v.get("cold_load_s"))])
+    cos = r["min_cosine"]
+    cos_text = "; ".join(f"{k}: {v:.6f}" for k, v in cos.items()) if isinstance(cos, dict) else cos
+    t = Table("Embeddings", f"Sentences/s, {r['threads'] or 'default'} threads, median (min–max); {r['method']}; "
+              f"load average {r['load_average']['start']}–{r['load_average']['end']}. Minimum cosine between "
+              f"the two engines' vectors of one text: {cos_text}.",
+              ["input", "batch", "nanochat-lite (ONNX Runtime)", "sentence-transformers",
+               "ours / theirs, medians (bests)"])
+    for row in r["rows"]:
+        cells = [v if isinstance(v, str) else _r(v) for v in (row["nanochat-lite"], row["sentence-transformers"])]
+        ratio = f"{row['ratio_median']:g}x ({row['ratio_best']:g}x)" if row["ratio_median"] else "-"
+        t.rows.append([row["input"], str(row["batch"]), *cells, ratio])
+    cold = [v["cold_load_s"] if isinstance(v, dict) else v for v in (r["engines"].get("nanochat-lite"),
+                                                                    r["engines"].get("sentence-transformers"))]
+    t.rows.append(["first embedding from cold (s)", "", *[v if isinstance(v, str) else _r(v) for v in cold], ""])
     return [t]
 
 
@@ -506,10 +511,9 @@ def _plot_memory(fig: Any, r: dict) -> bool:
 
 
 def _plot_embeddings(fig: Any, r: dict) -> bool:
-    engines = {n: v for n, v in r.get("engines", {}).items() if isinstance(v, dict)}
-    if not engines:
+    bars = [(f"{name}, {row['input']}, batch {row['batch']}", row[name]) for row in r.get("rows", [])
+            for name in ("nanochat-lite", "sentence-transformers") if isinstance(row.get(name), dict)]
+    if not bars:
         return False
-    labels = [f"{n}, batch {b}" for n in engines for b in (1, 32, 256)]
-    _barh(fig.subplots(), labels, [engines[n][f"batch_{b}"] for n in engines for b in (1, 32, 256)],
-          "sentences/s (median, min–max)")
+    _barh(fig.subplots(), [b[0] for b in bars], [b[1] for b in bars], "sentences/s (median, min–max)")
     return True

@@ -195,7 +195,7 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
     def embeddings() -> dict:
         from .. import models
 
-        return embedding.run(quick, threads, models.ensure(home, models.DEFAULT_EMBEDDING))
+        return embedding.run(quick, threads, models.ensure(home, models.DEFAULT_EMBEDDING), opts.st_python)
 
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick, log=_say),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),

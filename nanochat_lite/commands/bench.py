@@ -45,6 +45,9 @@ def add_parser(sub: Any) -> None:
                        "labelled 'nanochat-lite (serial baseline)'; placeholders {port} (required), {db}, "
                        "{threads}, {model}, {ctx}; e.g. '/tmp/old/.venv/bin/nanochat-lite serve --host 127.0.0.1 "
                        "--port {port} --db {db} --threads {threads}'")
+    peers.add_argument("--st-python", metavar="PATH", help="a Python that can import sentence_transformers "
+                       "(e.g. another venv's bin/python): the embeddings section's peer (env "
+                       "NANOCHAT_LITE_ST_PYTHON; default: this Python when it has sentence-transformers)")
     peers.add_argument("--serve-args", metavar="ARGS", default="", help="extra `nanochat-lite serve` flags for "
                        "this checkout's server, one quoted string (e.g. '--parallel 10 --max-queue 64'; "
                        "a single flag needs the = form: --serve-args=--parallel=4)")
@@ -83,6 +86,10 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
             raise CLIError(f"--{flag.replace('_', '-')} {value}: not an executable file; build it from llama.cpp "
                            f"(README, Benchmarks) and give its path")
         binaries[flag] = path
+    st_python = getattr(args, "st_python", None)
+    if st_python and not (Path(st_python).expanduser().is_file() and os.access(Path(st_python).expanduser(), os.X_OK)):
+        raise CLIError(f"--st-python {st_python}: not an executable file; give a Python that can import "
+                       "sentence_transformers (e.g. another venv's bin/python)")
     try:
         serve_args = tuple(shlex.split(getattr(args, "serve_args", "") or ""))
         baseline = getattr(args, "baseline_cmd", None)
@@ -91,4 +98,5 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
     except ValueError as e:
         raise CLIError(str(e)) from e
     return PeerOptions(llama_server=binaries["llama_server"], llama_bench=binaries["llama_bench"],
-                       serve_args=serve_args, baseline_cmd=baseline or None)
+                       serve_args=serve_args, baseline_cmd=baseline or None,
+                       st_python=st_python or None)
