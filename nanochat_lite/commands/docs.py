@@ -86,17 +86,20 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from .docs_client import DocumentsClient
+    from .docs_client import DocumentsClient, ServerRefusal
 
     client = DocumentsClient(server_url(args.server, config), api_key(args.api_key, config.env))
     action: str = args.docs_action
-    if action == "add":
-        return _add(client, [Path(f) for f in args.files], args.collection)
-    if action == "list":
-        return _list(client, args.collection)
-    if action == "rm":
-        return _remove(client, args.ids)
-    return _search(client, " ".join(args.query), args.k, args.collection)
+    try:
+        if action == "add":
+            return _add(client, [Path(f) for f in args.files], args.collection)
+        if action == "list":
+            return _list(client, args.collection)
+        if action == "rm":
+            return _remove(client, args.ids)
+        return _search(client, " ".join(args.query), args.k, args.collection)
+    except ServerRefusal as e:  # one the action does not go on after (a list, a search, no documents API)
+        raise CLIError(f"The server refused it ({e.status} {e.code}): {e.message}") from None
 
 
 def server_url(flag: str | None, config: Config) -> str:
@@ -159,6 +162,8 @@ def _add(client: DocumentsClient, paths: list[Path], collection: str | None) -> 
         try:
             document = client.upload(path.name, content, collection)
         except ServerRefusal as e:
+            if e.status == 404:  # the upload's own path: this server has no documents API
+                raise
             say(f"{path}: refused by the server ({e.status} {e.code}): {e.message}")
             failed += 1
             continue
@@ -316,14 +321,9 @@ def _remove(client: DocumentsClient, ids: list[str]) -> int:
 
 
 def _search(client: DocumentsClient, query: str, k: int, collection: str | None) -> int:
-    from .docs_client import ServerRefusal
-
     if not query.strip():
         raise CLIError("docs search: the query is empty; say what to look for: nanochat-lite docs search WORDS")
-    try:
-        results = client.search(query, k, collection)
-    except ServerRefusal as e:
-        raise CLIError(f"The server refused the search ({e.status} {e.code}): {e.message}") from None
+    results = client.search(query, k, collection)
     if not results:
         say("No document matches. `nanochat-lite docs list` shows what is indexed (and whether it is ready).")
         return 0

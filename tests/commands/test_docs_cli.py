@@ -298,6 +298,19 @@ def test_list_prints_a_table(fake: FakeDocs, capsys: pytest.CaptureFixture[str])
     assert fake.seen[0].path == "/api/documents?collection=my%20work"
 
 
+def test_refusals_of_a_list_or_of_every_upload_stop_the_command(fake: FakeDocs, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    fake.refuse["/api/documents?collection=%0A"] = (400, "invalid_request", "`collection` must be printable")
+    assert docs(fake, "list", "--collection", "\n") == 2
+    assert "The server refused it (400 invalid_request): `collection` must be printable" in capsys.readouterr().err
+    f = tmp_path / "a.md"
+    f.write_text("# A")
+    fake.refuse["/api/documents"] = (404, "not_available", "documents are not enabled on this server")
+    assert docs(fake, "add", str(f), str(f)) == 2
+    assert "(404 not_available): documents are not enabled on this server" in capsys.readouterr().err
+    assert [s.method for s in fake.seen] == ["GET", "POST"]  # the second file was not tried
+
+
 def test_list_of_nothing_says_how_to_add(fake: FakeDocs, capsys: pytest.CaptureFixture[str]) -> None:
     assert docs(fake, "list") == 0
     out, err = capsys.readouterr()
@@ -333,7 +346,8 @@ def test_search_prints_ranked_results(fake: FakeDocs, capsys: pytest.CaptureFixt
 def test_search_refusal_and_bad_k(fake: FakeDocs, capsys: pytest.CaptureFixture[str]) -> None:
     fake.refuse["/api/documents/search"] = (400, "invalid_request", "`k` must be between 1 and 50, got 99")
     assert docs(fake, "search", "x", "-k", "99") == 2
-    assert "`k` must be between 1 and 50, got 99" in capsys.readouterr().err
+    assert "The server refused it (400 invalid_request): `k` must be between 1 and 50, got 99" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         docs(fake, "search", "x", "-k", "0")
     assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
