@@ -125,6 +125,13 @@ def test_quota_holds_under_concurrency_and_survives_a_restart(tmp_path: Path, ch
         stored = conversations(s)
     with open_store(db) as store:
         (usage,) = store.usage(owner="alice")
+        # An answer cut by the quota or max_tokens is stored as `length`, as its client was told.
+        told_status = sorted({"stop": "complete", "length": "length"}[r["finish"][0]]
+                             for r in results if r["status"] == 200 and r["door"] != "v1")
+        kept_status = sorted(m.status for c in store.list(owner="alice", limit=100)[0]
+                             for m in store.messages(c.id, owner="alice") if m.role == "assistant")
+        print(f"  stored answers: {kept_status}")
+        assert kept_status == told_status and "length" in kept_status
     print(f"  the day's count: {row['tokens_today']} of {QUOTA} (store: {usage.counted}, "
           f"{usage.requests} requests settled, {usage.reserved_tokens} still reserved)")
     assert row["tokens_today"] == usage.counted == told <= QUOTA
