@@ -20,8 +20,9 @@ from typing import Any, Mapping
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
                "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips",
-               "chat_template")
+               "chat_template", "max_document_mb")
 MAX_RESUME_WINDOW_S = 3600.0
+MAX_DOCUMENT_MB_LIMIT = 4096.0  # an upload is held in memory while it is parsed
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,8 @@ class Config:
     # --chat-template FILE|NAME: the chat template to use instead of the model's own (a
     # base model has none: without this, only raw prompts work). None: the model's.
     chat_template: str | None = None
+    # The largest document upload, in MiB (POST /api/documents): larger is 413 too_large.
+    max_document_mb: float = 50.0
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -106,6 +109,8 @@ class Config:
             c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
         if env.get("NANOCHAT_LITE_RESUME_WINDOW"):
             c.resume_window = _float(env["NANOCHAT_LITE_RESUME_WINDOW"], "NANOCHAT_LITE_RESUME_WINDOW")
+        if env.get("NANOCHAT_LITE_MAX_DOCUMENT_MB"):
+            c.max_document_mb = _float(env["NANOCHAT_LITE_MAX_DOCUMENT_MB"], "NANOCHAT_LITE_MAX_DOCUMENT_MB")
         if env.get("NANOCHAT_LITE_DB"):
             c.db = db_setting(env["NANOCHAT_LITE_DB"])
         if env.get("NANOCHAT_LITE_ENV"):
@@ -154,6 +159,9 @@ class Config:
         if not 0 <= self.resume_window <= MAX_RESUME_WINDOW_S:
             raise ConfigError(f"--resume-window must be between 0 and {MAX_RESUME_WINDOW_S:g} seconds, "
                               f"got {self.resume_window:g}")
+        if not 0 < self.max_document_mb <= MAX_DOCUMENT_MB_LIMIT:
+            raise ConfigError(f"--max-document-mb must be above 0 and at most {MAX_DOCUMENT_MB_LIMIT:g}, "
+                              f"got {self.max_document_mb:g}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.engine is not None:

@@ -100,6 +100,23 @@ def _open_store(config: Config):
                        "Pass another file with --db PATH (or NANOCHAT_LITE_DB).") from None
 
 
+def _open_documents(config: Config, runtime, sock, store):
+    """The document tables beside the conversations (same file or database), their
+    vectors loaded, and the indexer, which embeds with the runtime's embedder and steps
+    aside while a chat answer is being generated. On failure the socket and the
+    conversation store are closed before the CLIError."""
+    from ..documents.service import open_documents
+
+    try:
+        return open_documents(config.db_path, embedder=runtime.embedder_cache.get,
+                              busy=lambda: runtime.generating > 0 or runtime.queued > 0,
+                              max_bytes=int(config.max_document_mb * (1 << 20)))
+    except Exception as e:  # StoreError, or stored vectors the embedder cannot read
+        sock.close()
+        store.close()
+        raise CLIError(f"Cannot open the document store: {redact_paths(str(e))}") from None
+
+
 class _EngineLoader:
     """Loads the engine in a thread; `wait()` returns it or raises CLIError."""
 
@@ -161,7 +178,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if config.seed is not None:
         from ..generation import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
-    app = create_app(runtime, security=security)
+    documents = _open_documents(config, runtime, sock, store)
+    app = create_app(runtime, security=security, documents=documents)
     server = _uvicorn_server(config, app, runtime, limits, security)
     failure: list[str] = []
 
@@ -194,6 +212,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         runtime.close()
         if prefix_hook is not None:  # the test hook: the engine calls close() waited for, or not
             print(f"{PREFIX_HOOK_EXIT} {getattr(runtime.scheduler, 'prefix_tokens', 0)}", file=sys.stderr, flush=True)
+        documents.close()  # the indexer stops after its current batch's document
         if loader.engine is not None:
             loader.engine.close()
         store.close()

@@ -46,6 +46,9 @@ def add_parser(sub: Any) -> None:
                                         "it out of the process list)")
     s.add_argument("--engine-model", help="the model to ask that server for (env NANOCHAT_LITE_ENGINE_MODEL; "
                                           "default: the first it lists)")
+    s.add_argument("--max-document-mb", type=float, metavar="MB",
+                   help="the largest document upload (POST /api/documents); larger is 413 "
+                        "(env NANOCHAT_LITE_MAX_DOCUMENT_MB; 50)")
     s.add_argument("--batch-size", "-b", type=int,
                    help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
 

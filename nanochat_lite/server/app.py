@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
+from ..documents.service import DocumentService
 from ..history import StorageUnavailable
 from ..redact import redact_paths
 from .chat.runtime import Runtime
@@ -27,6 +28,7 @@ from .guards.security import KeyUsage, SecurityConfig, SecurityMiddleware
 from .observe.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from .routes import chat as chat_api
 from .routes import conversations as conversations_api
+from .routes import documents as documents_api
 from .routes import embeddings as embeddings_api
 from .routes import limits as limits_api
 from .routes import tokenize as tokenize_api
@@ -128,9 +130,10 @@ class _SecuredStarlette(Starlette):
 
 
 def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
-               security: SecurityConfig | None = None) -> Starlette:
+               security: SecurityConfig | None = None, documents: DocumentService | None = None) -> Starlette:
     """The app. `security=None` means the defaults: loopback Host names (and IP
-    literals) only, no cross-origin writes, no CORS, no API key."""
+    literals) only, no cross-origin writes, no CORS, no API key. `documents=None`: the
+    document routes answer 404 not_available."""
     security = security if security is not None else SecurityConfig()
     usage = KeyUsage(security.keys)
     metrics = Metrics(keys_configured=bool(security.keys))
@@ -151,6 +154,12 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
         Route("/api/conversations/{cid}", conversations_api.delete_conversation, methods=["DELETE"]),
         Route("/api/conversations/{cid}/export", conversations_api.export_conversation),
         Route("/api/search", conversations_api.search),
+        Route("/api/documents/search", documents_api.search, methods=["POST"]),
+        Route("/api/documents", documents_api.upload, methods=["POST"]),
+        Route("/api/documents", documents_api.list_documents),
+        Route("/api/documents/{doc_id}", documents_api.get_document),
+        Route("/api/documents/{doc_id}", documents_api.delete_document, methods=["DELETE"]),
+        Route("/api/documents/{doc_id}/events", documents_api.document_events),
         Route("/api/limits", limits_api.limits),
         Route("/api/tokenize", tokenize_api.tokenize, methods=["POST"]),
         Route("/v1/embeddings", embeddings_api.openai_embeddings, methods=["POST"]),
@@ -170,4 +179,5 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
     app.state.key_usage = usage if security.keys else None
     app.state.metrics = metrics
     app.state.openapi = None  # the encoded document, built on first request
+    app.state.documents = documents
     return app
