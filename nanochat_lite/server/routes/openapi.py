@@ -26,6 +26,7 @@ from ..guards.security import needs_key
 from ..wire.limits import MAX_BODY_BYTES, MAX_ID_CHARS, MAX_PAGE, MAX_QUERY_CHARS
 from ..wire.schemas import ChatRequest, OAIChatRequest, WSChat
 from .conversations import RenameRequest
+from .documents import MAX_K, SearchRequest
 from .embeddings import EmbeddingRequest, OAIEmbeddingRequest
 from .tokenize import DetokenizeRequest, TokenizeRequest
 
@@ -115,6 +116,32 @@ _OPS: dict[tuple[str, str], _Op] = {
                _LIMIT, _OWNER),
         errors={404: "semantic search without an embeddings model", 503: "the embeddings model is not available",
                 403: "`owner` names another key without the admin role"}),
+    ("post", "/api/documents"): _Op(
+        "Upload a document to index (multipart/form-data: `file`, optional `collection`, default `default`)",
+        "202 `{success: true, data: {id, name, collection, status: indexing, events_url}}`; follow events_url",
+        errors={413: "over --max-document-mb, or a zip bomb",
+                415: "not multipart, a binary file or an unsupported format",
+                400: "empty, corrupt or encrypted, or no `file` field",
+                404: "embeddings (and so documents) are not enabled", 503: "the embeddings model is not available"}),
+    ("get", "/api/documents"): _Op(
+        "List your documents, newest first", "`{success: true, data: {documents: [{id, name, collection, kind, "
+        "bytes, pages, status, error_code, error, chunks, created_at, events_url}]}}`",
+        query=(("collection", {"type": "string", "maxLength": 64}, "only this collection"),)),
+    ("get", "/api/documents/{doc_id}"): _Op("One of your documents (with `progress` while indexing)",
+                                            "`{success: true, data: {document}}`",
+                                            errors={404: "no such document (or another owner's)"}),
+    ("delete", "/api/documents/{doc_id}"): _Op("Delete a document with its chunks and vectors",
+                                               "`{success: true, data: {deleted, id, chunks}}`",
+                                               errors={404: "no such document (or another owner's)"}),
+    ("get", "/api/documents/{doc_id}/events"): _Op(
+        "A document's indexing as server-sent events",
+        "`{type: progress, done, total}` at least every second while indexing, then `{type: ready, chunks}` "
+        "or `{type: error, code, message}`; a finished document's final event at once",
+        content_type="text/event-stream", errors={404: "no such document (or another owner's)"}),
+    ("post", "/api/documents/search"): _Op(
+        f"Search your documents: full text and vectors fused by reciprocal rank (k 1-{MAX_K}, default 5)",
+        "`{success: true, data: {results: [{score, document_id, name, page, heading, text}]}}`", body=SearchRequest,
+        errors={404: "embeddings (and so documents) are not enabled", 503: "the embeddings model is not available"}),
     ("get", "/api/limits"): _Op("The limits the server checks", "`{success: true, data: {message_chars, ...}}`"),
     ("post", "/api/tokenize"): _Op("Token ids of a text, with the served model's tokenizer",
                                    "`{tokens: [{id, text}] or [id], count}`", body=TokenizeRequest,
@@ -185,7 +212,7 @@ def _operation(path: str, method: str, keys: bool, body_refs: dict[type, dict[st
     params: list[dict[str, Any]] = []
     for name in _PARAM_RE.findall(path):
         schema: dict[str, Any] = {"type": "string"}
-        if name == "cid":
+        if name in ("cid", "doc_id"):
             schema["maxLength"] = MAX_ID_CHARS
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     for name, schema, text in op.query:

@@ -178,6 +178,10 @@ def test_bad_requests(server: ServerProc) -> None:
         assert r.status_code == 400 and param in r.json()["error"]["message"], body
     assert httpx.get(server.url + "/api/documents", headers=auth(BOB)).status_code == 200
     assert httpx.get(server.url + "/api/documents").status_code == 401  # no key, no documents
+    paths = httpx.get(server.url + "/openapi.json", headers=auth(BOB)).json()["paths"]
+    assert set(paths["/api/documents"]) == {"get", "post"} and set(paths["/api/documents/{doc_id}"]) == {"get", "delete"}
+    search_op = paths["/api/documents/search"]["post"]
+    assert "requestBody" in search_op and "404" in paths["/api/documents/{doc_id}/events"]["get"]["responses"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
