@@ -224,7 +224,7 @@ def _follow(client: DocumentsClient, doc_id: str, bar: tqdm[Any]) -> _Outcome:
                     _advance(bar, event.get("done"), event.get("total"))
                 elif kind == "ready":
                     chunks = _count(event.get("chunks"), fallback=bar.total or bar.n)
-                    _advance(bar, chunks, chunks)
+                    _finish(bar, chunks)
                     return _Outcome(True, chunks=chunks)
                 elif kind == "error":
                     return _Outcome(False, code=str(event.get("code") or "error"),
@@ -251,7 +251,7 @@ def _status(client: DocumentsClient, doc_id: str, bar: tqdm[Any]) -> _Outcome | 
     status = str(document.get("status") or "")
     if status == "ready":
         chunks = _count(document.get("chunks"), fallback=bar.total or bar.n)
-        _advance(bar, chunks, chunks)
+        _finish(bar, chunks)
         return _Outcome(True, chunks=chunks)
     if status in ("error", "failed"):  # the reason as `error_code` and `error`, or one `error` object
         error = document.get("error")
@@ -270,6 +270,13 @@ def _advance(bar: tqdm[Any], done: object, total: object) -> None:
         bar.refresh()
     if isinstance(done, int) and not isinstance(done, bool) and done != bar.n:
         bar.update(done - bar.n)
+
+
+def _finish(bar: tqdm[Any], chunks: int) -> None:
+    """The bar full at `chunks`, drawn once by its close (an update here would draw it
+    twice: one more line in a log, where the carriage return does not overwrite)."""
+    if chunks > 0:
+        bar.total = bar.n = chunks
 
 
 def _count(value: object, *, fallback: float) -> int:
