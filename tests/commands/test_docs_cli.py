@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from nanochat_lite.cli import main
+from nanochat_lite.commands import docs_client
 from nanochat_lite.commands.docs import api_key, server_url
 from nanochat_lite.commands.docs_client import _sse_events
 from nanochat_lite.config import Config
@@ -44,6 +45,7 @@ class FakeDocs:
     results: list[dict[str, Any]] = field(default_factory=list)
     refuse: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     key: str | None = None
+    hold: threading.Event | None = None  # set: event streams stay open, silent, until it is set
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
 
@@ -66,6 +68,9 @@ class FakeDocs:
             h.send_header("Content-Type", "text/event-stream")
             h.end_headers()
             h.wfile.write(self.events[doc_id])
+            h.wfile.flush()
+            if self.hold is not None:
+                self.hold.wait(60)
             return None
         if h.command == "GET" and h.path.startswith("/api/documents"):
             return _json(h, 200, ok({"documents": self.documents}))
@@ -124,6 +129,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDocs]:
     try:
         yield state
     finally:
+        if state.hold is not None:
+            state.hold.set()
         server.shutdown()
         server.server_close()
         thread.join(10)
@@ -208,6 +215,35 @@ def test_a_dropped_event_stream_is_settled_by_the_documents_status(
     out, err = capsys.readouterr()
     assert out == "d4\tlong.md\t7 chunks\n"
     assert "7/7" in err, err
+
+
+def test_a_silent_stream_times_out_and_the_status_settles_it(
+        fake: FakeDocs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(docs_client, "EVENTS_TIMEOUT_S", 0.2)  # the server below never speaks again
+    fake.hold = threading.Event()
+    f = tmp_path / "quiet.md"
+    f.write_text("# Quiet")
+    fake.uploads.append(accepted("d7", "quiet.md"))
+    fake.events["d7"] = sse({"type": "progress", "done": 1, "total": 3})
+    fake.documents = [{"id": "d7", "name": "quiet.md", "status": "ready", "chunks": 3}]
+    assert docs(fake, "add", str(f)) == 0
+    assert capsys.readouterr().out == "d7\tquiet.md\t3 chunks\n"
+
+
+def test_ctrl_c_leaves_the_server_indexing_and_says_where_to_look(
+        fake: FakeDocs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(self: docs_client.DocumentsClient, doc_id: str) -> Iterator[dict[str, Any]]:
+        yield {"type": "progress", "done": 1, "total": 9}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(docs_client.DocumentsClient, "events", interrupted)
+    f = tmp_path / "big.md"
+    f.write_text("# Big")
+    fake.uploads.append(accepted("d8", "big.md"))
+    assert docs(fake, "add", str(f)) == 130
+    out, err = capsys.readouterr()
+    assert out == "" and "1/9" in err
+    assert "Stopped following big.md; the server goes on indexing it (id d8): `nanochat-lite docs list`" in err
 
 
 def test_a_stream_that_never_finishes_gives_up_after_the_retries(
