@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import pytest
 
-from nanochat_lite.bench import embeddings_speed, report, suite, tokenizer_speed
+from nanochat_lite.bench import embeddings_speed, report, retrieval, suite, tokenizer_speed
 
 TINY = {"COLD_RUNS": (1, 1), "DECODE_RUNS": (1, 1), "DECODE_TOKENS": (16, 16), "LATENCY_REQUESTS": (2, 2),
         "LATENCY_BUDGET_S": (120.0, 120.0), "LEVELS": [1, 2], "MAX_TOKENS": (8, 8), "TIME_BOX_S": (120.0, 120.0),
@@ -181,10 +181,27 @@ def check_front(r: dict) -> None:
     assert isinstance(r["added_ttft_ms_p50"], float)  # may be below 0: a difference of two medians
 
 
+def check_retrieval(r: dict) -> None:
+    q = r["quality"]
+    assert r["quick"] and q["topics"] == retrieval.QUICK_TOPICS and q["chunks"] >= q["topics"]
+    assert [row["set"] for row in q["rows"]] == ["help names", "topic keys", "section headings"]
+    for row in q["rows"]:
+        assert row["questions"] > 0
+        for name, m in row["methods"].items():
+            assert 0.0 <= m["recall@1"] <= m["recall@5"] <= m["recall@10"] <= 1.0, (row["set"], name)
+    assert q["mean_recall@5"]["vector only"] > 0 and q["mean_recall@5"]["BM25 only"] > 0
+    assert len(q["miss_examples"]) <= retrieval.MISS_EXAMPLES
+    for miss in q["miss_examples"]:  # a miss: none of what came back is from the wanted topic
+        assert miss["got"] and all(hit["topic"] != miss["expected"] for hit in miss["got"]), miss
+    assert list(r["latency"]["sizes"]) == ["1000", "10000"]
+    for row in r["latency"]["sizes"].values():
+        assert all(0 < row[h]["p50"] <= row[h]["p95"] for h in ("vector", "bm25", "hybrid")), row
+
+
 CHECKS: dict[str, Callable[[dict], None]] = {
     "cold": check_cold, "decode": check_decode, "tokenizer": check_tokenizer, "latency": check_latency,
     "concurrency": check_concurrency, "memory": check_memory, "fairness": check_fairness,
-    "embeddings": check_embeddings, "front": check_front}
+    "embeddings": check_embeddings, "front": check_front, "retrieval": check_retrieval}
 
 
 def test_every_section_has_a_check() -> None:

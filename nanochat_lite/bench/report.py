@@ -243,9 +243,37 @@ def _front(r: dict) -> list[Table]:
     return [t]
 
 
+def _retrieval(r: dict) -> list[Table]:
+    q, lat = r["quality"], r["latency"]
+    methods = list(q["mean_recall@5"])
+    t = Table("Retrieval quality", f"recall@5 on {q['corpus']}: {q['topics']} topics, {q['chunks']} chunks of "
+              f"{q['chunk_tokens']} pieces (overlap {q['overlap']}); questions from pydoc's own tables (help names, "
+              f"topic keys) and the topics' section headings; {q['candidates']} candidates per half. "
+              f"Best hybrid on the mean: {q['best_hybrid']}.", ["questions", "phrasing", *methods])
+    for row in q["rows"]:
+        t.rows.append([f"{row['set']} ({row['questions']})", row["template"],
+                       *[f"{row['methods'][m]['recall@5']:.3f}" for m in methods]])
+    t.rows.append(["mean", "", *[f"{q['mean_recall@5'][m]:.3f}" for m in methods]])
+    misses = Table("Retrieval misses", f"The first help-name questions (first phrasing) without a chunk of their "
+                   "topic in the default hybrid's top 5, and what came back (topic, vector rank / BM25 rank).",
+                   ["question", "wanted", "got"])
+    for m in q["miss_examples"]:
+        got = "; ".join(f"{h['topic']} (v{h['vector_rank'] or '-'}/t{h['text_rank'] or '-'})" for h in m["got"])
+        misses.rows.append([m["question"], f"{m['expected']}: {m['expected_opens']}", got])
+    speed = Table("Search latency", f"ms per search, the query's embedding apart (p50 {lat['embed_query']['p50']}, "
+                  f"p95 {lat['embed_query']['p95']}); load average {r['load_average_start']:.2f} at start, "
+                  f"{r['load_average_end']:.2f} at end.",
+                  ["chunks", "vector p50 / p95", "BM25 p50 / p95", "hybrid p50 / p95", "BM25 build (s)"])
+    for n, row in lat["sizes"].items():
+        speed.rows.append([f"{int(n):,}", *[f"{row[h]['p50']:g} / {row[h]['p95']:g}" for h in ("vector", "bm25",
+                                                                                             "hybrid")],
+                           f"{row['bm25_build_s']:g}"])
+    return [t, misses, speed] if misses.rows else [t, speed]
+
+
 RENDERERS = {"cold": _cold, "decode": _decode, "tokenizer": _tokenizer, "latency": _latency,
              "concurrency": _concurrency, "memory": _memory, "fairness": _fairness, "embeddings": _embeddings,
-             "front": _front}
+             "front": _front, "retrieval": _retrieval}
 
 
 def targets(results: dict) -> list[list[str]]:

@@ -78,6 +78,7 @@ SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)
 LATENCY_QUERIES = 200  # timed searches per size (the questions, round and round)
 QUICK_LATENCY_QUERIES = 40
+MISS_EXAMPLES = 10  # misses shown, with what came back instead
 DEFAULT = f"convex {DEFAULT_VECTOR_WEIGHT} vector"  # documents/search.py's default fusion
 FUSIONS: dict[str, Callable[[], Fusion]] = {
     DEFAULT: lambda: convex(DEFAULT_VECTOR_WEIGHT),
@@ -213,7 +214,7 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
                "without headings": _searches(bare, _embed_cached(embed, model_dir, bare))}
     embed_seconds = time.perf_counter() - started
 
-    rows, misses = [], {}
+    rows, misses, examples = [], {}, []
     all_queries: list[str] = []
     all_vectors = []
     for set_name, questions in sets.items():
@@ -234,6 +235,7 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
                 row["methods"][method] = _metrics(ranks)
                 if (set_name, template, method) == ("help names", templates[0], f"hybrid, {DEFAULT}"):
                     misses = {q.name: q.label for q, r in zip(questions, ranks) if r is None or r > K}
+                    examples = _miss_examples(search, questions, queries, query_vectors, texts, chunk_label)
             rows.append(row)
     methods = list(rows[0]["methods"])
     mean = {m: round(statistics.mean(r["methods"][m]["recall@5"] for r in rows), 3) for m in methods}
@@ -242,8 +244,34 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
             "chunks": len(chunks), "chunk_tokens": DEFAULT_MAX_TOKENS, "overlap": DEFAULT_OVERLAP,
             "chunking_s": round(chunk_seconds, 2), "embedding_s": round(embed_seconds, 2),
             "skipped": skipped, "candidates": CANDIDATES, "rows": rows, "mean_recall@5": mean,
-            "best_hybrid": best, "default_fusion_misses_at_5": misses,
+            "best_hybrid": best, "default_fusion_misses_at_5": misses, "miss_examples": examples,
             "_texts": texts, "_queries": all_queries, "_query_vectors": np.concatenate(all_vectors)}
+
+
+def _miss_examples(search: HybridSearch, questions: list[Question], queries: list[str], vectors: np.ndarray,
+                   texts: list[str], labels: list[str], limit: int = MISS_EXAMPLES) -> list[dict[str, Any]]:
+    """The first `limit` questions without a relevant chunk in the top K: the question, the
+    topic that answers it with its opening, and what came back (topic, vector and BM25
+    rank, opening) -- to read why a miss misses."""
+    out: list[dict[str, Any]] = []
+    first = {}
+    for i, label in enumerate(labels):
+        first.setdefault(label, i)
+    for q, text, vector in zip(questions, queries, vectors):
+        hits = search.search(text, vector, K)
+        if any(labels[h.chunk_id] == q.label for h in hits):
+            continue
+        out.append({"question": text, "expected": q.label, "expected_opens": _opening(texts[first[q.label]]),
+                    "got": [{"topic": labels[h.chunk_id], "vector_rank": h.vector_rank, "text_rank": h.text_rank,
+                             "opens": _opening(texts[h.chunk_id])} for h in hits]})
+        if len(out) == limit:
+            break
+    return out
+
+
+def _opening(text: str, chars: int = 90) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[: chars - 1] + "…"
 
 
 def _variant(texts: list[str], i: int) -> str:
@@ -301,11 +329,12 @@ def latency(quick: bool, texts: list[str], queries: list[str], query_vectors: np
     return {"unit": "ms", "embed_query": _percentiles(embed_ms), "sizes": sizes}
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Quality on the pydoc QA set, then search latency; JSON-ready."""
+def run(quick: bool, *, model_dir: Path | None = None) -> dict[str, Any]:
+    """Quality on the pydoc QA set, then search latency; JSON-ready (the `retrieval`
+    section of `nanochat-lite bench`)."""
     from ..embeddings import Embedder
 
-    model_dir = _model_dir()
+    model_dir = model_dir or _model_dir()
     embedder = Embedder(model_dir)
     load_start = os.getloadavg()[0]
     result: dict[str, Any] = {"status": "ok", "quick": quick, "load_average_start": load_start}
@@ -337,6 +366,11 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"best hybrid on the mean: {q['best_hybrid']}")
     print(f"missed at {K} by the default ({DEFAULT}), help names, first phrasing: "
           f"{q['default_fusion_misses_at_5']}")
+    for miss in q["miss_examples"]:
+        print(f"  {miss['question']!r}: wanted {miss['expected']} ({miss['expected_opens']!r}); got:")
+        for hit in miss["got"]:
+            print(f"    {hit['topic']:<22} vector #{hit['vector_rank'] or '-':<3} BM25 #{hit['text_rank'] or '-':<3} "
+                  f"{hit['opens']!r}")
     lat = r["latency"]
     print(f"\nSearch latency (ms; the query's embedding apart: p50 {lat['embed_query']['p50']}, "
           f"p95 {lat['embed_query']['p95']}):")

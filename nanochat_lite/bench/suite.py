@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:  # the module stays importable for --help without the bench extra
     from .peers import PeerOptions
 
-SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings", "front")
+SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings", "front",
+            "retrieval")
 CTX = 2048  # context per conversation, the same for every server (llama_cpp.server's default)
 # llama-server in the serving sections: 10 slots sharing one KV cache of 8192 cells when the
 # build has --kv-unified (else CTX per slot), so 10 simultaneous chats all get a slot.
@@ -197,9 +198,16 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
 
         return embedding.run(quick, threads, models.ensure(home, models.DEFAULT_EMBEDDING), opts.st_python)
 
+    def retrieval() -> dict:
+        from .. import models
+        from . import retrieval as quality
+
+        return quality.run(quick, model_dir=models.ensure(home, models.DEFAULT_EMBEDDING))
+
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick, log=_say),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
-            "fairness": fair, "embeddings": embeddings, "front": front}
+            "fairness": fair, "embeddings": embeddings, "front": front,
+            "retrieval": retrieval}
 
 
 def run_suite(model: Path, home: Path, threads: int, quick: bool, wanted: list[str], opts: PeerOptions,
