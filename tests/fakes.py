@@ -63,6 +63,9 @@ class Call:
 class FakeEngine:
     name: str = "fake"
     n_ctx: int = 2048
+    # The server bounds text by n_ctx x this before tokenizing (limits.text_chars): 8,192
+    # characters, small enough that tests can send one past it within the body limit.
+    token_chars: int | None = 4
     parallel: int = 1
     kv_size: int = 1 << 20
     n_vocab: int = 1000

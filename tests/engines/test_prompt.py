@@ -256,3 +256,17 @@ def test_template_refusals_are_the_conversations_fault() -> None:
     assert e.value.code == "template_error"
     with pytest.raises(EngineError, match="at least one message"):
         strict.prepare([], SamplingParams())
+
+
+def test_token_chars_is_the_vocabularys_longest_piece(chat_model_path: Path, tok: Tokenizer) -> None:
+    # The server bounds text by context x token_chars before tokenizing it, so this must
+    # never be below any token's length. SmolLM2's longest is "\n" + 80 spaces (the GGUF
+    # token list says so); unknown (None) until the project's tokenizer is handed over.
+    builder = real_builder(chat_model_path, tok)
+    assert builder.token_chars is None
+    builder.use_tokenizer(tok)
+    assert builder.token_chars == 81
+    longest = max(read(chat_model_path).metadata["tokenizer.ggml.tokens"], key=len)
+    assert longest == "Ċ" + "Ġ" * 80  # GPT-2's printable forms of "\n" and " "
+    whitespace = "\n" + " " * 80
+    assert len(tok.encode(whitespace)) == 1  # one token of 81 characters: the bound is reached

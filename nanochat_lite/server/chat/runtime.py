@@ -36,6 +36,7 @@ class Prompter(Protocol):
 
     name: str
     n_vocab: int | None
+    n_ctx: int  # tokens one conversation's context holds; 0: unknown (a remote engine that did not say)
 
     def prepare(self, messages: Sequence[dict[str, str]], params: SamplingParams) -> Prepared: ...
 
@@ -191,6 +192,16 @@ class Runtime:
             raise RequestError("the model is still loading; retry in a moment", code="loading", status=503,
                                retry_after=RETRY_LOADING_S)
         return self.scheduler, self.prompts
+
+    def text_chars(self) -> int:
+        """Characters a message (or a whole `/v1` conversation) may have before it is
+        tokenized: as many as could fit the context (limits.text_chars), with the
+        model's longest token once its tokenizer is loaded. Before the model is
+        loaded, the body limit."""
+        prompts = self.prompts
+        if prompts is None:
+            return limits.text_chars(0)
+        return limits.text_chars(prompts.n_ctx, getattr(prompts, "token_chars", None))
 
     @property
     def generating(self) -> int:

@@ -221,8 +221,9 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
     nothing was queued)."""
     started = time.perf_counter()
     _, prompts = rt.require_ready()
-    limits.check_message(req.message)
-    limits.check_system(req.system)
+    max_chars = rt.text_chars()
+    limits.check_message(req.message, max_chars=max_chars)
+    limits.check_system(req.system, max_chars=max_chars)
     limits.check_id(req.conversation_id)
     client_id = getattr(req, "client_id", None)
     try:
@@ -280,7 +281,7 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
         conv, system, history = None, req.system or None, []
     messages = [{"role": m.role, "content": m.content} for m in history if m.role in ("user", "assistant")]
     messages.append({"role": "user", "content": req.message})
-    messages = _window(messages)
+    messages = _window(messages, limits.history_chars(rt.prompts.n_ctx if rt.prompts is not None else 0))
     if system:
         messages.insert(0, {"role": "system", "content": system})
     return conv, system, build_now(prepare, messages, params)
@@ -350,12 +351,13 @@ def params_dict(p: SamplingParams) -> dict[str, Any]:
             "repeat_penalty": p.repeat_penalty, "seed": p.seed, "max_tokens": p.max_tokens, "stop": list(p.stop)}
 
 
-def _window(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The newest messages within the conversation limits (the prompt builder then fits tokens)."""
+def _window(messages: list[dict[str, str]], max_chars: int) -> list[dict[str, str]]:
+    """The newest messages, at most MAX_MESSAGES and `max_chars` characters (the newest
+    one always: the prompt builder then fits tokens, or says it cannot)."""
     out: list[dict[str, str]] = []
     chars = 0
     for m in reversed(messages):
-        if len(out) >= limits.MAX_MESSAGES or chars + len(m["content"]) > limits.MAX_CONVERSATION_CHARS:
+        if len(out) >= limits.MAX_MESSAGES or chars + len(m["content"]) > max_chars:
             break
         out.append(m)
         chars += len(m["content"])

@@ -26,11 +26,14 @@ from starlette.responses import Response
 from ..chat.runtime import Runtime
 from ..wire.errors import RequestError, api_error, openai_error
 from ..wire.http import json_response, read_body
-from ..wire.limits import MAX_MESSAGE_CHARS, MAX_PROMPT_TOKENS
+from ..wire.limits import MAX_PROMPT_TOKENS
 from ..wire.schemas import decode
 
 MAX_INPUTS = 256
-MAX_INPUT_CHARS = MAX_MESSAGE_CHARS
+# Its own bound, not the chat model's context: MiniLM reads only its first 256 WordPiece
+# pieces (~1,000-1,500 characters of English) and ignores the rest, so more text only
+# costs tokenizing. 8,000 characters leaves room for dense text (code, numbers).
+MAX_INPUT_CHARS = 8_000
 MAX_INPUT_TOKENS = MAX_PROMPT_TOKENS  # token ids in one input (the model reads its first 256 pieces)
 
 

@@ -2,10 +2,15 @@
 numbers instead of hand-copied ones (which had drifted: the search box allowed 200
 characters, the server 500).
 
-Every value is one of the named constants of `wire/limits.py` or `routes/conversations.py`;
-nothing is restated here. The body never depends on the model, so it answers while
-the model is still loading. Field names follow frames.py's rule (snake_case, units
-in the names: `*_chars`, `*_bytes`).
+Every value is one of the named constants of `wire/limits.py` or `routes/conversations.py`,
+or computed by it; nothing is restated here. Text is bounded by the model's context,
+in tokens (`context_tokens`, of which `answer_room_tokens` must stay free for the
+answer); `message_chars` (also `system_chars` and `conversation_chars`: one bound) is
+only the cheap character bound checked before tokenizing: as many characters as could
+fit (Runtime.text_chars). It answers while the model is still loading: then
+`context_tokens` is null and the character bound is the body limit, and the bound
+tightens once the model's tokenizer is known. Field names follow frames.py's rule
+(snake_case, units in the names: `*_chars`, `*_bytes`, `*_tokens`).
 
 Not here: checking anything (limits.py does that, in one place).
 """
@@ -17,6 +22,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...generation import MIN_ANSWER_ROOM
+from ..chat.runtime import Runtime
 from ..wire import limits as L
 from ..wire.http import json_response
 
@@ -34,13 +41,17 @@ _SAMPLING: dict[str, tuple[float, float, bool]] = {
 }
 
 
-def limits_body() -> dict[str, Any]:
-    """The limits as the page reads them, e.g.
-    `{"message_chars": 8000, ..., "sampling": {"top_k": {"min": 0, "max": 200, "integer": true}, ...}}`."""
+def limits_body(rt: Runtime) -> dict[str, Any]:
+    """The limits as the page reads them, e.g. `{"context_tokens": 4096, "answer_room_tokens": 64,
+    "message_chars": 331776, ..., "sampling": {"top_k": {"min": 0, "max": 200, "integer": true}, ...}}`."""
+    chars = rt.text_chars()
+    n_ctx = rt.prompts.n_ctx if rt.prompts is not None else 0
     return {
-        "message_chars": L.MAX_MESSAGE_CHARS,
-        "system_chars": L.MAX_SYSTEM_CHARS,
-        "conversation_chars": L.MAX_CONVERSATION_CHARS,
+        "context_tokens": n_ctx or None,
+        "answer_room_tokens": MIN_ANSWER_ROOM,
+        "message_chars": chars,
+        "system_chars": chars,
+        "conversation_chars": chars,
         "messages": L.MAX_MESSAGES,
         "body_bytes": L.MAX_BODY_BYTES,
         "ws_frame_bytes": L.MAX_WS_FRAME_BYTES,
@@ -55,4 +66,4 @@ def limits_body() -> dict[str, Any]:
 
 
 async def limits(request: Request) -> Response:
-    return json_response({"success": True, "data": limits_body()})
+    return json_response({"success": True, "data": limits_body(request.app.state.runtime)})

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from nanochat_lite.history import ConversationStore
 from nanochat_lite.server import Runtime, create_app
+from nanochat_lite.server.wire import limits as L
 
 # `runtime` and `client` (a fake engine, an in-memory store) come from conftest.py.
 
@@ -32,9 +33,11 @@ def chat(client: TestClient, message: str = "hi", **fields: object) -> tuple[int
 
 def test_known_values(lim: dict) -> None:
     # The numbers of wire/limits.py and routes/conversations.py today; the search box once
-    # allowed 200 characters while the server took 500.
-    assert lim["message_chars"] == 8_000
-    assert lim["system_chars"] == 8_000
+    # allowed 200 characters while the server took 500. Text is bounded by the context:
+    # the fake's 2,048 tokens of at most 4 characters each.
+    assert lim["context_tokens"] == 2048
+    assert lim["answer_room_tokens"] == 64
+    assert lim["message_chars"] == lim["system_chars"] == lim["conversation_chars"] == 2048 * 4
     assert lim["search_chars"] == 500
     assert lim["title_chars"] == 200
     assert lim["page_size"] == 100
@@ -87,13 +90,16 @@ def test_every_sampling_range_is_the_enforced_one(client: TestClient, lim: dict)
 
 def test_answers_while_the_model_loads(lim: dict) -> None:
     # The page reads its limits at start-up, often before the model is ready: the same
-    # numbers as a ready server's, every one of them.
+    # numbers as a ready server's, except those of the context, unknown until the model
+    # is loaded: no context yet, and text bounded by the body limit alone.
     rt = Runtime(store=ConversationStore(":memory:"), model_name="fake")
     try:
         with TestClient(create_app(rt, security=TEST_SECURITY)) as c:
             assert c.get("/api/health").status_code == 503
             r = c.get("/api/limits")
-            assert r.status_code == 200 and r.json() == {"success": True, "data": lim}
+            context = {"context_tokens": None, "message_chars": L.MAX_BODY_BYTES, "system_chars": L.MAX_BODY_BYTES,
+                       "conversation_chars": L.MAX_BODY_BYTES}
+            assert r.status_code == 200 and r.json() == {"success": True, "data": {**lim, **context}}
     finally:
         rt.close()
         rt.store.close()

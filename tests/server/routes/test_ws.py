@@ -21,6 +21,9 @@ from starlette.testclient import TestClient
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
 
+# The fake engine's character bound (its context x its longest token), as the server computes it.
+FAKE_TEXT_CHARS = L.text_chars(FakeEngine.n_ctx, FakeEngine.token_chars)
+
 # -- 3. the WebSocket protocol ------------------------------------------------------
 
 
@@ -66,7 +69,7 @@ BAD_FRAMES = [
              "invalid_request"),
     BadFrame("chat-max_tokens-zero", '{"type": "chat", "message": "hi", "max_tokens": 0}', "invalid_request"),
     BadFrame("chat-message-empty", '{"type": "chat", "message": "  "}', "invalid_request"),
-    BadFrame("chat-message-too-long", lambda: json.dumps({"type": "chat", "message": "x" * (L.MAX_MESSAGE_CHARS + 1)}),
+    BadFrame("chat-message-too-long", lambda: json.dumps({"type": "chat", "message": "x" * (FAKE_TEXT_CHARS + 1)}),
              "message_too_long"),
     BadFrame("chat-conversation-unknown", '{"type": "chat", "message": "hi", "conversation_id": "nope"}',
              "conversation_not_found"),

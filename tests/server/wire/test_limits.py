@@ -29,6 +29,9 @@ from starlette.testclient import TestClient
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
 
+# The fake engine's character bound (its context x its longest token), as the server computes it.
+FAKE_TEXT_CHARS = L.text_chars(FakeEngine.n_ctx, FakeEngine.token_chars)
+
 # -- 2. limits: at the bound accepted, one step past rejected -----------------------
 
 # field, values at the bounds, values one step past them
@@ -104,15 +107,15 @@ def test_stop_bounds(client: TestClient, fake: FakeEngine, route: str, stop: Any
 
 
 @pytest.mark.parametrize("text,status,code", [
-    pytest.param("x" * L.MAX_MESSAGE_CHARS, 200, None, id="max-chars"),
-    pytest.param("x" * (L.MAX_MESSAGE_CHARS + 1), 400, "message_too_long", id="max-chars+1"),
+    pytest.param("x" * FAKE_TEXT_CHARS, 200, None, id="max-chars"),
+    pytest.param("x" * (FAKE_TEXT_CHARS + 1), 400, "message_too_long", id="max-chars+1"),
     # Characters, not bytes: 4-byte emoji count one each.
-    pytest.param("\U0001F600" * L.MAX_MESSAGE_CHARS, 200, None, id="max-emoji"),
-    pytest.param("\U0001F600" * (L.MAX_MESSAGE_CHARS + 1), 400, "message_too_long", id="max-emoji+1"),
+    pytest.param("\U0001F600" * FAKE_TEXT_CHARS, 200, None, id="max-emoji"),
+    pytest.param("\U0001F600" * (FAKE_TEXT_CHARS + 1), 400, "message_too_long", id="max-emoji+1"),
     pytest.param("", 400, "invalid_request", id="empty"),
     pytest.param(" ", 400, "invalid_request", id="one-space"),
     pytest.param("\n\t \r\n", 400, "invalid_request", id="whitespace"),
-    pytest.param(" " * (L.MAX_MESSAGE_CHARS + 1), 400, None, id="long-whitespace"),
+    pytest.param(" " * (FAKE_TEXT_CHARS + 1), 400, None, id="long-whitespace"),
 ])
 def test_message_length_bounds(client: TestClient, runtime: Runtime, fake: FakeEngine, text: str, status: int,
                                code: str | None) -> None:
@@ -125,12 +128,60 @@ def test_message_length_bounds(client: TestClient, runtime: Runtime, fake: FakeE
         assert fake.calls == [] and runtime.store.list()[1] == 0
 
 
+@pytest.mark.parametrize("n_ctx,token_chars,expected", [
+    pytest.param(4096, 81, 331_776, id="smollm2"),  # its longest token: "\n" and 80 spaces
+    pytest.param(4096, None, L.MAX_BODY_BYTES, id="vocabulary-unknown"),  # 4096 x 512 is past the body limit
+    pytest.param(256, None, 256 * 512, id="small-context"),
+    pytest.param(0, 81, L.MAX_BODY_BYTES, id="context-unknown"),  # a remote engine that did not say
+])
+def test_text_chars_known_answers(n_ctx: int, token_chars: int | None, expected: int) -> None:
+    assert L.text_chars(n_ctx, token_chars) == expected
+
+
+def test_a_message_past_the_character_bound_says_why(client: TestClient, fake: FakeEngine) -> None:
+    # Refused before tokenizing, with the bound and what to do; nothing reached the engine.
+    err = assert_api_error(client.post(A, json={"message": "x" * (FAKE_TEXT_CHARS + 1)}), 400, "message_too_long")
+    assert f"{FAKE_TEXT_CHARS + 1:,} characters" in err["message"] and f"{FAKE_TEXT_CHARS:,}" in err["message"]
+    assert "--ctx-size" in err["message"]
+    assert fake.prepared == []
+
+
+def test_the_bound_follows_the_vocabulary(client: TestClient, fake: FakeEngine) -> None:
+    # Before the model's tokenizer is known the bound is the body limit's; once known, it
+    # is context x the longest token (Runtime.text_chars reads it at each request).
+    fake.token_chars = None
+    assert client.get("/api/limits").json()["data"]["message_chars"] == L.MAX_BODY_BYTES
+    assert client.post(A, json={"message": "x" * (FAKE_TEXT_CHARS + 1)}).status_code == 200
+    fake.token_chars = 2
+    assert client.get("/api/limits").json()["data"]["message_chars"] == fake.n_ctx * 2
+    assert_api_error(client.post(A, json={"message": "x" * (fake.n_ctx * 2 + 1)}), 400, "message_too_long")
+
+
+def test_history_is_windowed_by_the_context(client: TestClient, fake: FakeEngine) -> None:
+    # /api/chat hands the prompt builder at most HISTORY_CHARS_PER_TOKEN x context
+    # characters of history (the newest turns, and always the new message): 16,384 here.
+    window = L.history_chars(fake.n_ctx)
+    assert window == fake.n_ctx * L.HISTORY_CHARS_PER_TOKEN
+    piece = FAKE_TEXT_CHARS // 2
+    r = client.post(A, json={"message": "a" * piece})
+    assert r.status_code == 200, r.text
+    cid = r.json()["data"]["conversation_id"]
+    for letter in "bcd":
+        assert client.post(A, json={"message": letter * piece, "conversation_id": cid}).status_code == 200
+    sent = fake.prepared[-1]
+    assert sent[-1]["content"] == "d" * piece
+    assert sum(len(m["content"]) for m in sent) <= window
+    # Everything that fits the window is there: one more message would not.
+    dropped = len(fake.prepared[-2]) + 2 - len(sent)
+    assert dropped >= 1 and sum(len(m["content"]) for m in sent) + piece > window
+
+
 @pytest.mark.parametrize("extra,status", [
     pytest.param(0, 200, id="max-chars"),
     pytest.param(1, 400, id="max-chars+1"),
 ])
 def test_system_length_bound(client: TestClient, fake: FakeEngine, extra: int, status: int) -> None:
-    system = "s" * (L.MAX_SYSTEM_CHARS + extra)
+    system = "s" * (FAKE_TEXT_CHARS + extra)
     r = client.post(A, json={"message": "hi", "system": system})
     if status == 200:
         assert r.status_code == 200, r.text
@@ -162,16 +213,17 @@ def test_openai_message_count_bound(client: TestClient, fake: FakeEngine, count:
 
 
 def _conversation_of(total_chars: int) -> list[dict[str, str]]:
-    """User messages of at most MAX_MESSAGE_CHARS each, `total_chars` in all."""
-    sizes = [L.MAX_MESSAGE_CHARS] * (total_chars // L.MAX_MESSAGE_CHARS)
-    if total_chars % L.MAX_MESSAGE_CHARS:
-        sizes.append(total_chars % L.MAX_MESSAGE_CHARS)
+    """User messages of at most FAKE_TEXT_CHARS // 4 each (several of them), `total_chars` in all."""
+    piece = FAKE_TEXT_CHARS // 4  # each message well within the bound: only the total can break it
+    sizes = [piece] * (total_chars // piece)
+    if total_chars % piece:
+        sizes.append(total_chars % piece)
     return [user("c" * n) for n in sizes]
 
 
 @pytest.mark.parametrize("total,status", [
-    pytest.param(L.MAX_CONVERSATION_CHARS, 200, id="max-chars"),
-    pytest.param(L.MAX_CONVERSATION_CHARS + 1, 400, id="max-chars+1"),
+    pytest.param(FAKE_TEXT_CHARS, 200, id="max-chars"),
+    pytest.param(FAKE_TEXT_CHARS + 1, 400, id="max-chars+1"),
 ])
 def test_openai_conversation_length_bound(client: TestClient, fake: FakeEngine, total: int, status: int) -> None:
     messages = _conversation_of(total)

@@ -21,6 +21,9 @@ from starlette.websockets import WebSocketDisconnect
 from nanochat_lite.server import Runtime
 from nanochat_lite.server.wire import limits as L
 
+# The fake engine's character bound (its context x its longest token), as the server computes it.
+FAKE_TEXT_CHARS = L.text_chars(FakeEngine.n_ctx, FakeEngine.token_chars)
+
 # -- 1. malformed requests: 4xx JSON in the route's style, never 5xx -----------------
 
 
@@ -103,9 +106,9 @@ MALFORMED: list[Bad] = [
     # -- message content
     Bad("api-message-empty", "POST", A, j({"message": ""}), code="invalid_request"),
     Bad("api-message-whitespace", "POST", A, j({"message": " \n\t\u3000 "}), code="invalid_request"),
-    Bad("api-message-too-long", "POST", A, lambda: j({"message": "x" * (L.MAX_MESSAGE_CHARS + 1)}),
+    Bad("api-message-too-long", "POST", A, lambda: j({"message": "x" * (FAKE_TEXT_CHARS + 1)}),
         code="message_too_long"),
-    Bad("api-system-too-long", "POST", A, lambda: j({"message": "hi", "system": "s" * (L.MAX_SYSTEM_CHARS + 1)}),
+    Bad("api-system-too-long", "POST", A, lambda: j({"message": "hi", "system": "s" * (FAKE_TEXT_CHARS + 1)}),
         code="message_too_long"),
     Bad("api-context-overflow", "POST", A, j({"message": "hi " + OVERFLOW}), code="context_overflow"),
     # -- unicode: lone surrogates are not text; raw control characters are not JSON
@@ -201,7 +204,7 @@ MALFORMED: list[Bad] = [
     Bad("v1-deep-nesting-in-unknown-field", "POST", V, V1_OVER + b', "metadata": ' + deep(5000) + b"}"),
     Bad("v1-too-many-messages", "POST", V, lambda: j({"messages": [user("x")] * (L.MAX_MESSAGES + 1)}),
         code="too_many_messages"),
-    Bad("v1-message-too-long", "POST", V, lambda: j({"messages": [user("x" * (L.MAX_MESSAGE_CHARS + 1))]}),
+    Bad("v1-message-too-long", "POST", V, lambda: j({"messages": [user("x" * (FAKE_TEXT_CHARS + 1))]}),
         code="message_too_long"),
     Bad("v1-context-overflow", "POST", V, j({"messages": [user("hi " + OVERFLOW)]}),
         code="context_length_exceeded"),

@@ -51,7 +51,7 @@ def _content(i: int, m: OAIMessage) -> str | None:
     return "".join(texts)
 
 
-def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict[str, str]]:
+def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None, *, max_chars: int) -> list[dict[str, str]]:
     out = []
     calls: dict[str, str] = {}  # tool call id -> tool name, for the tool turns that answer them
     for i, m in enumerate(req.messages):
@@ -78,7 +78,7 @@ def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None) -> list[dict
             raise RequestError(f"messages[{i}].content is required for an assistant message without "
                                "tool_calls", param=f"messages[{i}].content")
         out.append({"role": role, "content": text})
-    limits.check_conversation(out)
+    limits.check_conversation(out, max_chars=max_chars)
     # Only a leading system message is kept as such; later ones become user context.
     for turn in out[1:]:
         if turn["role"] == "system":
@@ -121,7 +121,7 @@ async def chat_completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req, params, count, top, tools = await _parse(rt, request)
-        messages = to_messages(req, tools)
+        messages = to_messages(req, tools, max_chars=rt.text_chars())
         # The prompt is built and queued before any byte is sent: a prompt that cannot
         # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
         _, prompts = rt.require_ready()

@@ -43,8 +43,8 @@ def _is_id(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def prompts_of(prompt: Any) -> list[str | list[int]]:
-    """The request's prompts: strings, or lists of token ids.
+def prompts_of(prompt: Any, *, max_chars: int) -> list[str | list[int]]:
+    """The request's prompts: strings (of at most `max_chars` characters), or lists of token ids.
 
     "hi" -> ["hi"];  [1, 2] -> [[1, 2]];  ["a", "b"] -> ["a", "b"];  [[1], [2, 3]] -> [[1], [2, 3]]
     """
@@ -63,9 +63,8 @@ def prompts_of(prompt: Any) -> list[str | list[int]]:
     for i, p in enumerate(out):
         if not p:
             raise RequestError(f"prompt {i} is empty", param="prompt")
-        if isinstance(p, str) and len(p) > limits.MAX_CONVERSATION_CHARS:
-            raise RequestError(f"prompt {i} has {len(p):,} characters; the limit is "
-                               f"{limits.MAX_CONVERSATION_CHARS:,}", code="message_too_long", param="prompt")
+        if isinstance(p, str):
+            limits.check_chars(p, max_chars=max_chars, what=f"prompt {i}", param="prompt")
         if isinstance(p, list) and len(p) > limits.MAX_PROMPT_TOKENS:
             raise RequestError(f"prompt {i} has {len(p):,} token ids; the limit is {limits.MAX_PROMPT_TOKENS:,}",
                                param="prompt")
@@ -111,7 +110,7 @@ async def completions(request: Request) -> Response:
     try:
         req = decode(await read_body(request), OAICompletionRequest)
         _, builder = rt.require_ready()
-        prompts = prompts_of(req.prompt)
+        prompts = prompts_of(req.prompt, max_chars=rt.text_chars())
         n = op.choice_count(req.n)
         _check(req, len(prompts), n)
         top = req.logprobs or 0
