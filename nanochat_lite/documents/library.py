@@ -87,7 +87,8 @@ class Library:
             return []
         wanted = max(k, CANDIDATES)
         by_vector = self._vector_search(owner, collection, query_vector, wanted)
-        by_text = self.store.fulltext(owner, query, wanted, collection=collection)
+        by_text = self.store.fulltext(owner, query, wanted, collection=collection,
+                                      total=self.chunks_in_memory(owner))
         fused = self._fuse(by_vector, by_text)[:k]
         hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused])
         # A chunk deleted between the ranking and this read is skipped, not shown half.

@@ -24,6 +24,7 @@ builds its matrix at start-up and only sees its own additions after that).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -35,6 +36,8 @@ from .chunk import Chunk
 SCHEMA_VERSION = 1
 STATUSES = ("indexing", "ready", "error")
 MAX_FULLTEXT_TERMS = 32  # of a query: more words add little and cost a scan each
+FULLTEXT_ROW_BUDGET = 20_000  # chunks the full-text half may score for one query (pick_terms)
+FULLTEXT_MIN_ROWS = 1_000  # a term in fewer chunks than this is never too common to rank by
 VECTOR_DTYPE = np.dtype("<f4")
 # A document left 'indexing' by a server that stopped: its bytes are gone, so it cannot resume.
 INTERRUPTED = ("interrupted", "the server stopped while this document was being indexed; upload it again")
@@ -101,7 +104,8 @@ class DocumentStore(Protocol):
 
     def vector_blocks(self) -> Iterator[VectorBlock]: ...
 
-    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None) -> Ranking: ...
+    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None,
+                 total: int = 0) -> Ranking: ...
 
     def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
 
@@ -122,6 +126,13 @@ def chunk_rows(doc_id: str, owner: str, chunks: Sequence[Chunk], vectors: np.nda
         body = f"{heading}\n{text}" if heading else text
         rows.append((doc_id, owner, chunk.position, chunk.page, heading, text, vector.tobytes(), body))
     return rows
+
+
+def tag(*parts: str) -> str:
+    """One full-text token standing for an owner (or an owner's collection), whatever
+    characters its name has: tag("alice") -> "o3f1c...", tag("alice", "geo") -> "c9a0..."."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
+    return ("o" if len(parts) == 1 else "c") + digest
 
 
 def clean(text: str) -> str:
@@ -152,3 +163,27 @@ def group_vectors(rows: Iterator[tuple[int, str, str, bytes]]) -> Iterator[Vecto
         blobs.append(bytes(blob))
     if current is not None:
         yield VectorBlock(current[0], current[1], np.asarray(ids, np.int64), stack_vectors(blobs))
+
+
+def pick_terms(document_counts: dict[str, int], total: int, budget: int = FULLTEXT_ROW_BUDGET) -> list[str]:
+    """The query terms the full-text half ranks by: rarest first, while the chunks holding
+    them add up to at most `budget`; terms in no chunk, and (past FULLTEXT_MIN_ROWS) terms
+    in more than a tenth of the owner's `total` chunks, are left out.
+
+    ({"the": 99_000, "knight": 40, "moves": 3_000}, 100_000) -> ["knight", "moves"]
+
+    Why: scoring every chunk that holds a common word is what costs (measured at 100k
+    chunks, a query with "the" in it: 400 ms on SQLite, most of it bm25() over every
+    row), and such a word moves BM25 little (idf ln(1 + 1/99) ~ 0.01 against ~7.8 for a
+    word in 40 chunks). A query of common words only leaves the ranking to the vectors.
+    """
+    common = max(FULLTEXT_MIN_ROWS, total // 10)
+    chosen, rows = [], 0
+    for term, count in sorted(document_counts.items(), key=lambda item: (item[1], item[0])):
+        if count == 0:
+            continue
+        if rows + count > budget or count > common:
+            break
+        chosen.append(term)
+        rows += count
+    return chosen

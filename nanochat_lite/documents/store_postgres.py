@@ -28,6 +28,7 @@ from ..history import StorageUnavailable, StoreError
 from .chunk import Chunk
 from .search import terms
 from .store import (
+    FULLTEXT_ROW_BUDGET,
     INTERRUPTED,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
@@ -37,6 +38,7 @@ from .store import (
     VectorBlock,
     chunk_rows,
     group_vectors,
+    pick_terms,
 )
 
 CONNECT_TIMEOUT_S = 5
@@ -65,10 +67,16 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def tsquery(query: str) -> str | None:
-    """A tsquery text matching any word: 'Deploy the srv' -> "'deploy' | 'the' | 'srv'"."""
-    words = list(dict.fromkeys(terms(query)))[:MAX_FULLTEXT_TERMS]
+def tsquery(words: list[str]) -> str | None:
+    """A tsquery text matching any word: ['deploy', 'srv'] -> "'deploy' | 'srv'"."""
     return " | ".join("'" + w.replace("'", "''") + "'" for w in words) or None
+
+
+# Each term's count of chunks, counted through the GIN index and stopped past the budget
+# (a common word need not be counted to the end to be left out).
+_TERM_COUNTS = """SELECT t, (SELECT count(*) FROM (SELECT 1 FROM chunks
+                               WHERE body @@ to_tsquery('simple', quote_literal(t)) LIMIT %s) s)
+                  FROM unnest(%s::text[]) AS t"""
 
 
 class PostgresDocuments:
@@ -196,9 +204,15 @@ class PostgresDocuments:
                               "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
         return group_vectors(iter(rows))
 
-    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None) -> Ranking:
-        text = tsquery(query)
-        if text is None or k <= 0:
+    def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None,
+                 total: int = 0) -> Ranking:
+        words = list(dict.fromkeys(terms(query)))[:MAX_FULLTEXT_TERMS]
+        if not words or k <= 0:
+            return []
+        with self._tx() as db:
+            counts = {str(t): int(n) for t, n in db.execute(_TERM_COUNTS, (FULLTEXT_ROW_BUDGET + 1, words))}
+        text = tsquery(pick_terms(counts, total))
+        if text is None:
             return []
         sql = ("SELECT c.id, ts_rank(c.body, q) AS score FROM chunks c, to_tsquery('simple', %s) q "
                + "WHERE c.body @@ q AND c.owner = %s "

@@ -209,3 +209,15 @@ def test_sqlite_tables_sit_beside_the_conversations(tmp_path: Path) -> None:
     finally:
         docs.close()
         conversations.close()
+
+
+def test_pick_terms_leaves_out_what_would_only_cost() -> None:
+    from nanochat_lite.documents.store import pick_terms, tag
+
+    counts = {"the": 99_000, "knight": 40, "moves": 3_000, "zebra": 0}
+    assert pick_terms(counts, 100_000) == ["knight", "moves"]  # rarest first; 'the' in 99%: out
+    assert pick_terms(counts, 100_000, budget=1_000) == ["knight"]  # 40 + 3,000 over the budget
+    assert pick_terms({"the": 900, "cat": 30}, 1_000) == ["cat", "the"]  # a small library keeps every word
+    assert pick_terms({"the": 99_000}, 100_000) == []  # only common words: the vectors decide
+    assert tag("alice") != tag("bob") and tag("alice", "geo") != tag("alice", "kitchen") != tag("alice")
+    assert tag("a b-c").isalnum()  # one FTS5 token whatever the name holds
