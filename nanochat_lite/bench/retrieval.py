@@ -57,11 +57,13 @@ from ..documents.chunk import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP, Chunk, chunk_
 from ..documents.parse import parse
 from ..documents.search import (
     DEFAULT_VECTOR_WEIGHT,
+    HEADING_BLEND,
     BM25Index,
     Fusion,
     HybridSearch,
     Mode,
     VectorIndex,
+    chunk_vectors,
     convex,
     rrf,
 )
@@ -82,11 +84,16 @@ MISS_EXAMPLES = 10  # misses shown, with what came back instead
 DEFAULT = f"convex {DEFAULT_VECTOR_WEIGHT} vector"  # documents/search.py's default fusion
 FUSIONS: dict[str, Callable[[], Fusion]] = {
     DEFAULT: lambda: convex(DEFAULT_VECTOR_WEIGHT),
+    "convex 0.8 vector": lambda: convex(0.8),
     "convex 0.5 vector": lambda: convex(0.5),
     "rrf k=60": lambda: rrf(60),
     "rrf k=10": lambda: rrf(10),
     "rrf k=60, vector x2": lambda: rrf(60, vector_weight=2.0),
 }
+# What the search did before heading blending (documents/search.py's chunk_vectors): each
+# chunk's own vector, the same fusion.
+UNBLENDED = " (own vectors, no heading blend)"
+BEFORE = f"hybrid, convex 0.7 vector{UNBLENDED}"
 
 
 @dataclass(frozen=True)
@@ -164,20 +171,31 @@ def _metrics(ranks: list[int | None]) -> dict[str, float]:
             "mrr@10": sum(1.0 / r for r in ranks if r is not None and r <= 10) / n}
 
 
-def _searches(texts: list[str], chunk_vectors: np.ndarray) -> dict[str, tuple[HybridSearch, Mode]]:
-    """Every method measured, over one index of `texts` (ids are positions)."""
+def _searches(texts: list[str], blended: np.ndarray, own: np.ndarray) -> dict[str, tuple[HybridSearch, Mode]]:
+    """Every method measured, over one index of `texts` (ids are positions): `blended`
+    vectors (search.chunk_vectors) and, for the before/after comparison, each chunk's `own`."""
     ids = list(range(len(texts)))
-    vectors = VectorIndex(chunk_vectors.shape[1], capacity=len(texts))
-    vectors.add(ids, chunk_vectors)
+    vectors, unblended = VectorIndex(blended.shape[1], capacity=len(texts)), VectorIndex(own.shape[1],
+                                                                                         capacity=len(texts))
+    vectors.add(ids, blended)
+    unblended.add(ids, own)
     words = BM25Index()
     words.add(ids, texts)
     searches: dict[str, tuple[HybridSearch, Mode]] = {
         "BM25 only": (HybridSearch(vectors, words, candidates=CANDIDATES), "fulltext"),
         "vector only": (HybridSearch(vectors, words, candidates=CANDIDATES), "vector"),
+        f"vector only{UNBLENDED}": (HybridSearch(unblended, words, candidates=CANDIDATES), "vector"),
     }
     for name, make in FUSIONS.items():
         searches[f"hybrid, {name}"] = (HybridSearch(vectors, words, candidates=CANDIDATES, fusion=make()), "hybrid")
+    searches[BEFORE] = (HybridSearch(unblended, words, candidates=CANDIDATES, fusion=convex(0.7)), "hybrid")
     return searches
+
+
+def half(name: str) -> str:
+    """"A" or "B", fixed per question by a hash of its name: parameters were chosen on A
+    only, and B is the held-out check."""
+    return "AB"[hashlib.sha1(name.encode("utf-8")).digest()[0] % 2]
 
 
 def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
@@ -207,11 +225,15 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
         vectors: np.ndarray = embedder.embed(batch).vectors
         return vectors
 
+    def cached(batch: list[str]) -> np.ndarray:
+        return _embed_cached(embed, model_dir, batch)
+
     started = time.perf_counter()
     texts = [c.embed_text for c in chunks]
     bare = [c.text for c in chunks]
-    indexes = {"with headings": _searches(texts, _embed_cached(embed, model_dir, texts)),
-               "without headings": _searches(bare, _embed_cached(embed, model_dir, bare))}
+    indexes = {"with headings": _searches(texts, chunk_vectors(cached, texts, [c.heading for c in chunks]),
+                                          cached(texts)),
+               "without headings": _searches(bare, cached(bare), cached(bare))}  # no headings: nothing to blend
     embed_seconds = time.perf_counter() - started
 
     rows, misses, examples = [], {}, []
@@ -233,17 +255,23 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
                     hits = [h.chunk_id for h in search.search(text, vector, 10, mode=mode)]
                     ranks.append(next((r for r, i in enumerate(hits, start=1) if key[i] == q.label), None))
                 row["methods"][method] = _metrics(ranks)
+                for h in "AB":  # recall@5 of each half of the questions
+                    row["methods"][method][f"recall@5 {h}"] = _metrics(
+                        [r for q, r in zip(questions, ranks) if half(q.name) == h])["recall@5"]
                 if (set_name, template, method) == ("help names", templates[0], f"hybrid, {DEFAULT}"):
                     misses = {q.name: q.label for q, r in zip(questions, ranks) if r is None or r > K}
                     examples = _miss_examples(search, questions, queries, query_vectors, texts, chunk_label)
             rows.append(row)
     methods = list(rows[0]["methods"])
     mean = {m: round(statistics.mean(r["methods"][m]["recall@5"] for r in rows), 3) for m in methods}
+    halves = {h: {m: round(statistics.mean(r["methods"][m][f"recall@5 {h}"] for r in rows), 3) for m in methods}
+              for h in "AB"}
     best = max((m for m in mean if m.startswith("hybrid")), key=lambda m: mean[m])
     return {"corpus": f"pydoc_data.topics (Python {sys.version.split()[0]})", "topics": len(labels),
             "chunks": len(chunks), "chunk_tokens": DEFAULT_MAX_TOKENS, "overlap": DEFAULT_OVERLAP,
             "chunking_s": round(chunk_seconds, 2), "embedding_s": round(embed_seconds, 2),
             "skipped": skipped, "candidates": CANDIDATES, "rows": rows, "mean_recall@5": mean,
+            "mean_recall@5_halves": halves, "heading_blend": HEADING_BLEND,
             "best_hybrid": best, "default_fusion_misses_at_5": misses, "miss_examples": examples,
             "_texts": texts, "_queries": all_queries, "_query_vectors": np.concatenate(all_vectors)}
 
@@ -354,8 +382,8 @@ def print_report(r: dict[str, Any]) -> None:
           f"{q['embedding_s']} s or read from the cache); {q['candidates']} candidates per half; "
           f"{len(q['skipped'])} help names without a topic skipped")
     methods = list(q["mean_recall@5"])
-    short = [m.replace("hybrid, ", "").replace(" vector", "v").replace("BM25 only", "BM25").replace(
-        "vector only", "vector") for m in methods]
+    short = [m.replace(UNBLENDED, " own").replace("hybrid, ", "").replace(" vector", "v").replace(
+        "BM25 only", "BM25").replace("vector only", "vector") for m in methods]
     header = f"{'questions':<17}{'n':>4}  {'phrasing':<54}" + "".join(f"{s:>14}" for s in short)
     print(header)
     print("-" * len(header))
@@ -363,7 +391,11 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"{row['set']:<17}{row['questions']:>4}  {row['template']:<54}"
               + "".join(f"{row['methods'][m]['recall@5']:>14.3f}" for m in methods))
     print(f"{'mean':<17}{'':>4}  {'':<54}" + "".join(f"{q['mean_recall@5'][m]:>14.3f}" for m in methods))
-    print(f"best hybrid on the mean: {q['best_hybrid']}")
+    for h, means in q["mean_recall@5_halves"].items():
+        label = "tuned on" if h == "A" else "held out"
+        print(f"{'mean, half ' + h:<17}{'':>4}  {label:<54}" + "".join(f"{means[m]:>14.3f}" for m in methods))
+    print(f"best hybrid on the mean: {q['best_hybrid']}; \"own\": each chunk's own vector, before blending "
+          f"it with its heading's ({q['heading_blend']} own)")
     print(f"missed at {K} by the default ({DEFAULT}), help names, first phrasing: "
           f"{q['default_fusion_misses_at_5']}")
     for miss in q["miss_examples"]:

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanochat_lite.documents.search import BM25Index, FullTextSearch, Hit, HybridSearch, VectorIndex, convex, rrf, terms
+from nanochat_lite.documents.search import (
+    BM25Index,
+    FullTextSearch,
+    Hit,
+    HybridSearch,
+    VectorIndex,
+    chunk_vectors,
+    convex,
+    rrf,
+    terms,
+)
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -27,6 +37,30 @@ def test_vector_top_k_known_answer() -> None:
     assert hits[0][1] == pytest.approx(float(unit(1, 0.2)[0]), abs=1e-6)
     assert [i for i, _ in index.search(unit(1, 0), 10)] == [10, 12, 11, 13]  # k past n: all, in order
     assert index.search(unit(1, 0), 0) == [] and VectorIndex(2).search(unit(1, 0), 5) == []
+
+
+def test_chunk_vectors_blend_each_chunk_with_its_heading() -> None:
+    table = {"H\nbody one": unit(1, 0), "H\nbody two": unit(0, 1), "plain": unit(1, 1), "H": unit(0, 1)}
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return np.stack([table[t] for t in texts])
+
+    out = chunk_vectors(embed, ["H\nbody one", "H\nbody two", "plain"], ["H", "H", None], blend=0.75)
+    assert calls == [["H\nbody one", "H\nbody two", "plain"], ["H"]]  # each heading embedded once
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    np.testing.assert_allclose(out[0], unit(0.75, 0.25), atol=1e-6)  # 0.75 own + 0.25 heading, unit length
+    np.testing.assert_allclose(out[1], unit(0, 1), atol=1e-6)  # the same direction as its heading
+    np.testing.assert_allclose(out[2], unit(1, 1), atol=1e-6)  # no heading: its own vector
+    # blend 1.0 is each chunk's own vector, and nothing is asked about the headings
+    calls.clear()
+    np.testing.assert_allclose(chunk_vectors(embed, ["H\nbody one"], ["H"], blend=1.0), [unit(1, 0)], atol=1e-6)
+    assert calls == [["H\nbody one"]]
+    with pytest.raises(ValueError, match="2 texts for 1 headings"):
+        chunk_vectors(embed, ["a", "b"], ["H"])
+    with pytest.raises(ValueError, match="blend must be within 0..1"):
+        chunk_vectors(embed, ["plain"], [None], blend=1.5)
 
 
 def test_vector_ties_are_stable() -> None:
