@@ -22,7 +22,11 @@ Each name becomes a question through each fixed phrasing of `TEMPLATES`; the rel
 chunks are the chunks of the topic with that label (of the section, for headings). recall@k is the share of questions
 with at least one relevant chunk among the first k results; MRR the mean of 1/rank of
 the first one (0 past 10). Fusions are compared on every set and phrasing; the mean
-recall@5 over all of them picks the default (documents/search.py).
+recall@5 over all of them picks the default (documents/search.py). The index holds
+heading-blended vectors (search.chunk_vectors); the methods marked "own vectors" search
+each chunk's own vector instead, as before that blend. Every figure is also given for
+each half of the questions (split by a hash of the question's name): parameters were
+chosen on half A, and half B shows whether they hold on questions they were not chosen on.
 
 Latency. Search alone (the query's embedding is timed apart) at 1k, 10k and 100k chunks:
 random unit vectors for the matrix half, and for BM25 the pydoc chunks repeated with
