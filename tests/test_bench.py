@@ -73,6 +73,10 @@ def test_peer_options_checked_before_running(tmp_path: Path) -> None:
         opts(llama_server=str(tmp_path / "missing"))
     with pytest.raises(CLIError, match="--llama-bench .*not an executable file"):
         opts(llama_bench=str(plain))
+    with pytest.raises(CLIError, match="--st-python .*not an executable file; give a Python that can import "
+                                       "sentence_transformers"):
+        opts(st_python=str(plain))
+    assert opts(st_python=sys.executable).st_python == sys.executable
     with pytest.raises(CLIError, match=r"needs \{port\}"):
         opts(baseline_cmd="nanochat-lite serve --port 8080")
     with pytest.raises(CLIError, match=r"unknown placeholder\(s\) \{prot\}"):
