@@ -128,6 +128,12 @@ def chunk_rows(doc_id: str, owner: str, chunks: Sequence[Chunk], vectors: np.nda
     return rows
 
 
+def term_cap(total: int, budget: int = FULLTEXT_ROW_BUDGET) -> int:
+    """The most chunks a term may be in and still be ranked by (pick_terms): a store may
+    stop counting a term's chunks one past this."""
+    return min(budget, max(FULLTEXT_MIN_ROWS, total // 10))
+
+
 def tag(*parts: str) -> str:
     """One full-text token standing for an owner (or an owner's collection), whatever
     characters its name has: tag("alice") -> "o3f1c...", tag("alice", "geo") -> "c9a0..."."""
@@ -177,7 +183,7 @@ def pick_terms(document_counts: dict[str, int], total: int, budget: int = FULLTE
     row), and such a word moves BM25 little (idf ln(1 + 1/99) ~ 0.01 against ~7.8 for a
     word in 40 chunks). A query of common words only leaves the ranking to the vectors.
     """
-    common = max(FULLTEXT_MIN_ROWS, total // 10)
+    common = term_cap(total, budget)
     chosen, rows = [], 0
     for term, count in sorted(document_counts.items(), key=lambda item: (item[1], item[0])):
         if count == 0:

@@ -28,7 +28,6 @@ from ..history import StorageUnavailable, StoreError
 from .chunk import Chunk
 from .search import terms
 from .store import (
-    FULLTEXT_ROW_BUDGET,
     INTERRUPTED,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
@@ -39,6 +38,7 @@ from .store import (
     chunk_rows,
     group_vectors,
     pick_terms,
+    term_cap,
 )
 
 CONNECT_TIMEOUT_S = 5
@@ -56,7 +56,9 @@ _SCHEMA = (
         owner TEXT NOT NULL, position INTEGER NOT NULL, page INTEGER, heading TEXT, text TEXT NOT NULL,
         vector BYTEA NOT NULL, body tsvector NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id)",
-    "CREATE INDEX IF NOT EXISTS chunks_by_owner ON chunks(owner)",
+    # No index on chunks(owner), on purpose: before the table's first ANALYZE the planner
+    # took it over the GIN index and ranked every chunk of the owner (70 ms at 10k chunks
+    # instead of 10). The GIN index finds the matching chunks; the owner filters those.
     "CREATE INDEX IF NOT EXISTS chunks_body ON chunks USING GIN (body)",
 )
 _DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
@@ -210,7 +212,7 @@ class PostgresDocuments:
         if not words or k <= 0:
             return []
         with self._tx() as db:
-            counts = {str(t): int(n) for t, n in db.execute(_TERM_COUNTS, (FULLTEXT_ROW_BUDGET + 1, words))}
+            counts = {str(t): int(n) for t, n in db.execute(_TERM_COUNTS, (term_cap(total) + 1, words))}
         text = tsquery(pick_terms(counts, total))
         if text is None:
             return []
