@@ -77,11 +77,13 @@ def tsquery(words: list[str]) -> str | None:
 # Each lexeme's count of chunks (pick_terms), kept in step with the chunks in the same
 # transactions: counting through the GIN index at query time cost 10k heap reads for a
 # common word at 100k chunks. ts_stat reads a document's tsvectors in C.
-_ADD_TERMS = """INSERT INTO chunk_terms (term, chunks)
-    SELECT word, ndoc FROM ts_stat(format('SELECT body FROM chunks WHERE document_id = %%L', %s::text))
+_TERMS = """INSERT INTO chunk_terms (term, chunks)
+    SELECT word, %s * ndoc FROM ts_stat(format('SELECT body FROM chunks WHERE document_id = %%L', %s::text))
+    ORDER BY word
     ON CONFLICT (term) DO UPDATE SET chunks = chunk_terms.chunks + excluded.chunks"""
-_REMOVE_TERMS = """UPDATE chunk_terms t SET chunks = t.chunks - s.ndoc
-    FROM ts_stat(format('SELECT body FROM chunks WHERE document_id = %%L', %s::text)) s WHERE t.term = s.word"""
+# (sign, document id): +1 after a document's chunks are written, -1 before they are deleted.
+# One statement both ways, rows taken in term order: two replicas storing documents at
+# once lock the shared terms in the same order, so they wait for each other, never deadlock.
 
 
 class PostgresDocuments:
@@ -163,14 +165,14 @@ class PostgresDocuments:
                     got = cur.fetchone()
                     assert got is not None
                     ids.append(int(got[0]))
-            db.execute(_ADD_TERMS, (doc_id,))
+            db.execute(_TERMS, (1, doc_id))
             db.execute("UPDATE documents SET status = 'ready', pages = %s, chunks = %s WHERE id = %s",
                        (pages, len(ids), doc_id))
             return ids
 
     def fail(self, doc_id: str, code: str, message: str) -> None:
         with self._tx() as db:
-            db.execute(_REMOVE_TERMS, (doc_id,))
+            db.execute(_TERMS, (-1, doc_id))
             db.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
             db.execute("UPDATE documents SET status = 'error', error_code = %s, error = %s, chunks = 0 WHERE id = %s",
                        (code, message.replace("\x00", ""), doc_id))
@@ -182,7 +184,7 @@ class PostgresDocuments:
             if row is None:
                 return None
             ids = [int(r[0]) for r in db.execute("SELECT id FROM chunks WHERE document_id = %s", (doc_id,))]
-            db.execute(_REMOVE_TERMS, (doc_id,))
+            db.execute(_TERMS, (-1, doc_id))
             db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
             return ids
 
