@@ -286,15 +286,24 @@ def test_tool_choice_required_gives_a_valid_call(server, client):
     args = json.loads(call.function.arguments)
     assert call.function.name == "get_weather" and set(args) == {"city"} and isinstance(args["city"], str)
 
+    assert call.id.startswith("call_"), call.id
+
     # The call and its result go back into the conversation: the model reads the result
     # (greedy, it answers with it), and the prompt grows by exactly the tokens a longer
-    # result adds.
+    # result adds. The call goes back under a fixed id, as a client replaying a recorded
+    # conversation sends it: the id is in the prompt (the result names the call it
+    # answers) and the server's ids are random (24 hex digits), so with `call.id` the
+    # greedy follow-up read a different prompt each run; this model answers by quoting
+    # the whole tool_response, id included, and a random id is where it could go astray.
+    replayed = {**call.model_dump(), "id": "call_weather_0"}
+
     def follow(result: str, max_tokens: int) -> Any:
         return client.chat.completions.create(model="x", max_tokens=max_tokens, tools=[weather], tool_choice="none",
                                               messages=[*ask("What is the weather in Paris?"),
                                                         {"role": "assistant", "content": None,
-                                                         "tool_calls": [call.model_dump()]},
-                                                        {"role": "tool", "tool_call_id": call.id, "content": result}],
+                                                         "tool_calls": [replayed]},
+                                                        {"role": "tool", "tool_call_id": replayed["id"],
+                                                         "content": result}],
                                               **GREEDY)
 
     def tokens(text: str) -> int:
