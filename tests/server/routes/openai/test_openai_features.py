@@ -56,7 +56,7 @@ def server(tmp_path_factory, chat_model_path):
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)  # a hang guard
 
 
 def valid(obj: Any, schema: dict) -> bool:
