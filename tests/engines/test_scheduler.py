@@ -342,6 +342,12 @@ def test_an_engine_error_fails_its_request_only():
         again = ask(fake, sch, "again", params)
         _, done2 = await collect(again)
         assert done2.finish_reason == "stop"
+        # The worker hands the Done over before it frees its slot (scheduler._work's
+        # finally), so the count settles just after the last answer: wait for it (the
+        # deadline only guards against a slot that is never freed).
+        deadline = time.monotonic() + 30
+        while sch.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert sch.active == 0 and sch.queued == 0
 
     try:
