@@ -18,6 +18,35 @@ from .store import StoreError
 # unicode61 with "So" added so emoji are words; remove_diacritics 2 lets "cafe" find "café".
 _TOKENIZE = "unicode61 remove_diacritics 2 categories 'L* N* Co So'"
 
+# The three triggers that keep messages_fts in step with messages: created with the index
+# (2) and again whenever the messages table is rebuilt (4, 6), since DROP TABLE drops them.
+_MESSAGES_FTS_TRIGGERS = (
+    """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+    END""",
+    """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+    END""",
+    """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, content)
+            VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
+    END""",
+)
+
+
+def _swap_messages(new: str) -> tuple[str, ...]:
+    """Put the rebuilt table `new` in the place of messages. AUTOINCREMENT's high-water
+    mark moves over: ids of deleted messages stay unused."""
+    return (
+        f"DELETE FROM sqlite_sequence WHERE name = '{new}'",
+        f"INSERT INTO sqlite_sequence (name, seq) SELECT '{new}', seq FROM sqlite_sequence WHERE name = 'messages'",
+        "DROP TABLE messages",
+        f"ALTER TABLE {new} RENAME TO messages",
+    )
+
+
 # Each entry is one schema version: its statements run in one transaction, together with
 # the version bump, so a crash mid-migration leaves the previous version intact.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -57,18 +86,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         f"""CREATE VIRTUAL TABLE messages_fts USING fts5(
             content, content='messages', content_rowid='id', tokenize="{_TOKENIZE}")""",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
+        *_MESSAGES_FTS_TRIGGERS,
         f"""CREATE VIRTUAL TABLE conversations_fts USING fts5(
             title, content='conversations', content_rowid='seq', tokenize="{_TOKENIZE}")""",
         """CREATE TRIGGER conversations_fts_insert AFTER INSERT ON conversations BEGIN
@@ -122,27 +140,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
                prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params)
            SELECT id, conversation_id, role, content, status, created_at,
                prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params FROM messages""",
-        # AUTOINCREMENT's high-water mark moves over: ids of deleted messages stay unused.
-        "DELETE FROM sqlite_sequence WHERE name = 'messages_v4'",
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages_v4', seq FROM sqlite_sequence WHERE name = 'messages'",
-        "DROP TABLE messages",
-        "ALTER TABLE messages_v4 RENAME TO messages",
+        *_swap_messages("messages_v4"),
         "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
         "CREATE UNIQUE INDEX messages_client_id ON messages(client_id) WHERE client_id IS NOT NULL",
         "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
         "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
+        *_MESSAGES_FTS_TRIGGERS,
     ),
     # 5: owners (the API key's name; rows from before keys were named are 'local') on
     # conversations and, copied from their conversation, messages: a client_id is then
@@ -192,26 +195,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
            SELECT id, conversation_id, role, content, status, created_at,
                prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,
                client_id, answer_id, owner FROM messages""",
-        "DELETE FROM sqlite_sequence WHERE name = 'messages_v6'",
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'messages_v6', seq FROM sqlite_sequence WHERE name = 'messages'",
-        "DROP TABLE messages",
-        "ALTER TABLE messages_v6 RENAME TO messages",
+        *_swap_messages("messages_v6"),
         "CREATE INDEX messages_by_conversation ON messages(conversation_id, id)",
         "CREATE UNIQUE INDEX messages_client_id ON messages(owner, client_id) WHERE client_id IS NOT NULL",
         "CREATE INDEX messages_answer_id ON messages(answer_id) WHERE answer_id IS NOT NULL",
         "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, content)
-                VALUES ('delete', old.id, old.content);
-            INSERT INTO messages_fts(rowid, content) VALUES (new.id, new.content);
-        END""",
+        *_MESSAGES_FTS_TRIGGERS,
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
