@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...documents.blocks import Block, DocumentError
-from ...documents.indexer import final_event
+from ...documents.events import document_frames
 from ...documents.parse import parse, sniff
 from ...documents.service import DocumentService
 from ...documents.store import Document
@@ -149,13 +149,21 @@ async def list_documents(request: Request) -> Response:
     return json_response({"success": True, "data": {"documents": [_public(d) for d in docs]}})
 
 
+async def _owned_document(request: Request) -> tuple[DocumentService, Document, str]:
+    """The service, the path's document and the request's owner; another owner's
+    document is 404, as a missing one."""
+    svc = _service(request)
+    doc_id = _doc_id(request)
+    owner = identity(request).owner
+    doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=owner)
+    if doc is None:
+        raise _not_found(doc_id)
+    return svc, doc, owner
+
+
 async def get_document(request: Request) -> Response:
     try:
-        svc = _service(request)
-        doc_id = _doc_id(request)
-        doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=identity(request).owner)
-        if doc is None:
-            raise _not_found(doc_id)
+        svc, doc, _ = await _owned_document(request)
     except RequestError as e:
         return api_error(e)
     out = _public(doc)
@@ -181,41 +189,15 @@ async def delete_document(request: Request) -> Response:
 
 async def document_events(request: Request) -> Response:
     try:
-        svc = _service(request)
-        doc_id = _doc_id(request)
-        owner = identity(request).owner
-        doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=owner)
-        if doc is None:
-            raise _not_found(doc_id)
+        svc, doc, owner = await _owned_document(request)
     except RequestError as e:
         return api_error(e)
     return event_stream(request, _events(svc, doc, owner), lambda e: sse(error_frame(e)))
 
 
 async def _events(svc: DocumentService, doc: Document, owner: str) -> AsyncIterator[bytes]:
-    """Progress frames every PROGRESS_EVERY_S until the final event. A document this
-    process is not indexing (another replica's, or one whose progress was forgotten) is
-    followed through the store instead."""
-    final = final_event(doc)
-    progress = svc.indexer.progress(doc.id)
-    while final is None:
-        if progress is not None:
-            frame = progress.snapshot()
-            if frame["type"] != "progress":
-                final = frame
-                break
-            yield sse(frame)
-        else:
-            current = await asyncio.to_thread(svc.library.store.get, doc.id, owner=owner)
-            if current is None:
-                final = {"type": "error", "code": "not_found", "message": "the document was deleted"}
-                break
-            final = final_event(current)
-            if final is not None:
-                break
-            yield sse({"type": "progress", "done": 0, "total": 0})
-        await asyncio.sleep(PROGRESS_EVERY_S)
-    yield sse(final)
+    async for frame in document_frames(svc, doc, owner, every_s=PROGRESS_EVERY_S):
+        yield sse(frame)
 
 
 async def search(request: Request) -> Response:
