@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.datastructures import UploadFile
@@ -33,7 +33,7 @@ from ...documents.blocks import Block, DocumentError
 from ...documents.events import document_frames
 from ...documents.parse import parse, sniff
 from ...documents.service import DocumentService
-from ...documents.store import Document
+from ...documents.store import Document, DocumentStore
 from ..chat.runtime import Runtime
 from ..guards.security import identity
 from ..wire import limits
@@ -49,6 +49,7 @@ MAX_K = 50
 MULTIPART_SLACK = 64 << 10  # bytes of multipart framing and the other fields, over the file itself
 PROGRESS_EVERY_S = 0.5  # a progress frame at least this often (the API promises one a second)
 _STATUS = {"too_large": 413, "zip_bomb": 413, "binary": 415, "unsupported_format": 415}
+T = TypeVar("T")
 
 
 class SearchRequest(msgspec.Struct, kw_only=True):
@@ -149,16 +150,21 @@ async def list_documents(request: Request) -> Response:
     return json_response({"success": True, "data": {"documents": [_public(d) for d in docs]}})
 
 
-async def _owned_document(request: Request) -> tuple[DocumentService, Document, str]:
-    """The service, the path's document and the request's owner; another owner's
-    document is 404, as a missing one."""
+async def _owned(request: Request, act: Callable[[DocumentStore, str, str], T | None]) -> tuple[DocumentService, T, str]:
+    """`act(store, id, owner)` on the path's document, off the loop: the service, its
+    result and the request's owner. None (another owner's document, or a missing one)
+    is 404, the same for both."""
     svc = _service(request)
     doc_id = _doc_id(request)
     owner = identity(request).owner
-    doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=owner)
-    if doc is None:
+    found = await asyncio.to_thread(act, svc.library.store, doc_id, owner)
+    if found is None:
         raise _not_found(doc_id)
-    return svc, doc, owner
+    return svc, found, owner
+
+
+async def _owned_document(request: Request) -> tuple[DocumentService, Document, str]:
+    return await _owned(request, lambda store, doc_id, owner: store.get(doc_id, owner=owner))
 
 
 async def get_document(request: Request) -> Response:
@@ -175,16 +181,11 @@ async def get_document(request: Request) -> Response:
 
 async def delete_document(request: Request) -> Response:
     try:
-        svc = _service(request)
-        doc_id = _doc_id(request)
-        owner = identity(request).owner
-        ids = await asyncio.to_thread(svc.library.store.delete, doc_id, owner=owner)
-        if ids is None:
-            raise _not_found(doc_id)
+        svc, ids, owner = await _owned(request, lambda store, doc_id, owner: store.delete(doc_id, owner=owner))
     except RequestError as e:
         return api_error(e)
     await asyncio.to_thread(svc.library.removed, owner, ids)
-    return json_response({"success": True, "data": {"deleted": True, "id": doc_id, "chunks": len(ids)}})
+    return json_response({"success": True, "data": {"deleted": True, "id": _doc_id(request), "chunks": len(ids)}})
 
 
 async def document_events(request: Request) -> Response:

@@ -2,7 +2,8 @@
 
 Client frames: `{"type": "chat", "message", ...sampling, "conversation_id"?, "system"?,
 "client_id"?}`, `{"type": "resume", "answer_id", "after"}`, `{"type": "stop"}`,
-`{"type": "ping"}`.
+`{"type": "ping"}`, `{"type": "watch_document", "id"}` (a document's indexing: the
+same `progress`/`ready`/`error` frames as its SSE events, each with `document_id`).
 Server frames: `start` (seq 0: `answer_id`, `conversation_id`, `model`, `client_id`?),
 `token` (`text`, `seq`), `progress` (no seq, while the prompt is read), `snapshot`
 (`seq`, `text`: replaces the client's text after a gap), `done` (`message`,
@@ -22,22 +23,32 @@ import asyncio
 import contextlib
 import enum
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ...documents.events import document_frames
+from ...documents.service import DocumentService
+from ...documents.store import Document
 from ..chat import turns
 from ..chat.answers import Answer, check_answer_id
 from ..chat.runtime import Runtime
 from ..guards import connlimits
 from ..guards.security import identity
 from ..wire.errors import RequestError, error_frame
-from ..wire.limits import MAX_WS_FRAME_BYTES
+from ..wire.limits import MAX_ID_CHARS, MAX_WS_FRAME_BYTES
 from ..wire.schemas import WSChat, WSFrame, WSResume, decode
 
 _enc = msgspec.json.Encoder()
 CLOSE_SERVICE_RESTART = 1012  # WebSocket close code: the server is restarting
+MAX_WATCHES = 16  # documents one socket follows at once (a page uploading several files)
+PROGRESS_EVERY_S = 0.5  # as the SSE stream (routes/documents.py): the API promises a frame a second
+
+
+class WSWatchDocument(msgspec.Struct, kw_only=True):
+    type: Literal["watch_document"]
+    id: str
 
 
 class TurnState(enum.Enum):
@@ -63,6 +74,7 @@ class Connection:
         self.following: Answer | None = None
         self.stop_event = threading.Event()  # a stop before the answer exists (prompt being built)
         self.told_shutdown = False
+        self.watches: set[asyncio.Task[None]] = set()  # documents followed, beside the one turn
         self._send_lock = asyncio.Lock()
 
     @property
@@ -110,8 +122,11 @@ class Connection:
                 self.stop()
             elif kind in ("chat", "resume"):
                 await self.start(kind, raw_bytes)
+            elif kind == "watch_document":
+                await self.watch(raw_bytes)
             else:
-                await self.error("unknown_type", f"unknown frame type {kind!r}; expected chat, resume, stop or ping")
+                await self.error("unknown_type", f"unknown frame type {kind!r}; expected chat, resume, stop, ping "
+                                 "or watch_document")
 
     def stop(self) -> None:
         """The engine ends within one token and the reply's "done" frame says
@@ -181,8 +196,43 @@ class Connection:
         except (WebSocketDisconnect, RuntimeError):
             pass
 
+    # -- a document's indexing -------------------------------------------------------------
+    async def watch(self, raw_bytes: bytes) -> None:
+        """Follow a document's indexing beside the turn (documents.document_frames, as the
+        SSE stream has them). Another owner's id is `document_not_found`, like a missing one."""
+        try:
+            doc_id = decode(raw_bytes, WSWatchDocument).id
+        except RequestError as e:
+            await self.error(e.code, e.message)
+            return
+        frame: dict[str, Any] | None = None
+        svc = getattr(self.ws.app.state, "documents", None)
+        if not isinstance(svc, DocumentService):
+            frame = error_frame(RequestError("documents are not enabled on this server", code="not_available"))
+        elif len(self.watches) >= MAX_WATCHES:
+            frame = error_frame(RequestError(f"this socket already follows {MAX_WATCHES} documents; wait for one "
+                                             "to finish", code="too_many_watches"))
+        else:
+            valid = 0 < len(doc_id) <= MAX_ID_CHARS and doc_id.isprintable()  # else no such id: not a store query
+            doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=self.who.owner) if valid else None
+            if doc is None:
+                frame = error_frame(RequestError(f"no document with id {doc_id[:80]!r}", code="document_not_found"))
+            else:
+                task = asyncio.create_task(self._watch(svc, doc))
+                self.watches.add(task)
+                task.add_done_callback(self.watches.discard)
+        if frame is not None:
+            await self.send({**frame, "document_id": doc_id})
+
+    async def _watch(self, svc: DocumentService, doc: Document) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the socket closed: stop following
+            async for frame in document_frames(svc, doc, self.who.owner, every_s=PROGRESS_EVERY_S):
+                await self.send({**frame, "document_id": doc.id})
+
     async def leave(self) -> None:
         """The socket is gone: stop following (the answer runs on for the resume window)."""
+        for task in list(self.watches):
+            task.cancel()
         if self.current is not None and not self.current.done():
             self.current.cancel()
             with contextlib.suppress(BaseException):
