@@ -66,6 +66,8 @@ from .store import (
     check_owner,
     check_page,
     check_usage,
+    decode_citations,
+    encode_citations,
     merge_hits,
     render_export,
 )
@@ -81,8 +83,8 @@ _CONVERSATION_SELECT = """
     SELECT c.id, c.title, c.system, c.created_at, c.updated_at,
            (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.owner
     FROM conversations c"""
-_MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
-    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
+_MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at, prompt_tokens, completion_tokens,
+    ttft_ms, duration_ms, model, params, client_id, answer_id, citations"""
 # A write waiting this long for another transaction's row lock gives up (StorageUnavailable),
 # as SQLite's busy timeout does: a client hears back instead of hanging.
 LOCK_TIMEOUT_MS = 5000
@@ -275,6 +277,8 @@ class PostgresStore:
         client_id: str | None = None,
         answer_id: str | None = None,
         owner: str = LOCAL_OWNER,
+        citations: builtins.list[dict[str, Any]] | None = None,
+        documents_mode: str | None = None,
     ) -> Message:
         """Append a message to `owner`'s conversation and commit. Same contract as the
         SQLite store's add_message."""
@@ -284,6 +288,7 @@ class PostgresStore:
         check_client_id(answer_id, "answer_id")
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
+        cited = encode_citations(citations, documents_mode)
         with self._write() as conn:
             # FOR UPDATE: another replica appending to this conversation waits, so the
             # first user message names it exactly once.
@@ -298,11 +303,11 @@ class PostgresStore:
                     inserted = conn.execute(
                         "INSERT INTO messages (conversation_id, role, content, status, created_at,"
                         " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
-                        " client_id, answer_id, owner)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        " client_id, answer_id, owner, citations)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                         (conversation_id, role, _enc(content), status, now, prompt_tokens,
                          completion_tokens, ttft_ms, duration_ms, _enc(model), params_json, client_id,
-                         answer_id, owner),
+                         answer_id, owner, cited),
                     ).fetchone()
             except pg_errors.UniqueViolation as e:
                 raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
@@ -316,6 +321,7 @@ class PostgresStore:
             inserted[0], conversation_id, role, content, status, now, prompt_tokens,
             completion_tokens, ttft_ms, duration_ms, model,
             None if params_json is None else json.loads(params_json), client_id, answer_id,
+            *decode_citations(cited),
         )
 
     def update_message(
@@ -584,9 +590,9 @@ def _conversation(row: tuple[Any, ...]) -> Conversation:
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
+    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id, cited = row
     return Message(mid, cid, role, _dec(content) or "", status, created_at, pt, ct, ttft, dur, _dec(model),
-                   None if params is None else json.loads(params), client_id, answer_id)
+                   None if params is None else json.loads(params), client_id, answer_id, *decode_citations(cited))
 
 
 def _first_line(e: BaseException) -> str:

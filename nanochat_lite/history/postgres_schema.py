@@ -115,6 +115,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """ALTER TABLE messages ADD CONSTRAINT messages_status_check
             CHECK (status IN ('complete', 'length', 'stopped', 'failed', 'interrupted', 'streaming'))""",
     ),
+    # 7: an answer grounded in the owner's documents keeps the sources its prompt
+    # numbered, as JSON text ({"mode", "citations"}); NULL for every other message.
+    (
+        "ALTER TABLE messages ADD COLUMN citations TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -52,6 +52,8 @@ from .store import (
     check_owner,
     check_page,
     check_usage,
+    decode_citations,
+    encode_citations,
     merge_hits,
     render_export,
 )
@@ -65,7 +67,8 @@ _CONVERSATION_SELECT = """
            (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id), c.owner
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at,
-    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id"""
+    prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params, client_id, answer_id,
+    citations"""
 # SQLite result codes (the low byte of sqlite_errorcode) that mean "not now", not "a bug":
 # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
 _UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})
@@ -234,6 +237,8 @@ class SQLiteStore:
         client_id: str | None = None,
         answer_id: str | None = None,
         owner: str = LOCAL_OWNER,
+        citations: builtins.list[dict[str, Any]] | None = None,
+        documents_mode: str | None = None,
     ) -> Message:
         """Append a message to `owner`'s conversation and commit. Raises NotFound, or
         ValueError for an unknown role/status. Bumps updated_at; an untitled conversation
@@ -246,6 +251,7 @@ class SQLiteStore:
         check_client_id(answer_id, "answer_id")
         content = _clean(content)
         params_json = None if params is None else json.dumps(params, ensure_ascii=False)
+        cited = encode_citations(citations, documents_mode)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT title FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
@@ -257,9 +263,9 @@ class SQLiteStore:
                 cur = conn.execute(
                     "INSERT INTO messages (conversation_id, role, content, status, created_at,"
                     " prompt_tokens, completion_tokens, ttft_ms, duration_ms, model, params,"
-                    " client_id, answer_id, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (conversation_id, role, content, status, now, prompt_tokens,
-                     completion_tokens, ttft_ms, duration_ms, model, params_json, client_id, answer_id, owner),
+                    " client_id, answer_id, owner, citations) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (conversation_id, role, content, status, now, prompt_tokens, completion_tokens, ttft_ms,
+                     duration_ms, model, params_json, client_id, answer_id, owner, cited),
                 )
             except sqlite3.IntegrityError as e:
                 raise AlreadyExists(f"a message with client_id {client_id!r} is already stored") from e
@@ -274,6 +280,7 @@ class SQLiteStore:
             message_id, conversation_id, role, content, status, now, prompt_tokens,
             completion_tokens, ttft_ms, duration_ms, model,
             None if params_json is None else json.loads(params_json), client_id, answer_id,
+            *decode_citations(cited),
         )
 
     def update_message(
@@ -523,6 +530,7 @@ class SQLiteStore:
 
 
 def _message(row: tuple[Any, ...]) -> Message:
-    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id = row
+    mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id, cited = row
     return Message(mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model,
-                   None if params is None else json.loads(params), client_id, answer_id)
+                   None if params is None else json.loads(params), client_id, answer_id,
+                   *decode_citations(cited))

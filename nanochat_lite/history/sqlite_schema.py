@@ -202,6 +202,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming'",
         *_MESSAGES_FTS_TRIGGERS,
     ),
+    # 7: an answer grounded in the owner's documents keeps the sources its prompt
+    # numbered, as JSON text ({"mode", "citations"}); NULL for every other message.
+    (
+        "ALTER TABLE messages ADD COLUMN citations TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -59,6 +59,11 @@ class Message:
     # The answer's id on the wire: on the assistant message, and on the user message
     # that asked for it.
     answer_id: str | None = None
+    # An answer grounded in the owner's documents: the sources its prompt numbered
+    # ([{"n", "document_id", "name", "page", "text", "score"}]) and how they were
+    # chosen ("search" or "whole"); None for every other message.
+    citations: builtins.list[dict[str, Any]] | None = None
+    documents_mode: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +153,8 @@ class Store(Protocol):
                     ttft_ms: float | None = None, duration_ms: float | None = None,
                     model: str | None = None, params: dict[str, Any] | None = None,
                     client_id: str | None = None, answer_id: str | None = None,
-                    owner: str = LOCAL_OWNER) -> Message: ...
+                    owner: str = LOCAL_OWNER, citations: builtins.list[dict[str, Any]] | None = None,
+                    documents_mode: str | None = None) -> Message: ...
     def update_message(self, message_id: int, content: str, *, status: str,
                        prompt_tokens: int | None = None, completion_tokens: int | None = None,
                        ttft_ms: float | None = None, duration_ms: float | None = None) -> None: ...
@@ -259,4 +265,30 @@ def render_export(conversation: Conversation, messages: builtins.list[Message], 
         if m.status != "complete":
             label += f" _({m.status})_"
         parts.append(f"{label}\n\n{m.content or '_(empty)_'}")
+        if m.citations:
+            parts.append("Sources:\n\n" + "\n".join(
+                f"{c.get('n')}. {c.get('name')}" + (f", p. {c['page']}" if c.get("page") is not None else "")
+                for c in m.citations))
     return "\n\n".join(parts) + "\n"
+
+
+def encode_citations(citations: builtins.list[dict[str, Any]] | None, mode: str | None) -> str | None:
+    """The `citations` column's JSON text: {"mode": ..., "citations": [...]} (None: no documents)."""
+    if citations is None:
+        return None
+    # ASCII: a lone surrogate or NUL in a chunk's text stays an escape, storable in both databases.
+    return json.dumps({"mode": mode, "citations": citations}, ensure_ascii=True)
+
+
+def decode_citations(text: str | None) -> tuple[builtins.list[dict[str, Any]] | None, str | None]:
+    """The column back as (citations, mode); (None, None) for NULL or a value not ours."""
+    if not text:
+        return None, None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, None
+    if not isinstance(value, dict) or not isinstance(value.get("citations"), list):
+        return None, None
+    mode = value.get("mode")
+    return value["citations"], mode if isinstance(mode, str) else None
