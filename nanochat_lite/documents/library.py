@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,14 +82,21 @@ class Library:
             index.remove(gone)
 
     def search(self, owner: str, query: str, query_vector: np.ndarray, k: int, *,
-               collection: str | None = None) -> list[Result]:
-        """The owner's k best chunks for `query` (hybrid), best first."""
+               collection: str | None = None, only: AbstractSet[int] | None = None) -> list[Result]:
+        """The owner's k best chunks for `query` (hybrid), best first; `only`: among
+        these chunk ids (a few chosen documents' chunks) and no others."""
         if k <= 0:
             return []
         wanted = max(k, CANDIDATES)
-        by_vector = self._vector_search(owner, collection, query_vector, wanted)
-        by_text = self.store.fulltext(owner, query, wanted, collection=collection,
-                                      total=self.chunks_in_memory(owner))
+        total = self.chunks_in_memory(owner)
+        # Limited to some chunks: each half ranks all it can, then keeps the allowed ones
+        # (the vector half scores every row anyway; the text half at most its row budget).
+        reach = wanted if only is None else max(wanted, total)
+        by_vector = self._vector_search(owner, collection, query_vector, reach)
+        by_text = self.store.fulltext(owner, query, reach, collection=collection, total=total)
+        if only is not None:
+            by_vector = [hit for hit in by_vector if hit[0] in only][:wanted]
+            by_text = [hit for hit in by_text if hit[0] in only][:wanted]
         fused = self._fuse(by_vector, by_text)[:k]
         hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused])
         # A chunk deleted between the ranking and this read is skipped, not shown half.

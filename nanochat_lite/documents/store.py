@@ -109,6 +109,8 @@ class DocumentStore(Protocol):
 
     def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
 
+    def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]: ...
+
     def interrupt_indexing(self) -> int: ...
 
     def close(self) -> None: ...
@@ -126,6 +128,13 @@ def chunk_rows(doc_id: str, owner: str, chunks: Sequence[Chunk], vectors: np.nda
         body = f"{heading}\n{text}" if heading else text
         rows.append((doc_id, owner, chunk.position, chunk.page, heading, text, vector.tobytes(), body))
     return rows
+
+
+def in_order(hits: Sequence[ChunkHit], positions: dict[int, int], doc_ids: Sequence[str]) -> list[ChunkHit]:
+    """Chunks ordered by their document's place in `doc_ids`, then their own position
+    in it (`positions`: chunk id -> position): a document reads in its own order."""
+    rank = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    return sorted(hits, key=lambda h: (rank.get(h.document_id, len(rank)), positions[h.id]))
 
 
 def term_cap(total: int, budget: int = FULLTEXT_ROW_BUDGET) -> int:

@@ -37,6 +37,7 @@ from .store import (
     VectorBlock,
     chunk_rows,
     group_vectors,
+    in_order,
     pick_terms,
 )
 
@@ -244,3 +245,13 @@ class PostgresDocuments:
             rows = db.execute("SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
                               "JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)", (list(ids),)).fetchall()
         return {int(r[0]): ChunkHit(int(r[0]), *r[1:]) for r in rows}
+
+    def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]:
+        """Every chunk of `owner`'s documents `doc_ids`, each document in its own order."""
+        if not doc_ids:
+            return []
+        with self._tx() as db:
+            rows = db.execute("SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text, c.position "
+                              "FROM chunks c JOIN documents d ON d.id = c.document_id "
+                              "WHERE c.document_id = ANY(%s) AND d.owner = %s", (list(doc_ids), owner)).fetchall()
+        return in_order([ChunkHit(int(r[0]), *r[1:6]) for r in rows], {int(r[0]): r[6] for r in rows}, doc_ids)

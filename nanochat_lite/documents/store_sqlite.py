@@ -32,6 +32,7 @@ from .store import (
     VectorBlock,
     chunk_rows,
     group_vectors,
+    in_order,
     pick_terms,
     tag,
 )
@@ -229,3 +230,15 @@ class SQLiteDocuments:
             rows = db.execute(f"SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
                               f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})", list(ids)).fetchall()
         return {r[0]: ChunkHit(*r) for r in rows}
+
+    def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]:
+        """Every chunk of `owner`'s documents `doc_ids`, each document in its own order
+        (another owner's document gives none)."""
+        if not doc_ids:
+            return []
+        marks = ",".join("?" * len(doc_ids))
+        with self._read() as db:
+            rows = db.execute(f"SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text, c.position "
+                              f"FROM chunks c JOIN documents d ON d.id = c.document_id "
+                              f"WHERE c.document_id IN ({marks}) AND d.owner = ?", [*doc_ids, owner]).fetchall()
+        return in_order([ChunkHit(*r[:6]) for r in rows], {r[0]: r[6] for r in rows}, doc_ids)
