@@ -53,5 +53,7 @@ export const api = {
   remove: (id) => call("DELETE", `/api/conversations/${enc(id)}`),
   search: (q, owner) => call("GET", `/api/search?q=${enc(q)}${ownerQ(owner)}`),
   tokenize: (text, special) => call("POST", "/api/tokenize", { text, with_pieces: true, special }),
+  documents: () => call("GET", "/api/documents"),
+  removeDocument: (id) => call("DELETE", `/api/documents/${enc(id)}`),
   exportUrl: (id, format, owner) => `/api/conversations/${enc(id)}/export?format=${format}${ownerQ(owner)}`,
 };

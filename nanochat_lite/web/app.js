@@ -4,7 +4,8 @@
 // (the message queue and frames), transcript.js (messages on screen), markdown.js,
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
 // tokenizer view), api.js (REST), auth.js (the API key, when the server wants one),
-// limits.js (the server's limits, which the page checks too), dom.js (el()).
+// limits.js (the server's limits, which the page checks too), dom.js (el()),
+// documents.js (uploads, the documents panel, the "use my documents" switch), citations.js.
 // The open conversation lives in the URL hash (#c=<id>; #c=<id>&owner=<name> for another
 // key's, which an admin key reads read-only) and in localStorage, so a reload comes back to it.
 // With API keys, the top bar shows which key this page uses.
@@ -12,7 +13,9 @@
 import { api } from "./api.js";
 import { authorizeDownloads, installKeyForm, onKeyChange, wsProtocols } from "./auth.js";
 import { ChatSession } from "./chat.js";
+import { installCitationDialog } from "./citations.js";
 import { Dashboard } from "./dashboard.js";
+import { DocumentsPanel, DocumentsSwitch, Uploads, acceptDrops } from "./documents.js";
 import { limits, loadLimits, withLimits } from "./limits.js";
 import { SettingsPanel } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
@@ -31,7 +34,8 @@ const socket = new ReconnectingSocket(wsUrl, wsProtocols);
 // A new key: try the socket now rather than after its backoff wait.
 onKeyChange(() => socket.state !== "open" && socket.connect());
 const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
-const session = new ChatSession(socket, (thread) => settings.chatFields(!thread.id));
+const docsSwitch = new DocumentsSwitch($("#use-docs"));
+const session = new ChatSession(socket, (thread) => ({ ...settings.chatFields(!thread.id), ...docsSwitch.fields(thread) }));
 const transcript = new Transcript($("#transcript"), $("#scroller"), (text) => send(text));
 
 let countdown = 0;
@@ -129,6 +133,7 @@ function showEmptyHint() {
 function newChat() {
   loadSeq++;
   thread = { id: null };
+  docsSwitch.show(thread);
   setReadOnly(null);
   transcript.clear();
   setHash(null);
@@ -143,6 +148,7 @@ async function openConversation(id, messageId, owner) {
   const seq = ++loadSeq;
   const pending = session.pending().filter((t) => t.thread.id === id);
   thread = pending.length ? pending[0].thread : { id };
+  docsSwitch.show(thread);
   setHash(id, owner);
   sidebar.highlight();
   closeSidebar();
@@ -233,6 +239,7 @@ session.addEventListener("busy", (ev) => {
   $("#stop").hidden = !ev.detail;
 });
 session.addEventListener("conversation", (ev) => {
+  docsSwitch.learned(ev.detail);
   if (ev.detail === thread) setHash(thread.id);
   sidebar.refresh().then(() => syncTitle());
 });
@@ -323,6 +330,19 @@ document.addEventListener("keydown", (ev) => {
   }
 });
 
+// -- documents: the paperclip, drops onto the chat, the panel, citation chips ---------------
+const uploads = new Uploads($("#uploads"), socket);
+const docsPanel = new DocumentsPanel($("#panel-documents"));
+uploads.addEventListener("changed", () => docsPanel.refresh());
+$("#attach").addEventListener("click", () => $("#doc-file").click());
+$("#doc-file").addEventListener("change", (ev) => {
+  const files = [...ev.target.files];
+  ev.target.value = ""; // the same file again is a new upload
+  uploads.add(files);
+});
+acceptDrops($("#panel-chat"), (files) => uploads.add(files));
+installCitationDialog($("#cite-dialog"));
+
 const dashboard = new Dashboard($("#panel-dashboard"), (stats) => showModel(stats.model));
 new TokenView($("#panel-tokens"));
 const tabs = [...document.querySelectorAll("[role=tab]")];
@@ -334,6 +354,7 @@ function showTab(name) {
     document.querySelector(`[data-panel=${tab.dataset.tab}]`).hidden = !on;
   }
   if (name === "dashboard") dashboard.redraw();
+  if (name === "documents") docsPanel.refresh();
 }
 for (const tab of tabs) {
   tab.addEventListener("click", () => showTab(tab.dataset.tab));
@@ -372,6 +393,7 @@ if (startId) openConversation(startId, undefined, hashOwner());
 else if (newThread) {
   newChat();
   thread = newThread;
+  docsSwitch.show(thread);
   for (const t of restored) if (t.thread === newThread) transcript.attach(t.view);
   showEmptyHint();
 } else newChat();

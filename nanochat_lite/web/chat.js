@@ -157,6 +157,7 @@ export class ChatSession extends EventTarget {
   }
 
   _onFrame(frame) {
+    if (frame.document_id !== undefined) return; // a document's indexing (documents.js), not a turn's
     const turn = this.current;
     if (!turn) {
       if (frame.type === "error") {

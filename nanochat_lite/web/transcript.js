@@ -4,6 +4,7 @@
 // Every message is an <li class="msg" data-role data-status>; an answer's numbers
 // sit in <span data-field="..."> elements so tests and people read the same thing.
 
+import { setCitations } from "./citations.js";
 import { el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
@@ -75,6 +76,7 @@ export class Transcript {
         li.dataset.question = lastUser ?? "";
         setAnswer(li, m.content);
         setStatus(li, m.status === "complete" ? "complete" : m.status);
+        setCitations(li, m.citations);
         if (m.completion_tokens != null) {
           setMeta(li, {
             prompt_tokens: m.prompt_tokens, completion_tokens: m.completion_tokens, ttft_ms: m.ttft_ms,
@@ -229,6 +231,7 @@ export class TurnView {
     setAnswer(this.answer, frame.message);
     const reason = frame.finish_reason;
     setStatus(this.answer, reason === "stop" ? "complete" : reason === "cancelled" ? "stopped" : reason);
+    setCitations(this.answer, frame.citations);
     const u = frame.usage || {};
     const t = frame.timings || {};
     setMeta(this.answer, {
