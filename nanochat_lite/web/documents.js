@@ -209,7 +209,7 @@ export class DocumentsPanel {
     if (seq !== this._seq) return; // a later refresh is under way
     this.body.replaceChildren(...docs.map(docRow));
     this.status.textContent = docs.length ? `${docs.length} document${docs.length === 1 ? "" : "s"}`
-      : "No documents yet: attach one with 📎 or drop it onto the chat.";
+      : "No documents yet: attach one with the paperclip under the chat, or drop it onto the chat.";
   }
 
   async _delete(tr) {

@@ -1,7 +1,8 @@
 """Documents on the chat page against one real `nanochat-lite serve` (real embedder, real
 model): the paperclip's upload with its progress bar until "ready", the documents panel
 (list, delete), a file dropped onto the chat, a refused file showing the server's reason,
-and, with "use my documents" on, an answer whose citation chip opens the cited page.
+the "use my documents" switch remembered per conversation, and citation chips that open
+the cited text with its page (hostile names and texts staying text).
 
 What a row went through is recorded by a MutationObserver installed before the upload
 (window.__uploadStates), so the states are checked without racing the page.
@@ -10,13 +11,14 @@ What a row went through is recorded by a MutationObserver installed before the u
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from browser_helpers import SERVER_ARGS, open_chat, send, wait_answers
+from browser_helpers import SERVER_ARGS, current_conversation, open_chat, send, set_settings, wait_answers
 from serverproc import ServerProc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "documents"))
@@ -124,3 +126,79 @@ def test_a_dropped_file_uploads_and_a_refused_one_shows_why(server, new_page):
     r = httpx.post(server.url + "/api/documents", files={"file": ("empty.txt", b"")}, timeout=30)
     assert r.status_code == 400 and message == r.json()["error"]["message"], (message, r.text)
     assert [d for d in documents(server) if d["name"] == "empty.txt"] == []
+
+
+HOSTILE = [{"n": 1, "name": '<img src=x onerror="window.__xss=1">.pdf', "page": 2, "score": 0.9,
+            "document_id": "d1", "text": "<script>window.__xss=2</script> Kilimanjaro & <b>bold</b>"},
+           {"n": 2, "name": "notes.md", "page": None, "score": 0.5, "document_id": "d2",
+            "text": '<svg onload="window.__xss=3"></svg>'}]
+
+
+@pytest.mark.parametrize("bypass_csp", [True, False], ids=["csp-bypassed", "csp-on"])
+def test_citation_chips_open_the_cited_text_as_text(echo_server, new_page, bypass_csp):
+    """citations.js on the page itself: a chip a citation, labelled "[n] name p. N", opening
+    the dialog with the page and the text; names and texts with markup stay characters."""
+    w = new_page(bypass_csp=bypass_csp)
+    page = w.page
+    open_chat(page, echo_server.url)
+    labels = page.evaluate("""async (citations) => {
+      const { setCitations } = await import('/static/citations.js');
+      const li = document.createElement('li');
+      li.className = 'msg msg-assistant';
+      li.append(Object.assign(document.createElement('div'), {className: 'msg-meta'}));
+      document.querySelector('#transcript').append(li);
+      setCitations(li, citations);
+      setCitations(li, citations);  // again (a replayed done frame): replaced, not doubled
+      return [...li.querySelectorAll('.cite-chip')].map((c) => c.textContent);
+    }""", HOSTILE)
+    assert labels == [f"[1] {HOSTILE[0]['name']} p. 2", "[2] notes.md"]
+    page.click(".cite-chip >> nth=0")
+    page.wait_for_selector("#cite-dialog[open]")
+    assert page.text_content("#cite-title") == f"[1] {HOSTILE[0]['name']}"
+    assert page.text_content("#cite-page") == "p. 2"
+    assert page.text_content("#cite-text") == HOSTILE[0]["text"]
+    page.click("#cite-dialog [data-action=close]")
+    page.click(".cite-chip >> nth=1")
+    assert page.text_content("#cite-page") == "" and page.text_content("#cite-text") == HOSTILE[1]["text"]
+    page.keyboard.press("Escape")
+    seen = page.evaluate("""() => ({xss: window.__xss ?? null,
+      bad: [...document.querySelectorAll('#cite-dialog *, .citations *')].filter(
+        (e) => ['IMG', 'SCRIPT', 'SVG', 'B'].includes(e.tagName.toUpperCase())).length})""")
+    assert seen == {"xss": None, "bad": 0}
+    assert w.dialogs == []
+
+
+def test_use_my_documents_is_remembered_per_conversation(server, new_page):
+    page = new_page().page
+    sent: list[dict] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(payload))))
+    open_chat(page, server.url)
+    set_settings(page, max_tokens=4, temperature=0)
+    assert not page.is_checked("#use-docs")
+    page.check("#use-docs")  # on before the conversation exists: kept with the new chat's thread
+    send(page, "Say hi.")
+    wait_answers(page, 1, timeout=120_000)
+    with_docs = current_conversation(page)
+    chats = [f for f in sent if f.get("type") == "chat"]
+    assert len(chats) == 1 and chats[0]["documents"] is True
+
+    page.click("#new-chat")
+    assert not page.is_checked("#use-docs")
+    send(page, "Say hello.")
+    wait_answers(page, 1, timeout=120_000)
+    without = current_conversation(page)
+    chats = [f for f in sent if f.get("type") == "chat"]
+    assert len(chats) == 2 and "documents" not in chats[1] and chats[1].get("conversation_id") is None
+
+    page.goto(f"{server.url}/#c={with_docs}")  # a reload: the switch comes from local storage
+    page.wait_for_selector(f"#m-{conversation_last_id(server, with_docs)}")
+    assert page.is_checked("#use-docs")
+    page.evaluate("id => { location.hash = '#c=' + encodeURIComponent(id); }", without)
+    page.wait_for_selector(f"#m-{conversation_last_id(server, without)}")
+    assert not page.is_checked("#use-docs")
+
+
+def conversation_last_id(server: ServerProc, cid: str) -> str:
+    r = httpx.get(f"{server.url}/api/conversations/{cid}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["messages"][-1]["id"]

@@ -68,7 +68,8 @@ class Answer:
 
     def __init__(self, *, answer_id: str, conversation_id: str, message_id: int, model: str,
                  client_id: str | None, owner: str, ticket: Ticket, params: SamplingParams,
-                 started: float, resumable: bool, reservation: Reservation | None = None) -> None:
+                 started: float, resumable: bool, reservation: Reservation | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         self.id = answer_id
         self.conversation_id = conversation_id
         self.message_id = message_id  # the assistant row, created 'streaming'
@@ -76,6 +77,8 @@ class Answer:
         self.client_id = client_id
         self.owner = owner
         self.reservation = reservation
+        # Fields the final frame carries besides the text (a grounded answer's citations).
+        self.extra = extra or {}
         self.ticket = ticket
         self.params = params
         self.started = started  # time.perf_counter() when the request arrived
@@ -137,12 +140,13 @@ class Answers:
     # -- what the doors call ---------------------------------------------------------
     def start(self, *, answer_id: str, conversation_id: str, message_id: int, model: str, client_id: str | None,
               owner: str, ticket: Ticket, params: SamplingParams, started: float,
-              resumable: bool = True, reservation: Reservation | None = None) -> Answer:
+              resumable: bool = True, reservation: Reservation | None = None,
+              extra: dict[str, Any] | None = None) -> Answer:
         """Take over a queued generation whose user and assistant rows are stored (and
         settle its token reservation when it ends)."""
         a = Answer(answer_id=answer_id, conversation_id=conversation_id, message_id=message_id,
                    model=model, client_id=client_id, owner=owner, ticket=ticket,
-                   params=params, started=started, resumable=resumable, reservation=reservation)
+                   params=params, started=started, resumable=resumable, reservation=reservation, extra=extra)
         self._by_id[answer_id] = a
         self._push(a, frames.start_frame(conversation_id, a.model, answer_id=answer_id, client_id=client_id))
         a.task = asyncio.get_running_loop().create_task(self._produce(a), name=f"answer-{answer_id}")
@@ -214,6 +218,8 @@ class Answers:
             answer_id=answer_id, conversation_id=m.conversation_id, model=m.model, text=m.content, status=m.status,
             seq=max(after, 0) + 1, prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens,
             ttft_ms=m.ttft_ms, duration_ms=m.duration_ms))
+        if m.citations is not None:  # a grounded answer keeps its citations when replayed
+            out[-1].update(citations=m.citations, documents_mode=m.documents_mode)
         return out
 
     async def run_store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -407,7 +413,7 @@ class Answers:
             assert done is not None
             self._push(a, frames.done_frame(done, conversation_id=a.conversation_id, model=a.model,
                                             processing_ms=(time.perf_counter() - a.started) * 1000,
-                                            answer_id=a.id, seq=a.last_seq + 1, status=status))
+                                            answer_id=a.id, seq=a.last_seq + 1, status=status) | a.extra)
         a.finished = True
         a._notify()
         asyncio.get_running_loop().call_later(self.resume_window_s, self._forget, a)

@@ -41,6 +41,7 @@ from ..guards.security import Identity
 from ..wire import limits
 from ..wire.errors import RETRY_BUSY_S, RETRY_SHUTDOWN_S, RequestError
 from ..wire.schemas import ChatRequest
+from . import grounding
 from .answers import Answer, storage_unavailable
 from .runtime import Runtime
 
@@ -57,6 +58,7 @@ class Turn:
     message_id: int = 0  # the assistant's row, stored 'streaming'
     client_id: str | None = None
     reservation: Reservation | None = None
+    extra: dict[str, Any] | None = None  # the final frame's citations, for an answer grounded in documents
 
 
 class Duplicate(Exception):
@@ -209,7 +211,7 @@ async def open_chat(rt: Runtime, req: ChatRequest, *, who: Identity,
     a = rt.answers.start(answer_id=turn.answer_id, conversation_id=turn.conversation_id,
                          message_id=turn.message_id, model=rt.model_name, client_id=turn.client_id, owner=who.owner,
                          ticket=turn.ticket, params=turn.params, started=turn.started, resumable=resumable,
-                         reservation=turn.reservation)
+                         reservation=turn.reservation, extra=turn.extra)
     return Opened(a, [])
 
 
@@ -232,10 +234,13 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
         raise RequestError(str(e), code="invalid_request", param="client_id") from None
     params = limits.sampling(rt.defaults, req)
     owner = who.owner
+    chosen = grounding.selection(req.documents)
+    found = None if chosen is None else await grounding.find(rt.documents, rt.embedder, rt.embed_lock, owner,
+                                                             chosen, req.message)
     # One trip off the loop for the store read and the prompt.
     try:
-        conv, system, prepared = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params, client_id,
-                                                         owner)
+        conv, system, prepared, grounded = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params,
+                                                                   client_id, owner, found)
     except StoreError as e:
         raise storage_unavailable(e) from None
     reservation, [prepared], [params] = await reserve(rt, who, [prepared], [params])
@@ -247,7 +252,7 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
     answer_id = secrets.token_hex(12)
     try:
         cid, message_id = await asyncio.to_thread(_store_user, rt, req, conv, system, params, client_id, answer_id,
-                                                  owner)
+                                                  owner, grounded)
     except BaseException as e:
         ticket.cancel()
         rt.ledger.release(reservation)
@@ -257,12 +262,15 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
         if isinstance(e, StoreError):
             raise storage_unavailable(e) from None
         raise
-    return Turn(cid, params, ticket, started, answer_id, message_id, client_id, reservation)
+    return Turn(cid, params, ticket, started, answer_id, message_id, client_id, reservation,
+                grounded.metadata() if grounded is not None else None)
 
 
 def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], params: SamplingParams,
-               client_id: str | None, owner: str) -> tuple[Any, str | None, Prepared]:
-    """`owner`'s conversation (None for a new one), its system prompt and the prompt to send."""
+               client_id: str | None, owner: str, found: grounding.Found | None = None
+               ) -> tuple[Any, str | None, Prepared, grounding.Grounded | None]:
+    """`owner`'s conversation (None for a new one), its system prompt, the prompt to send
+    and, with `found` documents, the sources it holds (grounding.fit)."""
     store = rt.store
     if client_id is not None:
         seen = store.message_by_client_id(client_id, owner=owner)
@@ -284,11 +292,21 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
     messages = _window(messages, limits.history_chars(rt.prompts.n_ctx if rt.prompts is not None else 0))
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    return conv, system, build_now(prepare, messages, params)
+    if found is None:
+        return conv, system, build_now(prepare, messages, params), None
+    grounded: list[grounding.Grounded] = []
+
+    def prepare_grounded(messages: list[dict[str, str]], params: SamplingParams) -> Prepared:
+        fitted, g = grounding.fit(rt.prompts, messages, params, found)
+        grounded.append(g)
+        return prepare(fitted, params)
+
+    return conv, system, build_now(prepare_grounded, messages, params), grounded[0]
 
 
 def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams,
-                client_id: str | None, answer_id: str, owner: str) -> tuple[str, int]:
+                client_id: str | None, answer_id: str, owner: str,
+                grounded: grounding.Grounded | None = None) -> tuple[str, int]:
     """Store the user's message and the assistant's (empty, `streaming`) row; their ids."""
     store = rt.store
     if conv is None:
@@ -297,8 +315,9 @@ def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, pa
         store.set_system(conv.id, system, owner=owner)
     pd = params_dict(params)
     store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id, owner=owner)
+    cited = {} if grounded is None else {"citations": grounded.citations(), "documents_mode": grounded.mode}
     answer = store.add_message(conv.id, "assistant", "", status="streaming", model=rt.model_name, params=pd,
-                               answer_id=answer_id, owner=owner)
+                               answer_id=answer_id, owner=owner, **cited)
     return str(conv.id), answer.id
 
 
