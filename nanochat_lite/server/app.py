@@ -180,4 +180,5 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
     app.state.metrics = metrics
     app.state.openapi = None  # the encoded document, built on first request
     app.state.documents = documents
+    runtime.documents = documents  # chat turns grounded in documents read them through the runtime
     return app

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from ...documents.service import DocumentService
 from ...generation import Prepared, SamplingParams
 from ...history import Store
 from ...redact import redact_paths
@@ -151,6 +152,7 @@ class Runtime:
         except Exception as e:  # a locked database: requests will say so; serve anyway
             logging.getLogger("nanochat_lite").warning("could not mark unfinished answers interrupted: %s", e)
         self.embed_lock = BoundedLock(limits.MAX_EMBED_WAITERS)  # one embedding batch at a time
+        self.documents: DocumentService | None = None  # the app sets it when documents are on
         self.embedder_cache: Lazy[Any] = Lazy(
             embedder_factory,
             missing=RequestError("embeddings are not enabled on this server", code="not_available", status=404),

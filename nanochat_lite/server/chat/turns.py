@@ -315,9 +315,10 @@ def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, pa
         store.set_system(conv.id, system, owner=owner)
     pd = params_dict(params)
     store.add_message(conv.id, "user", req.message, params=pd, client_id=client_id, answer_id=answer_id, owner=owner)
-    cited = {} if grounded is None else {"citations": grounded.citations(), "documents_mode": grounded.mode}
     answer = store.add_message(conv.id, "assistant", "", status="streaming", model=rt.model_name, params=pd,
-                               answer_id=answer_id, owner=owner, **cited)
+                               answer_id=answer_id, owner=owner,
+                               citations=grounded.citations() if grounded is not None else None,
+                               documents_mode=grounded.mode if grounded is not None else None)
     return str(conv.id), answer.id
 
 

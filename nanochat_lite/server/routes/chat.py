@@ -49,7 +49,8 @@ async def chat(request: Request) -> Response:
         return json_response({"success": True, "data": {
             "message": done["message"], "tokens": done["usage"]["completionTokens"], "model": done["model"],
             "conversation_id": done["conversation_id"], "finish_reason": done["finish_reason"],
-            "usage": done["usage"], "answer_id": done["answer_id"], "status": done["status"], "replayed": True}})
+            "usage": done["usage"], "answer_id": done["answer_id"], "status": done["status"], "replayed": True,
+            **{k: done[k] for k in ("citations", "documents_mode") if k in done}}})
     a = opened.answer
     try:
         await until_disconnect(request, _to_the_end(rt, a))
@@ -60,7 +61,7 @@ async def chat(request: Request) -> Response:
                                                  status=500))
     processing_ms = (time.perf_counter() - a.started) * 1000
     data = frames.chat_data(a.done, conversation_id=a.conversation_id, model=a.model, processing_ms=processing_ms)
-    data.update(answer_id=a.id, status=a.status)
+    data.update(answer_id=a.id, status=a.status, **a.extra)
     return json_response({"success": True, "data": data})
 
 

@@ -34,6 +34,9 @@ class ChatRequest(Sampling, kw_only=True):
     stream: bool = False
     conversation_id: str | None = None
     system: str | None = None
+    # Ground the answer in the owner's documents: true (the `default` collection),
+    # {"collection": NAME} or a list of document ids (checked by chat/grounding.py).
+    documents: Any = None
     # The client's own id for this message (1-64 printable ASCII): sent again (a retry,
     # a page reloaded), the message is not stored or answered twice.
     client_id: str | None = None
@@ -132,6 +135,7 @@ class OAIChatRequest(Sampling, kw_only=True):
     tools: list[Tool] | None = None
     tool_choice: Union[str, NamedToolChoice, None] = None
     parallel_tool_calls: bool | None = None
+    documents: Any = None  # our extension, as on /api/chat (openai client: extra_body)
 
 
 class OAICompletionRequest(Sampling, kw_only=True):

@@ -21,8 +21,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ....engines.scheduler import Ticket
-from ....generation import Delta, SamplingParams
-from ...chat import turns
+from ....generation import Delta, Prepared, SamplingParams
+from ...chat import grounding, turns
 from ...chat.choices import collect_dones, merged
 from ...chat.runtime import Runtime
 from ...guards.security import identity
@@ -125,17 +125,32 @@ async def chat_completions(request: Request) -> Response:
         # The prompt is built and queued before any byte is sent: a prompt that cannot
         # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
         _, prompts = rt.require_ready()
-        prepared = await turns.build(prompts.prepare, messages, params, overflow_code=OVERFLOW)
+        prepared, extra = await _prepare(rt, request, req.documents, prompts, messages, params)
         # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
         tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
                                                    op.seeded(params, count))
     except RequestError as e:
         return openai_error(e)
-    return await _answer(request, rt, req, params, tickets, choice_params, top, tools)
+    return await _answer(request, rt, req, params, tickets, choice_params, top, tools, extra)
+
+
+async def _prepare(rt: Runtime, request: Request, documents: object, prompts: Any, messages: list[dict[str, str]],
+                   params: SamplingParams) -> tuple[Prepared, dict[str, Any]]:
+    """The prompt; with our `documents` extension, grounded in the owner's documents
+    (the last user message is the query), and the fields the answer then carries."""
+    chosen = grounding.selection(documents)
+    if chosen is None:
+        return await turns.build(prompts.prepare, messages, params, overflow_code=OVERFLOW), {}
+    found = await grounding.find(rt.documents, rt.embedder, rt.embed_lock, identity(request).owner, chosen,
+                                 grounding.last_user_text(messages))
+    fitter = grounding.Fitter(prompts, found)
+    prepared = await turns.build(fitter.prepare, messages, params, overflow_code=OVERFLOW)
+    return prepared, fitter.metadata()
 
 
 async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: SamplingParams, tickets: list[Ticket],
-                  choice_params: list[SamplingParams], top: int, tools: ToolPlan | None) -> Response:
+                  choice_params: list[SamplingParams], top: int, tools: ToolPlan | None,
+                  extra: dict[str, Any] | None = None) -> Response:
     """The queued choices' answer: an SSE stream of chunks or one JSON body; with tools, the
     answer's JSON becomes `tool_calls` (or `content`), sent whole at its end.
 
@@ -153,11 +168,13 @@ async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: Sa
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None, last: bool = False) -> bytes:
             body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created,
                                     "model": model, "choices": choices}
             if usage is not None:
                 body["usage"] = usage
+            if last and extra:  # a grounded answer's citations ride on the last chunk
+                body.update(extra)
             return sse(body)
 
         async def body() -> AsyncIterator[bytes]:
@@ -189,9 +206,9 @@ async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: Sa
                 # place), else on the last finish_reason chunk (llama-server's).
                 last = finished == count and not include_usage
                 yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}],
-                            openai_usage(prompt, completion) if last else None)
+                            openai_usage(prompt, completion) if last else None, last)
             if include_usage:
-                yield chunk([], openai_usage(prompt, completion))
+                yield chunk([], openai_usage(prompt, completion), True)
             yield b"data: [DONE]\n\n"
 
         return event_stream(request, body(), lambda e: sse(openai_body(e)))
@@ -219,6 +236,7 @@ async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: Sa
         "usage": openai_usage(first.prompt_tokens, sum(d.completion_tokens for d in dones)),
         "timings": {"ttft_ms": round(first.ttft_ms, 2), "total_ms": round(max(d.total_ms for d in dones), 2),
                     "tokens_per_second": round(first.decode_tokens_per_s, 2)},
+        **(extra or {}),
     })
 
 
