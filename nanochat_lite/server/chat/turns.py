@@ -235,12 +235,12 @@ async def begin_turn(rt: Runtime, req: ChatRequest, stop: threading.Event | None
     params = limits.sampling(rt.defaults, req)
     owner = who.owner
     chosen = grounding.selection(req.documents)
-    found = None if chosen is None else await grounding.find(rt.documents, rt.embedder, rt.embed_lock, owner,
-                                                             chosen, req.message)
+    sources = None if chosen is None else await grounding.find(rt.documents, rt.embedder, rt.embed_lock, owner,
+                                                               chosen, req.message)
     # One trip off the loop for the store read and the prompt.
     try:
         conv, system, prepared, grounded = await asyncio.to_thread(_plan_turn, rt, req, prompts.prepare, params,
-                                                                   client_id, owner, found)
+                                                                   client_id, owner, sources)
     except StoreError as e:
         raise storage_unavailable(e) from None
     reservation, [prepared], [params] = await reserve(rt, who, [prepared], [params])
