@@ -202,3 +202,33 @@ def conversation_last_id(server: ServerProc, cid: str) -> str:
     r = httpx.get(f"{server.url}/api/conversations/{cid}", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["data"]["messages"][-1]["id"]
+
+
+KEY = "docs-page-key-3e9a1c7b5d2f"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory, chat_model_path, embedding_model_dir):
+    with ServerProc(tmp_path_factory.mktemp("browser-docs-keyed"), *SERVER_ARGS, "--api-key", f"tester:{KEY}") as s:
+        yield s
+
+
+def test_upload_carries_the_key_and_asks_for_it_on_401(keyed_server, new_page):
+    page = new_page().page
+    page.goto(keyed_server.url)
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-input", KEY)
+    page.press("#key-input", "Enter")
+    page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
+    # A key the server no longer takes (as if it was changed): the upload's 401 opens the
+    # key form, and the file goes again with the new key.
+    page.evaluate("() => localStorage.setItem('nanochat-lite.api-key', 'an-old-key')")
+    page.set_input_files("#doc-file", files=[{"name": "keyed.txt", "mimeType": "text/plain",
+                                               "buffer": b"A note kept under a key: the tide rises twice a day.\n"}])
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-input", KEY)
+    page.press("#key-input", "Enter")
+    page.wait_for_selector(".upload[data-state=ready] >> text=keyed.txt", timeout=INDEX_TIMEOUT_MS)
+    r = httpx.get(keyed_server.url + "/api/documents", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    assert [d["name"] for d in r.json()["data"]["documents"]] == ["keyed.txt"]
+    assert httpx.get(keyed_server.url + "/api/documents", timeout=30).status_code == 401
