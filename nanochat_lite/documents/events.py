@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .indexer import final_event
-from .service import DocumentService
-from .store import Document
+from .store import Document, final_event
+
+if TYPE_CHECKING:
+    from .service import DocumentService
 
 
 async def document_frames(svc: DocumentService, doc: Document, owner: str, *,

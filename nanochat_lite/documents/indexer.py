@@ -83,15 +83,6 @@ class Progress:
                 setattr(self, name, value)
 
 
-def final_event(doc: Document) -> dict[str, Any] | None:
-    """The final event of a finished stored document (None while it is indexing)."""
-    if doc.status == "ready":
-        return {"type": "ready", "chunks": doc.chunks}
-    if doc.status == "error":
-        return {"type": "error", "code": doc.error_code or "unreadable", "message": doc.error or ""}
-    return None
-
-
 class Indexer:
     def __init__(self, library: Library, *, embedder: Callable[[], EmbedderLike], busy: Callable[[], bool] = bool,
                  batch_size: int = BATCH_SIZE, max_yield_s: float = MAX_YIELD_S) -> None:

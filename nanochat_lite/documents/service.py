@@ -14,12 +14,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..history import is_postgres_url
-from .indexer import EmbedderLike, Indexer
-from .library import Library
 from .parse import DEFAULT_MAX_BYTES
 from .store import DocumentStore
+
+if TYPE_CHECKING:  # numpy and the search half load when the documents open, not with the web stack
+    from .indexer import EmbedderLike, Indexer
+    from .library import Library
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's, the only embedder the server loads
 
@@ -51,6 +54,9 @@ def open_documents(spec: str | os.PathLike[str], *, embedder: Callable[[], Embed
                    busy: Callable[[], bool] = bool, max_bytes: int = DEFAULT_MAX_BYTES,
                    dim: int = EMBEDDING_DIM) -> DocumentService:
     """The document tables in the conversation database `spec`; raises StoreError."""
+    from .indexer import Indexer
+    from .library import Library
+
     store = open_document_store(spec)
     try:
         store.interrupt_indexing()

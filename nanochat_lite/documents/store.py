@@ -27,18 +27,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads with the vectors, not with the web stack (cold start)
+    import numpy as np
 
-from .chunk import Chunk
+    from .chunk import Chunk
 
 SCHEMA_VERSION = 1
 STATUSES = ("indexing", "ready", "error")
 MAX_FULLTEXT_TERMS = 32  # of a query: more words add little and cost a scan each
 FULLTEXT_ROW_BUDGET = 20_000  # chunks the full-text half may score for one query (pick_terms)
 FULLTEXT_MIN_ROWS = 1_000  # a term in fewer chunks than this is never too common to rank by
-VECTOR_DTYPE = np.dtype("<f4")
+VECTOR_DTYPE = "<f4"  # little-endian float32, 4 bytes a number
 # A document left 'indexing' by a server that stopped: its bytes are gone, so it cannot resume.
 INTERRUPTED = ("interrupted", "the server stopped while this document was being indexed; upload it again")
 
@@ -116,11 +117,22 @@ class DocumentStore(Protocol):
     def close(self) -> None: ...
 
 
+def final_event(doc: Document) -> dict[str, Any] | None:
+    """The final event of a finished stored document (None while it is indexing)."""
+    if doc.status == "ready":
+        return {"type": "ready", "chunks": doc.chunks}
+    if doc.status == "error":
+        return {"type": "error", "code": doc.error_code or "unreadable", "message": doc.error or ""}
+    return None
+
+
 # -- helpers both halves share ------------------------------------------------------------
 def chunk_rows(doc_id: str, owner: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> list[tuple[Any, ...]]:
     """(document_id, owner, position, page, heading, text, vector bytes, full-text body) per chunk."""
     if vectors.shape[0] != len(chunks):
         raise ValueError(f"{len(chunks)} chunks but {vectors.shape[0]} vectors")
+    import numpy as np
+
     rows = []
     for chunk, vector in zip(chunks, np.asarray(vectors, VECTOR_DTYPE)):
         text = clean(chunk.text)
@@ -157,15 +169,19 @@ def clean(text: str) -> str:
 
 def stack_vectors(blobs: Sequence[bytes], dim: int | None = None) -> np.ndarray:
     """BLOBs of float32 rows -> (n, dim) float32."""
+    import numpy as np
+
     if not blobs:
         return np.zeros((0, dim or 0), np.float32)
     joined = np.frombuffer(b"".join(blobs), VECTOR_DTYPE)
-    width = dim or len(blobs[0]) // VECTOR_DTYPE.itemsize
+    width = dim or len(blobs[0]) // 4
     return joined.reshape(len(blobs), width).astype(np.float32, copy=False)
 
 
 def group_vectors(rows: Iterator[tuple[int, str, str, bytes]]) -> Iterator[VectorBlock]:
     """(chunk id, owner, collection, blob) rows ordered by owner and collection -> blocks."""
+    import numpy as np
+
     current: tuple[str, str] | None = None
     ids: list[int] = []
     blobs: list[bytes] = []

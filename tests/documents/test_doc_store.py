@@ -15,10 +15,10 @@ import pytest
 
 from nanochat_lite.documents.blocks import Block
 from nanochat_lite.documents.chunk import chunk_blocks, minilm_spans
-from nanochat_lite.documents.indexer import Indexer, final_event
+from nanochat_lite.documents.indexer import Indexer
 from nanochat_lite.documents.library import Library
 from nanochat_lite.documents.service import open_document_store, open_documents
-from nanochat_lite.documents.store import DocumentStore
+from nanochat_lite.documents.store import DocumentStore, final_event
 from nanochat_lite.embeddings import Embedder
 
 TOPICS = {
