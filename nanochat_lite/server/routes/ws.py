@@ -225,8 +225,12 @@ class Connection:
             await self.send({**frame, "document_id": doc_id})
 
     async def _watch(self, svc: DocumentService, doc: Document) -> None:
+        me = asyncio.current_task()
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the socket closed: stop following
             async for frame in document_frames(svc, doc, self.who.owner, every_s=PROGRESS_EVERY_S):
+                if frame["type"] != "progress" and me is not None:
+                    # Free before the client hears the end: a watch it sends right after is not refused.
+                    self.watches.discard(me)
                 await self.send({**frame, "document_id": doc.id})
 
     async def leave(self) -> None:

@@ -121,3 +121,33 @@ def test_watch_without_documents_says_so(ws: Frames) -> None:
     ws.send({"type": "watch_document", "id": "abc"})
     frame = ws.next()
     assert frame["type"] == "error" and frame["code"] == "not_available" and frame["document_id"] == "abc"
+
+
+def test_a_socket_follows_at_most_max_watches_documents(sock: Frames, docs: DocumentService) -> None:
+    from nanochat_lite.server.routes.ws import MAX_WATCHES
+
+    ids = []
+    for i in range(MAX_WATCHES + 1):
+        doc = docs.library.store.add(LOCAL_OWNER, "default", f"d{i}.txt", "text", 10)
+        docs.indexer.jobs[doc.id] = Progress(doc.id, LOCAL_OWNER, done=0, total=9)  # type: ignore[attr-defined]
+        ids.append(doc.id)
+    for doc_id in ids[:MAX_WATCHES]:
+        sock.send({"type": "watch_document", "id": doc_id})
+        frame = sock.next()
+        while frame.get("document_id") != doc_id:  # the earlier watches' ticks
+            frame = sock.next()
+        assert frame["type"] == "progress"
+    sock.send({"type": "watch_document", "id": ids[-1]})
+    frame = sock.next()
+    while frame["type"] == "progress":
+        frame = sock.next()
+    assert frame["code"] == "too_many_watches" and frame["document_id"] == ids[-1], frame
+    docs.indexer.jobs[ids[0]]._set(state="ready", chunks=9)  # type: ignore[attr-defined]
+    while not (frame["type"] == "ready" and frame["document_id"] == ids[0]):
+        frame = sock.next()
+    # One finished (the client has its final frame): room for one more at once.
+    sock.send({"type": "watch_document", "id": ids[-1]})
+    frame = sock.next()
+    while frame.get("document_id") != ids[-1]:
+        frame = sock.next()
+    assert frame == {"type": "progress", "done": 0, "total": 9, "document_id": ids[-1]}
