@@ -232,3 +232,34 @@ def test_upload_carries_the_key_and_asks_for_it_on_401(keyed_server, new_page):
     r = httpx.get(keyed_server.url + "/api/documents", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert [d["name"] for d in r.json()["data"]["documents"]] == ["keyed.txt"]
     assert httpx.get(keyed_server.url + "/api/documents", timeout=30).status_code == 401
+
+
+def test_an_answer_from_my_documents_cites_page_2(server, new_page):
+    """The whole path a person takes: attach a 3-page PDF, switch "use my documents" on, ask
+    about the fact on its page 2; a chip "[n] atlas-cited.pdf p. 2" shows under the answer and
+    opens that page's text; the stored answer shows the same chips after a reload."""
+    page = new_page().page
+    open_chat(page, server.url)
+    page.set_input_files("#doc-file", files=[{"name": "atlas-cited.pdf", "mimeType": "application/pdf",
+                                               "buffer": ATLAS}])
+    page.wait_for_selector(".upload[data-state=ready] >> text=atlas-cited.pdf", timeout=INDEX_TIMEOUT_MS)
+    set_settings(page, max_tokens=24, temperature=0)
+    page.check("#use-docs")
+    send(page, "Which is the highest mountain in Africa?")
+    wait_answers(page, 1, timeout=300_000)
+    chips = page.eval_on_selector_all(".msg-assistant .cite-chip", "cs => cs.map(c => c.textContent)")
+    page2 = [c for c in chips if c.endswith("atlas-cited.pdf p. 2")]
+    assert page2, chips
+    page.click(f".msg-assistant .cite-chip >> text={page2[0]}")
+    page.wait_for_selector("#cite-dialog[open]")
+    assert page.text_content("#cite-page") == "p. 2"
+    assert "Kilimanjaro" in page.text_content("#cite-text")
+    page.keyboard.press("Escape")
+
+    cid = current_conversation(page)
+    stored = httpx.get(f"{server.url}/api/conversations/{cid}", timeout=30).json()["data"]["messages"][-1]
+    assert any(c["page"] == 2 and c["name"] == "atlas-cited.pdf" for c in stored["citations"]), stored
+    page.reload()
+    page.wait_for_selector(f"#m-{stored['id']} .cite-chip")
+    assert page.eval_on_selector_all(f"#m-{stored['id']} .cite-chip", "cs => cs.map(c => c.textContent)") == chips
+    assert page.is_checked("#use-docs")
