@@ -2,7 +2,8 @@
 //
 // They come from the final "done" frame of an answer asked with documents on, and from
 // the stored assistant message when a conversation is reopened: both carry
-// `citations: [{n, document_id, name, page, text, score}]`. Every piece of a citation is
+// `citations: [{n, document_id, name, page, text, score}]` and `documents_mode`: "whole"
+// (the documents fitted the prompt whole) or "search" (the best-matching passages). Every piece of a citation is
 // the document's own text: it goes in as textContent, never as markup.
 
 import { el } from "./dom.js";
@@ -14,13 +15,17 @@ export function chipLabel(c) {
   return `[${c.n}] ${c.name}${c.page != null ? ` p. ${c.page}` : ""}`;
 }
 
+const MODE_TEXT = { whole: "Sources (read whole):", search: "Sources (best-matching passages):" };
+
 /** Put `citations` under the answer `li` (replacing any there); none: nothing shown. */
-export function setCitations(li, citations) {
+export function setCitations(li, citations, mode) {
   const old = li.querySelector(".citations");
   if (old) old.remove();
   if (!Array.isArray(citations) || !citations.length) return;
   const box = el("div", "citations");
   box.setAttribute("aria-label", "Sources");
+  if (mode) box.dataset.mode = mode;
+  box.append(el("span", "cite-label", MODE_TEXT[mode] || "Sources:"));
   for (const c of citations) {
     if (!c || typeof c !== "object") continue;
     const chip = el("button", "cite-chip", chipLabel(c));

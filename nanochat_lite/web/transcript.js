@@ -76,7 +76,7 @@ export class Transcript {
         li.dataset.question = lastUser ?? "";
         setAnswer(li, m.content);
         setStatus(li, m.status === "complete" ? "complete" : m.status);
-        setCitations(li, m.citations);
+        setCitations(li, m.citations, m.documents_mode);
         if (m.completion_tokens != null) {
           setMeta(li, {
             prompt_tokens: m.prompt_tokens, completion_tokens: m.completion_tokens, ttft_ms: m.ttft_ms,
@@ -231,7 +231,7 @@ export class TurnView {
     setAnswer(this.answer, frame.message);
     const reason = frame.finish_reason;
     setStatus(this.answer, reason === "stop" ? "complete" : reason === "cancelled" ? "stopped" : reason);
-    setCitations(this.answer, frame.citations);
+    setCitations(this.answer, frame.citations, frame.documents_mode);
     const u = frame.usage || {};
     const t = frame.timings || {};
     setMeta(this.answer, {

@@ -259,7 +259,12 @@ def test_an_answer_from_my_documents_cites_page_2(server, new_page):
     cid = current_conversation(page)
     stored = httpx.get(f"{server.url}/api/conversations/{cid}", timeout=30).json()["data"]["messages"][-1]
     assert any(c["page"] == 2 and c["name"] == "atlas-cited.pdf" for c in stored["citations"]), stored
+    assert stored["documents_mode"] in ("whole", "search")
+    mode = page.get_attribute(".msg-assistant .citations", "data-mode")  # the live answer's, from its done frame
     page.reload()
     page.wait_for_selector(f"#m-{stored['id']} .cite-chip")
     assert page.eval_on_selector_all(f"#m-{stored['id']} .cite-chip", "cs => cs.map(c => c.textContent)") == chips
+    # The answer says how the documents were read: whole, or the passages that matched best.
+    assert mode == stored["documents_mode"] == page.get_attribute(f"#m-{stored['id']} .citations", "data-mode")
+    assert page.text_content(f"#m-{stored['id']} .cite-label").startswith("Sources (")
     assert page.is_checked("#use-docs")
