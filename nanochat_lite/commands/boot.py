@@ -100,21 +100,17 @@ def _open_store(config: Config):
                        "Pass another file with --db PATH (or NANOCHAT_LITE_DB).") from None
 
 
-def _open_documents(config: Config, runtime, sock, store):
+def _documents(config: Config, runtime):
     """The document tables beside the conversations (same file or database), their
-    vectors loaded, and the indexer, which embeds with the runtime's embedder and steps
-    aside while a chat answer is being generated. On failure the socket and the
-    conversation store are closed before the CLIError."""
+    vectors and the indexer (which embeds with the runtime's embedder and steps aside
+    while a chat answer is being generated), opened later: on their first use, or when
+    the server is first idle (_documents_when_idle). Opening imports numpy and reads every
+    stored vector, which the first token does not need."""
     from ..documents.service import open_documents
 
-    try:
-        return open_documents(config.db_path, embedder=runtime.embedder_cache.get,
-                              busy=lambda: runtime.generating > 0 or runtime.queued > 0,
-                              max_bytes=int(config.max_document_mb * (1 << 20)))
-    except Exception as e:  # StoreError, or stored vectors the embedder cannot read
-        sock.close()
-        store.close()
-        raise CLIError(f"Cannot open the document store: {redact_paths(str(e))}") from None
+    return open_documents(config.db_path, embedder=runtime.embedder_cache.get,
+                          busy=lambda: runtime.generating > 0 or runtime.queued > 0,
+                          max_bytes=int(config.max_document_mb * (1 << 20)), defer=True)
 
 
 class _EngineLoader:
@@ -178,7 +174,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if config.seed is not None:
         from ..generation import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
-    documents = _open_documents(config, runtime, sock, store)
+    documents = _documents(config, runtime)
     app = create_app(runtime, security=security, documents=documents)
     server = _uvicorn_server(config, app, runtime, limits, security)
     failure: list[str] = []
@@ -201,9 +197,9 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         _banner(config, engine, path, port, startup_ms, app.state.security.exposure_warning())
-        if config.engine:
-            return  # no tokenizer or cache here: the upstream has them
-        _tokenizer_when_idle(runtime, server, engine)
+        if not config.engine:  # an upstream has its own tokenizer and cache
+            _tokenizer_when_idle(runtime, server, engine)
+        _documents_when_idle(runtime, server, documents)
 
     threading.Thread(target=attach, name="nanochat-attach", daemon=True).start()
     try:
@@ -285,19 +281,39 @@ def _tokenizer_when_idle(runtime, server, engine) -> None:
     first answer stalled the next wave of requests (10 chats: TTFT 3.4 s instead of 1.1 s).
     So it waits for IDLE_BEFORE_LOAD_S without traffic; until then llama.cpp tokenizes,
     through the internal API."""
+    if not _wait_idle(runtime, server):
+        return
+    try:
+        runtime.load_tokenizer()
+    except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
+        _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
+    engine.describe_cache()
+
+
+def _documents_when_idle(runtime, server, documents) -> None:
+    """Open the documents (numpy, every stored vector: 0.1 s to a few seconds of Python)
+    when the server is idle, as the tokenizer; a document request before then opens them
+    itself. A failure is logged here and answered 503 by the document routes."""
+    if not _wait_idle(runtime, server):
+        return
+    try:
+        documents.open()
+    except Exception as e:  # DocumentsUnavailable, already logged
+        _say(f"note: {redact_paths(str(e))}; the document routes answer 503 until it opens")
+
+
+def _wait_idle(runtime, server) -> bool:
+    """Until nothing has been generated or queued for IDLE_BEFORE_LOAD_S; False if the
+    server is stopping."""
     idle_since = time.monotonic()
     while not server.should_exit:
         now = time.monotonic()
         if runtime.generating or runtime.queued or runtime.stats.active:
             idle_since = now
         elif now - idle_since >= IDLE_BEFORE_LOAD_S:
-            break
+            return True
         time.sleep(0.1)
-    try:
-        runtime.load_tokenizer()
-    except Exception as e:  # an unsupported vocabulary: llama.cpp's tokenizer stays
-        _say(f"note: {e}; token counting uses llama.cpp's tokenizer")
-    engine.describe_cache()
+    return False
 
 
 def _remote_engine(config: Config):

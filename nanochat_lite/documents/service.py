@@ -11,12 +11,14 @@ loads every stored vector into memory (100k chunks x 384 floats: 150 MB, a few s
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..history import is_postgres_url
+from ..history import StorageUnavailable, is_postgres_url
 from .parse import DEFAULT_MAX_BYTES
 from .store import DocumentStore
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # numpy and the search half load when the documents open, not
     from .indexer import EmbedderLike, Indexer
     from .library import Library
 
+log = logging.getLogger("nanochat_lite")
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's, the only embedder the server loads
 
 
@@ -39,21 +42,80 @@ def open_document_store(spec: str | os.PathLike[str]) -> DocumentStore:
     return SQLiteDocuments(spec)
 
 
-@dataclass
+class DocumentsUnavailable(StorageUnavailable):
+    """The document tables or their vectors could not be opened (the server answers 503
+    and tries again on the next request)."""
+
+
 class DocumentService:
-    library: Library
-    indexer: Indexer
-    max_bytes: int
+    """The library (store + vectors in memory) and the indexer, opened now or, from
+    `DocumentService.deferred`, on first use: `serve` opens them once the first answers are
+    out (cold start: numpy and the vectors are not on the way to the first token). Routes
+    `await opened()` first, so the open runs off the event loop; the `library` and
+    `indexer` attributes open (blocking) if nobody has yet."""
+
+    def __init__(self, library: Library | None = None, indexer: Indexer | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES, *, opener: Callable[[], tuple[Library, Indexer]] | None = None) -> None:
+        if (library is None) != (indexer is None) or (library is None) == (opener is None):
+            raise ValueError("DocumentService takes a library and an indexer, or an opener")
+        self._parts = (library, indexer) if library is not None and indexer is not None else None
+        self._opener = opener
+        self._closed = False
+        self._lock = threading.Lock()
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def deferred(cls, opener: Callable[[], tuple[Library, Indexer]], max_bytes: int) -> DocumentService:
+        return cls(max_bytes=max_bytes, opener=opener)
+
+    @property
+    def library(self) -> Library:
+        return self.open()[0]
+
+    @property
+    def indexer(self) -> Indexer:
+        return self.open()[1]
+
+    @property
+    def is_open(self) -> bool:
+        return self._parts is not None
+
+    def open(self) -> tuple[Library, Indexer]:
+        """Open now if not yet (blocking); DocumentsUnavailable if it cannot."""
+        parts = self._parts
+        if parts is not None:
+            return parts
+        with self._lock:
+            if self._parts is None:
+                if self._closed or self._opener is None:
+                    raise DocumentsUnavailable("the document store is closed: the server is shutting down")
+                try:
+                    self._parts = self._opener()
+                except DocumentsUnavailable:
+                    raise
+                except Exception as e:  # StoreError, or stored vectors that cannot be read
+                    log.error("cannot open the document store: %s", e)
+                    raise DocumentsUnavailable(f"cannot open the document store: {e}") from None
+            return self._parts
+
+    async def opened(self) -> DocumentService:
+        """This service, opened off the event loop if it was not yet."""
+        if self._parts is None:
+            await asyncio.to_thread(self.open)
+        return self
 
     def close(self) -> None:
-        self.indexer.close()
-        self.library.store.close()
+        with self._lock:
+            self._closed = True
+            parts, self._parts = self._parts, None
+        if parts is not None:
+            library, indexer = parts
+            indexer.close()
+            library.store.close()
 
 
-def open_documents(spec: str | os.PathLike[str], *, embedder: Callable[[], EmbedderLike],
-                   busy: Callable[[], bool] = bool, max_bytes: int = DEFAULT_MAX_BYTES,
-                   dim: int = EMBEDDING_DIM) -> DocumentService:
-    """The document tables in the conversation database `spec`; raises StoreError."""
+def _open_parts(spec: str | os.PathLike[str], embedder: Callable[[], EmbedderLike], busy: Callable[[], bool],
+                dim: int) -> tuple[Library, Indexer]:
     from .indexer import Indexer
     from .library import Library
 
@@ -64,4 +126,18 @@ def open_documents(spec: str | os.PathLike[str], *, embedder: Callable[[], Embed
     except BaseException:
         store.close()
         raise
-    return DocumentService(library, Indexer(library, embedder=embedder, busy=busy), max_bytes)
+    return library, Indexer(library, embedder=embedder, busy=busy)
+
+
+def open_documents(spec: str | os.PathLike[str], *, embedder: Callable[[], EmbedderLike],
+                   busy: Callable[[], bool] = bool, max_bytes: int = DEFAULT_MAX_BYTES,
+                   dim: int = EMBEDDING_DIM, defer: bool = False) -> DocumentService:
+    """The document tables in the conversation database `spec`; raises StoreError.
+    `defer`: opened on first use instead (errors then come as DocumentsUnavailable)."""
+    def opener() -> tuple[Library, Indexer]:
+        return _open_parts(spec, embedder, busy, dim)
+
+    if defer:
+        return DocumentService.deferred(opener, max_bytes)
+    library, indexer = opener()
+    return DocumentService(library, indexer, max_bytes)

@@ -58,12 +58,14 @@ class SearchRequest(msgspec.Struct, kw_only=True):
     collection: str | None = None
 
 
-def _service(request: Request) -> DocumentService:
+async def _service(request: Request) -> DocumentService:
+    """The server's documents, opened (off the loop) if this is their first use: `serve`
+    opens them after the first answers, off the way to the first token."""
     svc = getattr(request.app.state, "documents", None)
     if svc is None:
         raise RequestError("documents are not enabled on this server", code="not_available", status=404)
     assert isinstance(svc, DocumentService)
-    return svc
+    return await svc.opened()
 
 
 def _not_found(doc_id: str) -> RequestError:
@@ -101,7 +103,7 @@ def _public(doc: Document) -> dict[str, Any]:
 async def upload(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        svc = _service(request)
+        svc = await _service(request)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > svc.max_bytes + MULTIPART_SLACK:
             raise RequestError(f"the upload has {int(declared):,} bytes; the limit is {svc.max_bytes:,} "
@@ -141,7 +143,7 @@ def _parse(data: bytes, name: str, max_bytes: int) -> tuple[str, list[Block]]:
 
 async def list_documents(request: Request) -> Response:
     try:
-        svc = _service(request)
+        svc = await _service(request)
         raw = request.query_params.get("collection")
         collection = None if raw is None else _collection(raw)
     except RequestError as e:
@@ -154,7 +156,7 @@ async def _owned(request: Request, act: Callable[[DocumentStore, str, str], T | 
     """`act(store, id, owner)` on the path's document, off the loop: the service, its
     result and the request's owner. None (another owner's document, or a missing one)
     is 404, the same for both."""
-    svc = _service(request)
+    svc = await _service(request)
     doc_id = _doc_id(request)
     owner = identity(request).owner
     found = await asyncio.to_thread(act, svc.library.store, doc_id, owner)
@@ -204,7 +206,7 @@ async def _events(svc: DocumentService, doc: Document, owner: str) -> AsyncItera
 async def search(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        svc = _service(request)
+        svc = await _service(request)
         req = decode(await read_body(request), SearchRequest)
         query = req.query.strip()
         if not query:
