@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -124,6 +125,52 @@ def final_event(doc: Document) -> dict[str, Any] | None:
     if doc.status == "error":
         return {"type": "error", "code": doc.error_code or "unreadable", "message": doc.error or ""}
     return None
+
+
+# -- what both SQL stores do alike ---------------------------------------------------------
+DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
+
+
+class SharedSQL:
+    """The statements the SQLite and PostgreSQL stores share, written once with `?` marks
+    (`_MARK` is the driver's placeholder). A store gives `_read()` and `_write()`: context
+    managers yielding something with `execute(sql, args)`."""
+
+    _MARK = "?"
+
+    def _read(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text if self._MARK == "?" else text.replace("?", self._MARK)
+
+    def interrupt_indexing(self) -> int:
+        with self._write() as db:
+            return int(db.execute(self._sql("UPDATE documents SET status = 'error', error_code = ?, error = ? "
+                                            "WHERE status = 'indexing'"), INTERRUPTED).rowcount)
+
+    def get(self, doc_id: str, *, owner: str) -> Document | None:
+        with self._read() as db:
+            row = db.execute(self._sql(f"SELECT {DOC_COLUMNS} FROM documents WHERE id = ? AND owner = ?"),
+                             (doc_id, owner)).fetchone()
+        return Document(*row) if row else None
+
+    def of_owner(self, *, owner: str, collection: str | None = None) -> list[Document]:
+        where, args = ("owner = ?", [owner]) if collection is None else ("owner = ? AND collection = ?",
+                                                                         [owner, collection])
+        with self._read() as db:
+            rows = db.execute(self._sql(f"SELECT {DOC_COLUMNS} FROM documents WHERE {where} "
+                                        "ORDER BY created_at DESC, id"), args).fetchall()
+        return [Document(*r) for r in rows]
+
+    def vector_blocks(self) -> Iterator[VectorBlock]:
+        with self._read() as db:
+            rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
+                              "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
+        return group_vectors(iter(rows))
 
 
 # -- helpers both halves share ------------------------------------------------------------

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,15 +28,14 @@ from ..history import StorageUnavailable, StoreError
 from .chunk import Chunk
 from .search import terms
 from .store import (
-    INTERRUPTED,
+    DOC_COLUMNS,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
     ChunkHit,
+    SharedSQL,
     Document,
     Ranking,
-    VectorBlock,
     chunk_rows,
-    group_vectors,
     in_order,
     pick_terms,
 )
@@ -62,7 +61,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS chunks_body ON chunks USING GIN (body)",
     "CREATE TABLE IF NOT EXISTS chunk_terms (term TEXT PRIMARY KEY, chunks BIGINT NOT NULL)",
 )
-_DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
 
 
 def redact(url: str) -> str:
@@ -87,7 +85,7 @@ _TERMS = """INSERT INTO chunk_terms (term, chunks)
 # once lock the shared terms in the same order, so they wait for each other, never deadlock.
 
 
-class PostgresDocuments:
+class PostgresDocuments(SharedSQL):
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.RLock()
@@ -123,6 +121,8 @@ class PostgresDocuments:
         conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         return conn
 
+    _MARK = "%s"  # psycopg's placeholder, for the statements SharedSQL writes with ?
+
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
@@ -137,6 +137,12 @@ class PostgresDocuments:
             except StoreError as e:  # could not reconnect
                 raise StorageUnavailable(str(e)) from e
 
+    def _read(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._tx()
+
+    def _write(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._tx()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -146,7 +152,7 @@ class PostgresDocuments:
         doc = Document(uuid.uuid4().hex, owner, collection, name, kind, size, None, "indexing", None, None, 0,
                        time.time())
         with self._tx() as db:
-            db.execute(f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES ({','.join(['%s'] * 12)})",
+            db.execute(f"INSERT INTO documents ({DOC_COLUMNS}) VALUES ({','.join(['%s'] * 12)})",
                        (doc.id, doc.owner, doc.collection, doc.name, doc.kind, doc.bytes, doc.pages, doc.status,
                         doc.error_code, doc.error, doc.chunks, doc.created_at))
         return doc
@@ -189,32 +195,7 @@ class PostgresDocuments:
             db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
             return ids
 
-    def interrupt_indexing(self) -> int:
-        with self._tx() as db:
-            return db.execute("UPDATE documents SET status = 'error', error_code = %s, error = %s "
-                              "WHERE status = 'indexing'", INTERRUPTED).rowcount
-
     # -- reads -----------------------------------------------------------------------------
-    def get(self, doc_id: str, *, owner: str) -> Document | None:
-        with self._tx() as db:
-            row = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = %s AND owner = %s",
-                             (doc_id, owner)).fetchone()
-        return Document(*row) if row else None
-
-    def of_owner(self, *, owner: str, collection: str | None = None) -> list[Document]:
-        where, args = ("owner = %s", [owner]) if collection is None else ("owner = %s AND collection = %s",
-                                                                          [owner, collection])
-        with self._tx() as db:
-            rows = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE {where} ORDER BY created_at DESC, id",
-                              args).fetchall()
-        return [Document(*r) for r in rows]
-
-    def vector_blocks(self) -> Iterator[VectorBlock]:
-        with self._tx() as db:
-            rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
-                              "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
-        return group_vectors(iter(rows))
-
     def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None,
                  total: int = 0) -> Ranking:
         words = list(dict.fromkeys(terms(query)))[:MAX_FULLTEXT_TERMS]

@@ -23,15 +23,14 @@ from ..history import StorageUnavailable, StoreError
 from .chunk import Chunk
 from .search import terms
 from .store import (
-    INTERRUPTED,
+    DOC_COLUMNS,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
     ChunkHit,
+    SharedSQL,
     Document,
     Ranking,
-    VectorBlock,
     chunk_rows,
-    group_vectors,
     in_order,
     pick_terms,
     tag,
@@ -61,7 +60,6 @@ _SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
         DELETE FROM chunks_fts WHERE rowid = old.id; END""",
 )
-_DOC_COLUMNS = "id, owner, collection, name, kind, bytes, pages, status, error_code, error, chunks, created_at"
 _UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
 
 
@@ -70,7 +68,7 @@ def match_expression(words: list[str]) -> str | None:
     return " OR ".join(f'"{w}"' for w in words) or None
 
 
-class SQLiteDocuments:
+class SQLiteDocuments(SharedSQL):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -136,7 +134,7 @@ class SQLiteDocuments:
         doc = Document(uuid.uuid4().hex, owner, collection, name, kind, size, None, "indexing", None, None, 0,
                        time.time())
         with self._write() as db:
-            db.execute(f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute(f"INSERT INTO documents ({DOC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                        (doc.id, doc.owner, doc.collection, doc.name, doc.kind, doc.bytes, doc.pages, doc.status,
                         doc.error_code, doc.error, doc.chunks, doc.created_at))
         return doc
@@ -177,32 +175,7 @@ class SQLiteDocuments:
             db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
             return ids
 
-    def interrupt_indexing(self) -> int:
-        with self._write() as db:
-            return db.execute("UPDATE documents SET status = 'error', error_code = ?, error = ? "
-                              "WHERE status = 'indexing'", INTERRUPTED).rowcount
-
     # -- reads -----------------------------------------------------------------------------
-    def get(self, doc_id: str, *, owner: str) -> Document | None:
-        with self._read() as db:
-            row = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ? AND owner = ?",
-                             (doc_id, owner)).fetchone()
-        return Document(*row) if row else None
-
-    def of_owner(self, *, owner: str, collection: str | None = None) -> list[Document]:
-        where, args = ("owner = ?", [owner]) if collection is None else ("owner = ? AND collection = ?",
-                                                                         [owner, collection])
-        with self._read() as db:
-            rows = db.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE {where} ORDER BY created_at DESC, id",
-                              args).fetchall()
-        return [Document(*r) for r in rows]
-
-    def vector_blocks(self) -> Iterator[VectorBlock]:
-        with self._read() as db:
-            rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
-                              "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
-        return group_vectors(iter(rows))
-
     def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None,
                  total: int = 0) -> Ranking:
         """The owner's best k chunks by bm25 over the query's useful terms (store.pick_terms);
