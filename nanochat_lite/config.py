@@ -20,7 +20,7 @@ from typing import Any, Mapping
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
                "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips",
-               "chat_template", "max_document_mb")
+               "chat_template", "max_document_mb", "models_memory")
 MAX_RESUME_WINDOW_S = 3600.0
 MAX_DOCUMENT_MB_LIMIT = 4096.0  # an upload is held in memory while it is parsed
 
@@ -84,6 +84,15 @@ class Config:
     chat_template: str | None = None
     # The largest document upload, in MiB (POST /api/documents): larger is 413 too_large.
     max_document_mb: float = 50.0
+    # Models served beside `model` (serve --model A --model B: A is `model`, the default;
+    # B here), names of the catalog or .gguf paths; and --models-dir: every .gguf in it.
+    more_models: list[str] = field(default_factory=list)
+    models_dir: Path | None = None
+    # --models-memory MB: the loaded models' memory (weights + KV cache) is kept under it by
+    # unloading the least recently used idle one. None: what the machine can spare at
+    # start (default_models_memory). --pin NAME: never unloaded.
+    models_memory: int | None = None
+    pin: list[str] = field(default_factory=list)
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -134,6 +143,11 @@ class Config:
             value = flags.get(name)
             if value is not None:
                 setattr(c, name, value)
+        if isinstance(c.model, list):  # --model given more than once: the first is the default
+            c.model, c.more_models = c.model[0], list(c.model[1:])
+        if flags.get("models_dir"):
+            c.models_dir = Path(flags["models_dir"]).expanduser()
+        c.pin = list(flags.get("pin") or [])
         if flags.get("home"):
             c.home = Path(flags["home"]).expanduser()
         if flags.get("db"):
@@ -162,6 +176,11 @@ class Config:
         if not 0 < self.max_document_mb <= MAX_DOCUMENT_MB_LIMIT:
             raise ConfigError(f"--max-document-mb must be above 0 and at most {MAX_DOCUMENT_MB_LIMIT:g}, "
                               f"got {self.max_document_mb:g}")
+        if self.models_memory is not None and self.models_memory < 1:
+            raise ConfigError(f"--models-memory must be at least 1 MB, got {self.models_memory}")
+        if self.engine is not None and (self.more_models or self.models_dir is not None):
+            raise ConfigError("--engine serves the upstream's model: it cannot be combined with more --model or "
+                              "--models-dir")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.engine is not None:

@@ -31,6 +31,7 @@ from ..config import Config
 from ..redact import redact_paths
 from .common import CLIError, load_engine, resolve_model
 from .common import say as _say
+from .serve_models import describe, resolve_more
 
 
 def process_age_s() -> float:
@@ -148,6 +149,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     prefix_hook = _test_prefix_tokens(config.env)
     # --engine openai:URL: an upstream server generates; no model is loaded here.
     path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
+    more = [] if config.engine else resolve_more(config, name)  # --model B..., --models-dir: errors before binding
     sock = _bind(config)
     port = sock.getsockname()[1]  # with --port 0, the one the OS picked
     if port_file := getattr(args, "port_file", None):
@@ -193,10 +195,14 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         scheduler = Scheduler(engine, max_queue=config.max_queue,
                               shared_prefix=_shared_prefix(engine.prompts.shared_prefix, prefix_hook),
                               max_queue_wait=limits.max_queue_wait_s)
+        runtime.registry = _registry(config, (path, name), more, engine, scheduler, limits.max_queue_wait_s)
         runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         _banner(config, engine, path, port, startup_ms, app.state.security.exposure_warning())
+        if more:
+            _say(f"  Models:       {describe(runtime.registry.describe(), runtime.registry.budget_bytes)}")
+            _preload_pinned(runtime.registry, [n for n in config.pin if n != name])
         if not config.engine:  # an upstream has its own tokenizer and cache
             _tokenizer_when_idle(runtime, server, engine)
         _documents_when_idle(runtime, server, documents)
@@ -215,6 +221,36 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _registry(config: Config, first: tuple[Path | None, str], more: list[tuple[Path, str]], engine, scheduler,
+              max_queue_wait: float | None):
+    """The models served: the first, loaded above, adopted as it is; the others (--model
+    B..., --models-dir) listed, loaded on their first request. The memory bound applies
+    only when there are several (one model is never unloaded)."""
+    from ..server.chat.models import MB, Registry
+    from . import serve_models
+
+    specs = serve_models.model_specs(config, first, more, getattr(engine.prompts, "has_chat_template", None))
+    budget_mb = (config.models_memory or serve_models.default_models_memory()) if more else None
+    registry = Registry(specs, serve_models.loader(config, max_queue_wait=max_queue_wait),
+                        budget_bytes=budget_mb * MB if budget_mb else None, pinned=config.pin)
+    registry.adopt(first[1], serve_models.adopt(specs[0], engine, scheduler, measure=bool(more)))
+    return registry
+
+
+def _preload_pinned(registry, names: list[str]) -> None:
+    """--pin NAME: loaded now, in the background (the first model is loaded already)."""
+    def load() -> None:
+        for n in names:
+            try:
+                entry, _ = registry.acquire(n)
+                registry.release(entry)
+            except Exception as e:  # RequestError: too large, a broken file; the others serve
+                _say(f"--pin {n}: {e}")
+
+    if names:
+        threading.Thread(target=load, name="nanochat-pinned", daemon=True).start()
 
 
 def _uvicorn_server(config: Config, app, runtime, limits, security):

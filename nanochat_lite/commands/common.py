@@ -29,8 +29,9 @@ def say(msg: str) -> None:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The flags of commands that load the chat model (serve, chat)."""
-    p.add_argument("--model", "-m", help="a known model name or a path to a .gguf file "
-                                          "(env NANOCHAT_LITE_MODEL; default smollm2-135m-instruct)")
+    p.add_argument("--model", "-m", action="append",
+                   help="a known model name or a path to a .gguf file (env NANOCHAT_LITE_MODEL; default "
+                        "smollm2-135m-instruct); serve takes it more than once, the first is the default")
     p.add_argument("--threads", "-t", type=int, help="CPU threads for inference (env NANOCHAT_LITE_THREADS)")
     p.add_argument("--ctx-size", "-c", type=int, help="context window in tokens (env NANOCHAT_LITE_CTX; 4096)")
     p.add_argument("--seed", type=int, help="default sampling seed (random per request when unset)")

@@ -49,6 +49,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--max-document-mb", type=float, metavar="MB",
                    help="the largest document upload (POST /api/documents); larger is 413 "
                         "(env NANOCHAT_LITE_MAX_DOCUMENT_MB; 50)")
+    s.add_argument("--models-dir", metavar="DIR",
+                   help="serve every .gguf in DIR too, named by file name (a corrupt one is listed as unusable)")
+    s.add_argument("--models-memory", type=int, metavar="MB",
+                   help="bound on the loaded models' memory (weights + KV cache): to load one more, the least "
+                        "recently used idle one is unloaded (default: MemAvailable at start minus a margin)")
+    s.add_argument("--pin", action="append", metavar="NAME", help="a model never unloaded (repeatable)")
     s.add_argument("--batch-size", "-b", type=int,
                    help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
 

@@ -200,18 +200,7 @@ class Engine:
     def describe_cache(self) -> int | None:
         """Bytes of the KV cache the engine allocated (f16 K and V), from the model's
         hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s)."""
-        from ..gguf import GGUFError, read
-
-        try:
-            meta = read(self.model_path).metadata
-            arch = meta["general.architecture"]
-            layers = int(meta[f"{arch}.block_count"])
-            heads = int(meta[f"{arch}.attention.head_count"])
-            kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-            head_dim = int(meta.get(f"{arch}.attention.key_length", int(meta[f"{arch}.embedding_length"]) // heads))
-        except (GGUFError, KeyError, ValueError, ZeroDivisionError, OSError):
-            return None
-        self.kv_cache_bytes = self.kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
+        self.kv_cache_bytes = kv_cache_bytes(self.model_path, self.kv_size)
         return self.kv_cache_bytes
 
     def close(self) -> None:
@@ -383,6 +372,24 @@ class Engine:
             yield ev
             if isinstance(ev, Done):
                 return
+
+
+def kv_cache_bytes(path: str | os.PathLike[str], kv_size: int) -> int | None:
+    """Bytes of f16 K and V for `kv_size` tokens of the model at `path`, from its GGUF
+    header (~0.1 s); None when the header does not say. Known before loading: the
+    multi-model registry adds it to the file's size to see whether a model fits."""
+    from ..gguf import GGUFError, read
+
+    try:
+        meta = read(path).metadata
+        arch = meta["general.architecture"]
+        layers = int(meta[f"{arch}.block_count"])
+        heads = int(meta[f"{arch}.attention.head_count"])
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+        head_dim = int(meta.get(f"{arch}.attention.key_length", int(meta[f"{arch}.embedding_length"]) // heads))
+    except (GGUFError, KeyError, ValueError, ZeroDivisionError, OSError):
+        return None
+    return kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
 
 
 @dataclass

@@ -13,9 +13,11 @@ Not here: a chat turn (turns.py), wire shapes (frames.py, errors.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ...documents.service import DocumentService
@@ -27,6 +29,7 @@ from ..observe.stats import Stats
 from ..wire import limits
 from ..wire.errors import RETRY_BUSY_S, RETRY_LOADING_S, RequestError
 from .answers import DEFAULT_RESUME_WINDOW_S, Answers
+from .models import Loaded, Registry, not_found
 
 T = TypeVar("T")
 
@@ -102,6 +105,10 @@ class Lazy(Generic[T]):
                     raise self._failed(e) from None
             return self._value
 
+    def like(self, factory: Callable[[], T] | None) -> Lazy[T]:
+        """Another Lazy with this one's errors, made by `factory` (another model's tokenizer)."""
+        return Lazy(factory, missing=self._missing, failed=self._failed)
+
     async def aget(self) -> T:
         if self._value is not None:
             return self._value
@@ -143,6 +150,9 @@ class Runtime:
         self.error: str | None = None
         self.scheduler: SchedulerLike | None = None
         self.prompts: Prompter | None = None
+        # The models served (start-up sets it; None: one model, attached as it is). The
+        # scheduler and prompts above are then the default model's, as first loaded.
+        self.registry: Registry | None = None
         self.stats = Stats(startup_ms)
         self.defaults = defaults or SamplingParams()
         self.ledger = Ledger(store)
@@ -182,7 +192,9 @@ class Runtime:
         self.state = "error"
 
     def close(self) -> None:
-        if self.scheduler:
+        if self.registry is not None:
+            self.registry.close()
+        elif self.scheduler:
             self.scheduler.close()
         self.answers.close()
         self.ledger.close()  # after the answers: their last settlements are queued by then
@@ -195,6 +207,41 @@ class Runtime:
                                retry_after=RETRY_LOADING_S)
         return self.scheduler, self.prompts
 
+    @contextlib.asynccontextmanager
+    async def using(self, model: str | None, *, any_name: bool = False) -> AsyncIterator[Runtime]:
+        """This runtime bound to the model named `model` (None: the default), loaded now
+        if needed (the request waits; the load runs off the loop): a shallow copy sharing
+        the store, stats, ledger and answers, whose scheduler, prompts, tokenizer and
+        model_name are that model's. The model is not unloaded while the block runs (after
+        it, a queued generation keeps it). `any_name`: a name that matches no model means
+        the default when only one is served (OpenAI clients must send some name).
+        RequestError: 503 while the server starts (as `require_ready`), 404 unknown."""
+        self.require_ready()
+        reg = self.registry
+        if reg is None:
+            if model is not None and model != self.model_name and not any_name:
+                raise not_found(model, [self.model_name])
+            yield self
+            return
+        if model is not None and any_name and len(reg) == 1:
+            model = None
+        got = reg.try_acquire(model)
+        entry, loaded = got if got is not None else await asyncio.to_thread(reg.acquire, model)
+        try:
+            yield self._bound(entry.name, loaded)
+        finally:
+            reg.release(entry)
+
+    def _bound(self, name: str, loaded: Loaded) -> Runtime:
+        if loaded.scheduler is self.scheduler:
+            return self  # the default model as first loaded: this runtime is it
+        if loaded.tokenizer is None:
+            loaded.tokenizer = self.tokenizer_cache.like(loaded.tokenizer_factory)
+        view = copy.copy(self)
+        view.model_name, view.scheduler, view.prompts, view.tokenizer_cache = (
+            name, loaded.scheduler, loaded.prompts, loaded.tokenizer)
+        return view
+
     def text_chars(self) -> int:
         """Characters a message (or a whole `/v1` conversation) may have before it is
         tokenized: as many as could fit the context (limits.text_chars), with the
@@ -205,16 +252,26 @@ class Runtime:
             return limits.text_chars(0)
         return limits.text_chars(prompts.n_ctx, getattr(prompts, "token_chars", None))
 
+    def _schedulers(self) -> list[SchedulerLike]:
+        if self.registry is not None:
+            return [e.loaded.scheduler for e in self.registry.loaded_entries() if e.loaded is not None]
+        return [self.scheduler] if self.scheduler is not None else []
+
     @property
     def generating(self) -> int:
-        return self.scheduler.active if self.scheduler else 0
+        """Generations running now, over every loaded model."""
+        return sum(s.active for s in self._schedulers())
 
     @property
     def queued(self) -> int:
-        return self.scheduler.queued if self.scheduler else 0
+        return sum(s.queued for s in self._schedulers())
 
     def engine_info(self) -> dict[str, Any]:
-        """Slots and cache figures for /api/stats and /api/health."""
+        """Slots and cache figures for /api/stats and /api/health (the default model's,
+        while it is loaded)."""
+        if self.registry is not None:
+            loaded = self.registry.entry(None).loaded
+            return loaded.scheduler.info() if loaded is not None else {}
         return self.scheduler.info() if self.scheduler is not None else {}
 
     # -- lazily loaded parts ------------------------------------------------------
