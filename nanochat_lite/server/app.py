@@ -31,6 +31,7 @@ from .routes import conversations as conversations_api
 from .routes import documents as documents_api
 from .routes import embeddings as embeddings_api
 from .routes import limits as limits_api
+from .routes import models as models_api
 from .routes import tokenize as tokenize_api
 from .routes import ws
 from .routes.openai import chat as openai_api
@@ -161,6 +162,9 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
         Route("/api/documents/{doc_id}", documents_api.delete_document, methods=["DELETE"]),
         Route("/api/documents/{doc_id}/events", documents_api.document_events),
         Route("/api/limits", limits_api.limits),
+        Route("/api/models", models_api.list_models),
+        Route("/api/models/{name}/load", models_api.load_model, methods=["POST"]),
+        Route("/api/models/{name}/unload", models_api.unload_model, methods=["POST"]),
         Route("/api/tokenize", tokenize_api.tokenize, methods=["POST"]),
         Route("/v1/embeddings", embeddings_api.openai_embeddings, methods=["POST"]),
         Route("/api/embeddings", embeddings_api.api_embeddings, methods=["POST"]),

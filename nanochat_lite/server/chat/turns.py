@@ -196,6 +196,15 @@ async def open_chat(rt: Runtime, req: ChatRequest, *, who: Identity,
     a client_id `who` has already stored, the earlier answer. Raises RequestError."""
     if rt.answers.closing:
         raise shutting_down()
+    model = req.model
+    if model is None and req.conversation_id is not None and rt.registry is not None and len(rt.registry) > 1:
+        model = await asyncio.to_thread(_conversation_model, rt, req.conversation_id, who.owner)
+    async with rt.using(model) as bound:  # loads the model if needed; 404 model_not_found
+        return await _open_chat(bound, req, who, stop, resumable)
+
+
+async def _open_chat(rt: Runtime, req: ChatRequest, who: Identity, stop: threading.Event | None,
+                     resumable: bool) -> Opened:
     try:
         turn = await begin_turn(rt, req, stop, who=who)
     except Duplicate as d:
@@ -302,6 +311,20 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
         return prepare(fitted, params)
 
     return conv, system, build_now(prepare_grounded, messages, params), grounded[0]
+
+
+def _conversation_model(rt: Runtime, conversation_id: str, owner: str) -> str | None:
+    """The model of the conversation's last answer, when this server still serves it
+    (None: the default; a missing conversation is refused later, by _plan_turn)."""
+    try:
+        conv = rt.store.get(conversation_id, owner=owner)
+        messages = rt.store.messages(conv.id, owner=owner) if conv is not None else []
+    except StoreError as e:
+        raise storage_unavailable(e) from None
+    for m in reversed(messages):
+        if m.role == "assistant" and m.model:
+            return m.model if rt.registry is not None and m.model in rt.registry.names else None
+    return None
 
 
 def _store_user(rt: Runtime, req: ChatRequest, conv: Any, system: str | None, params: SamplingParams,

@@ -135,6 +135,9 @@ async def health(request: Request) -> Response:
                 # False: a base model, raw prompts only (chat routes answer 400 no_chat_template);
                 # None: not known here (an upstream engine renders with its own).
                 "has_chat_template": getattr(rt.prompts, "has_chat_template", None)}
+        loading = rt.registry.loading() if rt.registry is not None else []
+        if loading:  # models loading on demand (serve --model A --model B): their requests wait
+            body["loading"] = loading
         upstream = rt.engine_info().get("upstream")  # with --engine openai:URL
         if upstream is not None:
             body["upstream"] = upstream

@@ -40,6 +40,9 @@ class ChatRequest(Sampling, kw_only=True):
     # The client's own id for this message (1-64 printable ASCII): sent again (a retry,
     # a page reloaded), the message is not stored or answered twice.
     client_id: str | None = None
+    # The model to answer with (GET /api/models lists them); None: the conversation's
+    # last one, else the server's default.
+    model: str | None = None
 
 
 class WSFrame(msgspec.Struct, kw_only=True):

@@ -94,11 +94,10 @@ def to_messages(req: OAIChatRequest, tools: ToolPlan | None = None, *, max_chars
     return out
 
 
-async def _parse(rt: Runtime, request: Request
+async def _parse(rt: Runtime, req: OAIChatRequest
                  ) -> tuple[OAIChatRequest, SamplingParams, int, int, ToolPlan | None]:
     """The request, its sampling parameters, the number of choices and of top logprobs,
     and what its tools change (None without tools)."""
-    req = decode(await read_body(request), OAIChatRequest)
     _, prompts = rt.require_ready()
     count = op.choice_count(req.n)
     limits.check_range("max_completion_tokens", req.max_completion_tokens,
@@ -120,15 +119,19 @@ async def _parse(rt: Runtime, request: Request
 async def chat_completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
-        req, params, count, top, tools = await _parse(rt, request)
-        messages = to_messages(req, tools, max_chars=rt.text_chars())
-        # The prompt is built and queued before any byte is sent: a prompt that cannot
-        # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
-        _, prompts = rt.require_ready()
-        prepared, extra = await _prepare(rt, request, req.documents, prompts, messages, params)
-        # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
-        tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
-                                                   op.seeded(params, count))
+        body = decode(await read_body(request), OAIChatRequest)
+        # `model` picks one of the models served (loaded now if needed); with one model
+        # served, any name means it (OpenAI's clients must send one).
+        async with rt.using(body.model, any_name=True) as rt:
+            req, params, count, top, tools = await _parse(rt, body)
+            messages = to_messages(req, tools, max_chars=rt.text_chars())
+            # The prompt is built and queued before any byte is sent: a prompt that cannot
+            # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
+            _, prompts = rt.require_ready()
+            prepared, extra = await _prepare(rt, request, req.documents, prompts, messages, params)
+            # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
+            tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
+                                                       op.seeded(params, count))
     except RequestError as e:
         return openai_error(e)
     return await _answer(request, rt, req, params, tickets, choice_params, top, tools, extra)
@@ -241,8 +244,15 @@ async def _answer(request: Request, rt: Runtime, req: OAIChatRequest, params: Sa
 
 
 async def list_models(request: Request) -> Response:
+    """`GET /v1/models`: every model served, the default first, with our fields beside
+    OpenAI's (status, size, context, memory: see GET /api/models)."""
     rt: Runtime = request.app.state.runtime
+    created = int(rt.stats.started)
+    if rt.registry is None:
+        return json_response({"object": "list", "data": [
+            {"id": rt.model_name, "object": "model", "created": created, "owned_by": "nanochat-lite",
+             "has_chat_template": getattr(rt.prompts, "has_chat_template", None)},  # False: /v1/completions only
+        ]})
     return json_response({"object": "list", "data": [
-        {"id": rt.model_name, "object": "model", "created": int(rt.stats.started), "owned_by": "nanochat-lite",
-         "has_chat_template": getattr(rt.prompts, "has_chat_template", None)},  # False: /v1/completions only
-    ]})
+        {"id": row["name"], "object": "model", "created": created, "owned_by": "nanochat-lite", **row}
+        for row in rt.registry.describe()]})

@@ -109,17 +109,19 @@ async def completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req = decode(await read_body(request), OAICompletionRequest)
-        _, builder = rt.require_ready()
-        prompts = prompts_of(req.prompt, max_chars=rt.text_chars())
-        n = op.choice_count(req.n)
-        _check(req, len(prompts), n)
-        top = req.logprobs or 0
-        params = limits.sampling(rt.defaults, req).with_overrides(
-            n_probs=max(1, top) if req.logprobs is not None else None,
-            logit_bias=op.logit_bias(req.logit_bias, builder.n_vocab) or None)
-        prepared, echoes = await _prepare(builder, prompts, params, bool(req.echo))
-        tickets, choice_params = await turns.admit(rt, identity(request), [prep for prep in prepared for _ in range(n)],
-                                                   op.seeded(params, n) * len(prompts))
+        async with rt.using(req.model, any_name=True) as rt:  # the model named (loaded now if needed)
+            _, builder = rt.require_ready()
+            prompts = prompts_of(req.prompt, max_chars=rt.text_chars())
+            n = op.choice_count(req.n)
+            _check(req, len(prompts), n)
+            top = req.logprobs or 0
+            params = limits.sampling(rt.defaults, req).with_overrides(
+                n_probs=max(1, top) if req.logprobs is not None else None,
+                logit_bias=op.logit_bias(req.logit_bias, builder.n_vocab) or None)
+            prepared, echoes = await _prepare(builder, prompts, params, bool(req.echo))
+            tickets, choice_params = await turns.admit(rt, identity(request),
+                                                       [prep for prep in prepared for _ in range(n)],
+                                                       op.seeded(params, n) * len(prompts))
     except RequestError as e:
         return openai_error(e)
     head = [echoes[i // n] if req.echo else "" for i in range(len(tickets))]
