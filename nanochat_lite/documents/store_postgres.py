@@ -12,7 +12,6 @@ saw it break answers StorageUnavailable (503).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ..history import StorageUnavailable, StoreError
+from ..history.postgres import connect, redact
 from .chunk import Chunk
 from .search import terms
 from .store import (
@@ -40,8 +40,6 @@ from .store import (
     pick_terms,
 )
 
-CONNECT_TIMEOUT_S = 5
-LOCK_TIMEOUT_MS = 5000
 _SCHEMA_LOCK = 0x6E63_646F  # pg_advisory_xact_lock key: "ncdo"
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS documents (
@@ -61,11 +59,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS chunks_body ON chunks USING GIN (body)",
     "CREATE TABLE IF NOT EXISTS chunk_terms (term TEXT PRIMARY KEY, chunks BIGINT NOT NULL)",
 )
-
-
-def redact(url: str) -> str:
-    """The URL without its password: `postgresql://u:secret@h/db` -> `postgresql://u:***@h/db`."""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def tsquery(words: list[str]) -> str | None:
@@ -112,14 +105,7 @@ class PostgresDocuments(SharedSQL):
             raise
 
     def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        except psycopg.Error as e:
-            raise StoreError(f"{redact(self.url)}: cannot connect to PostgreSQL for the documents "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from e
-        conn.execute("SET synchronous_commit = on")
-        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-        return conn
+        return connect(self.url, what="documents")
 
     _MARK = "%s"  # psycopg's placeholder, for the statements SharedSQL writes with ?
 
