@@ -30,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ...documents.service import DocumentService
+from ...documents.service import DocumentService, DocumentsUnavailable
 from ...documents.store import ChunkHit, Document
 from ...generation import SamplingParams
 from ..wire import limits
-from ..wire.errors import RequestError
+from ..wire.errors import RETRY_STORAGE_S, RequestError
 
 PARAM = "documents"
 DEFAULT_COLLECTION = "default"
@@ -138,6 +138,11 @@ async def find(docs: DocumentService | None, embedder: Callable[[], Any], embed_
     if docs is None:
         raise RequestError("documents are not enabled on this server", code="not_available", status=404,
                            param=PARAM)
+    try:
+        docs = await docs.opened()  # off the loop, if serve has not opened them yet
+    except DocumentsUnavailable as e:
+        raise RequestError(f"{e}; retry in a moment", code="storage_unavailable", status=503,
+                           retry_after=RETRY_STORAGE_S) from None
     store = docs.library.store
     chosen_docs, whole = await asyncio.to_thread(_read_chosen, docs, owner, chosen)
     if not chosen_docs:

@@ -29,7 +29,7 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...documents.events import document_frames
-from ...documents.service import DocumentService
+from ...documents.service import DocumentService, DocumentsUnavailable
 from ...documents.store import Document
 from ..chat import turns
 from ..chat.answers import Answer, check_answer_id
@@ -214,7 +214,13 @@ class Connection:
                                              "to finish", code="too_many_watches"))
         else:
             valid = 0 < len(doc_id) <= MAX_ID_CHARS and doc_id.isprintable()  # else no such id: not a store query
-            doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=self.who.owner) if valid else None
+            try:
+                await svc.opened()  # the first document request may come before serve opened them
+                doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=self.who.owner) if valid else None
+            except DocumentsUnavailable as e:
+                await self.send({**error_frame(RequestError(f"{e}; retry in a moment", code="storage_unavailable",
+                                                            status=503)), "document_id": doc_id})
+                return
             if doc is None:
                 frame = error_frame(RequestError(f"no document with id {doc_id[:80]!r}", code="document_not_found"))
             else:
