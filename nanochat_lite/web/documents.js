@@ -13,7 +13,7 @@ import { apiKey, askForKey, authHeaders } from "./auth.js";
 import { el } from "./dom.js";
 
 const DOCS_KEY = "nanochat-lite.documents"; // conversation ids with "use my documents" on
-const RETRY_WATCH_MS = 2000; // a watch refused with storage_unavailable is asked again after this
+const RETRY_WATCH_MS = 2000; // a watch refused for now (storage_unavailable, too_many_watches): again after this
 
 /** POST /api/documents with `file`; onProgress(sent, total) as the bytes go out.
  * Resolves to the server's data ({id, name, collection, status, events_url}) or throws ApiError. */
@@ -109,9 +109,10 @@ export class Uploads extends EventTarget {
         total);
       return;
     }
-    if (frame.type === "error" && frame.code === "storage_unavailable") {
-      // The store cannot answer now (a database restarting): the indexing goes on; ask again.
-      row.set("indexing", "indexing… (waiting for the store)", 0, 0);
+    if (frame.type === "error" && (frame.code === "storage_unavailable" || frame.code === "too_many_watches")) {
+      // Not now (the store restarting, or this socket already follows 16 documents): the
+      // indexing goes on all the same; ask again.
+      row.set("indexing", "indexing…", 0, 0);
       setTimeout(() => this.watching.has(frame.document_id) && this._watch(frame.document_id), RETRY_WATCH_MS);
       return;
     }

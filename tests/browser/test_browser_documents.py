@@ -268,3 +268,24 @@ def test_an_answer_from_my_documents_cites_page_2(server, new_page):
     assert mode == stored["documents_mode"] == page.get_attribute(f"#m-{stored['id']} .citations", "data-mode")
     assert page.text_content(f"#m-{stored['id']} .cite-label").startswith("Sources (")
     assert page.is_checked("#use-docs")
+
+
+def test_twenty_files_at_once_all_reach_ready(server, new_page):
+    """More files than one socket follows at once (16): every row ends ready. (Whether the
+    server turned some watches away with too_many_watches, which the page asks again for,
+    depends on how fast the indexer is here; the fake-indexer test pins that frame down.)"""
+    page = new_page().page
+    open_chat(page, server.url)
+    files = [{"name": f"many-{i:02d}.txt", "mimeType": "text/plain",
+              "buffer": f"Note {i}: the number {i} squared is {i * i}.\n".encode()} for i in range(20)]
+    page.set_input_files("#doc-file", files=files)
+    page.wait_for_function("""() => {
+      const rows = [...document.querySelectorAll('.upload')].filter(r => r.querySelector('.upload-name')
+        .textContent.startsWith('many-'));
+      return rows.length === 20 && rows.every(r => r.dataset.state === 'ready' || r.dataset.state === 'error');
+    }""", timeout=INDEX_TIMEOUT_MS)
+    states = page.eval_on_selector_all(".upload", """rs => rs.filter(r => r.querySelector('.upload-name')
+      .textContent.startsWith('many-')).map(r => [r.querySelector('.upload-name').textContent, r.dataset.state,
+                                                  r.querySelector('.upload-status').textContent])""")
+    assert all(s == "ready" and t == "ready · 1 chunk" for _, s, t in states), states
+    assert sorted(d["name"] for d in documents(server) if d["name"].startswith("many-")) == [f["name"] for f in files]
