@@ -138,20 +138,21 @@ def adopt(spec: Any, engine: Any, scheduler: Any, *, measure: bool) -> Any:
 
 def loader(config: Config, *, max_queue_wait: float | None) -> Callable[[Any], Any]:
     """The registry's `load`: engine + scheduler + prompt builder for a spec (blocking).
-    A failure is a RuntimeError whose message names the model, not where its file is."""
+    A file that cannot be used is ModelUnavailable, whose message names the model, not
+    where its file is."""
 
     def load(spec: Any) -> Any:
         from ..engines.scheduler import Scheduler
-        from ..server.chat.models import Loaded
+        from ..server.chat.models import Loaded, ModelUnavailable
         from .common import load_engine
 
         if spec.path is None or not spec.path.is_file():
-            raise RuntimeError(f"the file of {spec.name} is gone (deleted or moved since the server started); "
-                               "put it back, or restart the server without it")
+            raise ModelUnavailable("its file is gone (deleted or moved since the server started); put it back, or "
+                                   "restart the server without it")
         try:
             engine = load_engine(spec.path, spec.name, config)
-        except CLIError as e:
-            raise RuntimeError(redact_paths(str(e))) from None
+        except CLIError as e:  # a diagnosis of the file, and the fix
+            raise ModelUnavailable(redact_paths(str(e))) from None
         scheduler = Scheduler(engine, max_queue=config.max_queue, shared_prefix=engine.prompts.shared_prefix,
                               max_queue_wait=max_queue_wait)
         kv = engine.describe_cache() or 0

@@ -35,11 +35,12 @@ def paths(model_home: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def both(tmp_path_factory, paths):
     """Gemma (no chat template) is the default; SmolLM2 is loaded on its first request;
-    --models-dir holds a corrupt file."""
+    --models-dir holds a corrupt file and one a test deletes."""
     tmp = tmp_path_factory.mktemp("multi")
     folder = tmp / "more"
     folder.mkdir()
     (folder / "broken.gguf").write_bytes(paths[SMOL].read_bytes()[:4096])  # a header, no tensor data
+    (folder / "gone.gguf").symlink_to(paths[SMOL])  # deleted by a test while unloaded
     with ServerProc(tmp, "--model", GEMMA, "--model", SMOL, "--models-dir", str(folder), *LIGHT) as s:
         yield s
 
@@ -62,7 +63,7 @@ def rows(server: ServerProc) -> dict[str, dict]:
 
 def test_models_are_listed_with_status_size_and_template(both, paths):
     listed = rows(both)
-    assert list(listed) == [GEMMA, SMOL, "broken"]
+    assert list(listed) == [GEMMA, SMOL, "broken", "gone"]
     g, s = listed[GEMMA], listed[SMOL]
     assert g["default"] is True and g["status"] == "loaded" and g["has_chat_template"] is False
     assert s["has_chat_template"] is True and s["status"] in ("unloaded", "loaded")
@@ -70,7 +71,7 @@ def test_models_are_listed_with_status_size_and_template(both, paths):
     assert g["context"] == s["context"] == 1024
     assert g["memory_bytes"] > g["size_bytes"]  # weights + KV cache, measured when loaded
     v1 = httpx.get(both.url + "/v1/models", timeout=TIMEOUT).json()["data"]
-    assert [m["id"] for m in v1] == [GEMMA, SMOL, "broken"]
+    assert [m["id"] for m in v1] == [GEMMA, SMOL, "broken", "gone"]
 
 
 def test_corrupt_file_is_listed_unusable_and_refused(both):
@@ -78,6 +79,16 @@ def test_corrupt_file_is_listed_unusable_and_refused(both):
     assert bad["status"] == "unusable" and "truncated" in bad["error"]
     r = post(both, "/v1/completions", {"model": "broken", "prompt": TEXT, "max_tokens": 2})
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_unusable", r.text
+
+
+def test_a_model_file_deleted_while_unloaded_is_a_clear_409(both):
+    assert rows(both)["gone"]["status"] == "unloaded"
+    (both.db.parent / "more" / "gone.gguf").unlink()
+    r = post(both, "/v1/completions", {"model": "gone", "prompt": TEXT, "max_tokens": 2})
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert err["code"] == "model_unusable" and "gone" in err["message"] and "/" not in err["message"], err
+    assert rows(both)["gone"]["status"] == "unloaded"  # listed still; tried again if the file comes back
 
 
 def test_each_model_tokenizes_with_its_own_tokenizer(both):

@@ -85,6 +85,12 @@ class Entry:
         return self.leases > 0 or (s is not None and (s.active > 0 or s.queued > 0))
 
 
+class ModelUnavailable(Exception):
+    """Raised by a load function when the model's file cannot be used (deleted since
+    start-up, damaged): the client gets 409 model_unusable with this message; the model
+    stays listed, and is tried again on the next request (the file may be put back)."""
+
+
 def not_found(name: str, names: Iterable[str]) -> RequestError:
     listed = ", ".join(names)
     return RequestError(f"no model named {name!r}; this server serves: {listed}", code="model_not_found",
@@ -253,6 +259,9 @@ class Registry:
                 self._cv.notify_all()
             if isinstance(ex, RequestError):
                 raise
+            if isinstance(ex, ModelUnavailable):
+                raise RequestError(f"the model {e.name!r} cannot be used: {ex}", code="model_unusable", status=409,
+                                   param="model") from None
             if isinstance(ex, Exception):
                 raise RequestError(f"the model {e.name!r} could not be loaded: {ex}", code="model_error",
                                    status=503, param="model") from None

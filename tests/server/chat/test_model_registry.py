@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nanochat_lite.server.chat.models import MB, Loaded, ModelSpec, Registry
+from nanochat_lite.server.chat.models import MB, Loaded, ModelSpec, ModelUnavailable, Registry
 from nanochat_lite.server.wire.errors import RequestError
 
 
@@ -235,3 +235,13 @@ def test_unload_and_close() -> None:
     with pytest.raises(RequestError) as e:
         reg.acquire("a")
     assert e.value.code == "server_shutdown"
+
+
+def test_a_file_gone_or_damaged_is_a_409_and_tried_again_later() -> None:
+    loads = Loads(fail={"b": ModelUnavailable("its file is gone")})
+    reg = Registry([spec("a", 1), spec("b", 1)], loads)
+    with pytest.raises(RequestError) as e:
+        reg.acquire("b")
+    assert (e.value.status, e.value.code) == (409, "model_unusable") and "its file is gone" in e.value.message
+    del loads.fail["b"]  # the file is back
+    assert use(reg, "b") == "b"
