@@ -29,8 +29,9 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...documents.events import document_frames
-from ...documents.service import DocumentService, DocumentsUnavailable
+from ...documents.service import DocumentService
 from ...documents.store import Document
+from ...history import StorageUnavailable
 from ..chat import turns
 from ..chat.answers import Answer, check_answer_id
 from ..chat.runtime import Runtime
@@ -217,9 +218,8 @@ class Connection:
             try:
                 await svc.opened()  # the first document request may come before serve opened them
                 doc = await asyncio.to_thread(svc.library.store.get, doc_id, owner=self.who.owner) if valid else None
-            except DocumentsUnavailable as e:
-                await self.send({**error_frame(RequestError(f"{e}; retry in a moment", code="storage_unavailable",
-                                                            status=503)), "document_id": doc_id})
+            except StorageUnavailable as e:  # DocumentsUnavailable, or a database that is down
+                await self.send({**error_frame(_store_down(e)), "document_id": doc_id})
                 return
             if doc is None:
                 frame = error_frame(RequestError(f"no document with id {doc_id[:80]!r}", code="document_not_found"))
@@ -233,11 +233,16 @@ class Connection:
     async def _watch(self, svc: DocumentService, doc: Document) -> None:
         me = asyncio.current_task()
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the socket closed: stop following
-            async for frame in document_frames(svc, doc, self.who.owner, every_s=PROGRESS_EVERY_S):
-                if frame["type"] != "progress" and me is not None:
-                    # Free before the client hears the end: a watch it sends right after is not refused.
+            try:
+                async for frame in document_frames(svc, doc, self.who.owner, every_s=PROGRESS_EVERY_S):
+                    if frame["type"] != "progress" and me is not None:
+                        # Free before the client hears the end: a watch it sends right after is not refused.
+                        self.watches.discard(me)
+                    await self.send({**frame, "document_id": doc.id})
+            except StorageUnavailable as e:  # another replica's document, followed through a store now down
+                if me is not None:
                     self.watches.discard(me)
-                await self.send({**frame, "document_id": doc.id})
+                await self.send({**error_frame(_store_down(e)), "document_id": doc.id})
 
     async def leave(self) -> None:
         """The socket is gone: stop following (the answer runs on for the resume window)."""
@@ -247,6 +252,11 @@ class Connection:
             self.current.cancel()
             with contextlib.suppress(BaseException):
                 await self.current
+
+
+def _store_down(e: StorageUnavailable) -> RequestError:
+    """A watch the store cannot answer now: the page asks again (the indexing goes on)."""
+    return RequestError(f"{e}; watch again in a moment", code="storage_unavailable", status=503)
 
 
 async def websocket_chat(ws: WebSocket) -> None:

@@ -151,3 +151,31 @@ def test_a_socket_follows_at_most_max_watches_documents(sock: Frames, docs: Docu
     while frame.get("document_id") != ids[-1]:
         frame = sock.next()
     assert frame == {"type": "progress", "done": 0, "total": 9, "document_id": ids[-1]}
+
+
+def test_a_store_that_goes_down_is_storage_unavailable_and_the_socket_lives(
+        sock: Frames, docs: DocumentService, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nanochat_lite.history import StorageUnavailable
+
+    store = docs.library.store
+    doc = store.add(LOCAL_OWNER, "default", "elsewhere.pdf", "pdf", 10)  # not this indexer's: followed in the store
+    sock.send({"type": "watch_document", "id": doc.id})
+    assert sock.next() == {"type": "progress", "done": 0, "total": 0, "document_id": doc.id}
+
+    def down(*_args: object, **_kw: object) -> None:
+        raise StorageUnavailable("the document store cannot be used right now (connection refused)")
+
+    monkeypatch.setattr(store, "get", down)
+    frame = sock.next()
+    while frame["type"] == "progress":
+        frame = sock.next()
+    assert frame["code"] == "storage_unavailable" and frame["document_id"] == doc.id, frame
+    assert "connection refused" in frame["message"] and "watch again" in frame["message"]
+    sock.send({"type": "watch_document", "id": doc.id})  # down when the watch starts: the same frame at once
+    frame = sock.next()
+    assert frame["code"] == "storage_unavailable" and frame["document_id"] == doc.id, frame
+    monkeypatch.undo()
+    store.fail(doc.id, "interrupted", "the server stopped while it was indexed")
+    sock.send({"type": "watch_document", "id": doc.id})  # back: the watch works again on the same socket
+    assert sock.next() == {"type": "error", "code": "interrupted", "document_id": doc.id,
+                           "message": "the server stopped while it was indexed"}
