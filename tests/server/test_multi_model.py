@@ -10,10 +10,12 @@ Memory (file + KV cache for --ctx-size 1024, i.e. a 2,048-token pool): SmolLM2
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from nanochat_lite import models
 from serverproc import ServerProc
@@ -120,6 +122,18 @@ def test_a_conversation_keeps_its_model(both):
     assert later.json()["data"]["model"] == SMOL
     without = post(both, "/api/chat", {"message": "Say hi.", "max_tokens": 4})  # a new conversation: the default
     assert without.status_code == 400 and without.json()["error"]["code"] == "no_chat_template", without.text
+
+
+def test_websocket_chat_frame_picks_the_model(both):
+    with connect(both.ws_url, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "chat", "message": "Say hi.", "model": "nope"}))
+        frame = json.loads(ws.recv(timeout=TIMEOUT))
+        assert frame["type"] == "error" and frame["code"] == "model_not_found", frame
+        ws.send(json.dumps({"type": "chat", "message": "Say hi.", "model": SMOL, "max_tokens": 4}))
+        frames = [json.loads(ws.recv(timeout=TIMEOUT))]
+        while frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
+    assert frames[0]["type"] == "start" and frames[0]["model"] == SMOL and frames[-1]["type"] == "done", frames
 
 
 def test_ten_simultaneous_requests_over_both_models_all_complete(both):
