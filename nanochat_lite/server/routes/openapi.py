@@ -71,6 +71,16 @@ class _Op:
     content_type: str = "application/json"
 
 
+# The chat doors' `documents` field (checked by server/chat/grounding.py).
+_DOCUMENTS: dict[str, Any] = {
+    "description": "Ground the answer in your documents: true (your `default` collection), "
+                   "{\"collection\": NAME}, or a list of document ids (another key's id: 404 "
+                   "document_not_found). The answer then carries `citations` and `documents_mode`.",
+    "anyOf": [{"type": "boolean"}, {"type": "null"},
+              {"type": "object", "properties": {"collection": {"type": "string", "minLength": 1, "maxLength": 64}},
+               "required": ["collection"], "additionalProperties": False},
+              {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100}],
+}
 _LIMIT = ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, "page size (default 20)")
 _OWNER = ("owner", {"type": "string"}, "an admin key's read of another owner's conversations (a key's name, or * "
           "for every owner); other keys may name only themselves (403)")
@@ -83,13 +93,20 @@ _OPS: dict[tuple[str, str], _Op] = {
     ("get", "/api/stats"): _Op("Serving statistics", "counters, latency percentiles, tokens, memory, engine"),
     ("post", "/api/chat"): _Op("One chat turn, stored in a conversation",
                                "`{success: true, data: {message, conversation_id, usage, timings, ...}}`; with "
-                               "`stream: true`, server-sent events start, token..., done (or error)",
+                               "`stream: true`, server-sent events start, token..., done (or error). With "
+                               "`documents`, the answer (data, done) also holds `citations: [{n, document_id, "
+                               "name, page, text, score}]` and `documents_mode: search | whole`",
                                body=ChatRequest, generates=True, stream=True,
-                               errors={404: "no such conversation"}),
+                               errors={404: "no such conversation, or `documents` names a document that is not "
+                                            "yours (document_not_found)"}),
     ("post", "/v1/chat/completions"): _Op("Chat completion (OpenAI-compatible, stateless)",
                                           "a `chat.completion`; with `stream: true`, `chat.completion.chunk` "
-                                          "events ending in `data: [DONE]`",
-                                          body=OAIChatRequest, openai=True, generates=True, stream=True),
+                                          "events ending in `data: [DONE]`. With our `documents` extension, "
+                                          "`citations` and `documents_mode` beside `choices` (the last chunk "
+                                          "when streamed)",
+                                          body=OAIChatRequest, openai=True, generates=True, stream=True,
+                                          errors={404: "`documents` names a document that is not yours "
+                                                       "(document_not_found)"}),
     ("get", "/v1/models"): _Op("The served model (OpenAI-compatible)", "`{object: list, data: [model]}`",
                                openai=True),
     ("get", "/api/conversations"): _Op(
@@ -235,6 +252,8 @@ def document(routes: Iterable[Any], *, keys: bool = False) -> dict[str, Any]:
     types = [*body_types, WSChat, ApiError, OpenAIError]
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
     body_refs = dict(zip(types, schemas))
+    for name in ("ChatRequest", "WSChat", "OAIChatRequest"):  # msgspec says only "any" for the field
+        components[name]["properties"]["documents"] = _DOCUMENTS
     paths: dict[str, dict[str, Any]] = {}
     for path, method, _route in found:
         item = paths.setdefault(path, {})
