@@ -46,6 +46,7 @@ export const api = {
   health: () => call("GET", "/api/health"),
   stats: () => call("GET", "/api/stats"),
   limits: () => call("GET", "/api/limits"),
+  models: () => call("GET", "/api/models"),
   conversations: (limit, offset, owner) =>
     call("GET", `/api/conversations?limit=${limit}&offset=${offset}${ownerQ(owner)}`),
   conversation: (id, owner) => call("GET", `/api/conversations/${enc(id)}${ownerQ(owner, "?")}`),

@@ -5,7 +5,8 @@
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
 // tokenizer view), api.js (REST), auth.js (the API key, when the server wants one),
 // limits.js (the server's limits, which the page checks too), dom.js (el()),
-// documents.js (uploads, the documents panel, the "use my documents" switch), citations.js.
+// documents.js (uploads, the documents panel, the "use my documents" switch), citations.js,
+// models.js (the model picker, when the server serves several).
 // The open conversation lives in the URL hash (#c=<id>; #c=<id>&owner=<name> for another
 // key's, which an admin key reads read-only) and in localStorage, so a reload comes back to it.
 // With API keys, the top bar shows which key this page uses.
@@ -17,6 +18,7 @@ import { installCitationDialog } from "./citations.js";
 import { Dashboard } from "./dashboard.js";
 import { DocumentsPanel, DocumentsSwitch, Uploads, acceptDrops } from "./documents.js";
 import { limits, loadLimits, withLimits } from "./limits.js";
+import { ModelPicker } from "./models.js";
 import { SettingsPanel } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
 import { loadConversationId, saveConversationId } from "./store.js";
@@ -35,7 +37,9 @@ const socket = new ReconnectingSocket(wsUrl, wsProtocols);
 onKeyChange(() => socket.state !== "open" && socket.connect());
 const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
 const docsSwitch = new DocumentsSwitch($("#use-docs"));
-const session = new ChatSession(socket, (thread) => ({ ...settings.chatFields(!thread.id), ...docsSwitch.fields(thread) }));
+const picker = new ModelPicker($("#model-picker"), $("#model-box"));
+const session = new ChatSession(socket, (thread) => ({
+  ...settings.chatFields(!thread.id), ...docsSwitch.fields(thread), ...picker.fields(thread) }));
 const transcript = new Transcript($("#transcript"), $("#scroller"), (text) => send(text));
 
 let countdown = 0;
@@ -64,6 +68,7 @@ socket.addEventListener("state", () => {
   // conversation that could not load then can load now.
   sidebar.refresh();
   loadLimits(); // if they could not be read before
+  picker.refresh();
   if (failedLoad && failedLoad === thread.id) openConversation(failedLoad);
 });
 $("#conn-retry").addEventListener("click", () => socket.connect());
@@ -134,6 +139,7 @@ function newChat() {
   loadSeq++;
   thread = { id: null };
   docsSwitch.show(thread);
+  picker.show(thread);
   setReadOnly(null);
   transcript.clear();
   setHash(null);
@@ -149,6 +155,7 @@ async function openConversation(id, messageId, owner) {
   const pending = session.pending().filter((t) => t.thread.id === id);
   thread = pending.length ? pending[0].thread : { id };
   docsSwitch.show(thread);
+  picker.show(thread);
   setHash(id, owner);
   sidebar.highlight();
   closeSidebar();
@@ -188,6 +195,8 @@ async function openConversation(id, messageId, owner) {
       && messages[messages.length - 1].content === live.text && !messages[messages.length - 1].client_id) {
     messages = messages.slice(0, -1);
   }
+  picker.learn(thread, data.messages);
+  picker.show(thread);
   transcript.showHistory(messages);
   for (const t of pending) transcript.attach(t.view);
   // An answer still being written (this page was reloaded, or another tab asked):
@@ -222,6 +231,7 @@ function send(text) {
   }
   const view = transcript.addTurn(text);
   session.send(thread, text, view);
+  picker.watch(view, thread);
   showEmptyHint();
   return true;
 }
@@ -243,7 +253,10 @@ session.addEventListener("conversation", (ev) => {
   if (ev.detail === thread) setHash(thread.id);
   sidebar.refresh().then(() => syncTitle());
 });
-session.addEventListener("answered", () => sidebar.refresh().then(() => syncTitle()));
+session.addEventListener("answered", () => {
+  sidebar.refresh().then(() => syncTitle());
+  picker.refresh(); // the model that answered is loaded now (and another may have been unloaded)
+});
 // An answer that could not be resumed: the store has what was written of it.
 session.addEventListener("lost", (ev) => {
   if (ev.detail === thread && thread.id) openConversation(thread.id);
@@ -380,6 +393,7 @@ window.addEventListener("hashchange", () => {
 showConnection();
 autosize();
 loadLimits();
+picker.refresh();
 socket.connect();
 dashboard.start();
 api.health().then((h) => showModel(h.model), () => {});
@@ -394,6 +408,7 @@ else if (newThread) {
   newChat();
   thread = newThread;
   docsSwitch.show(thread);
+  picker.show(thread);
   for (const t of restored) if (t.thread === newThread) transcript.attach(t.view);
   showEmptyHint();
 } else newChat();

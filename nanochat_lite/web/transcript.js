@@ -197,6 +197,13 @@ export class TurnView {
     setBadge(this.answer, "reading your message…");
   }
 
+  /** The answer waits for its model to load (models.js reads /api/models); null: no more. */
+  modelLoading(name) {
+    if (!this.answer || this.answer.dataset.status !== "streaming") return;
+    setBadge(this.answer, name ? `loading model ${name}…` : "");
+    if (name) this.answer.querySelector(".msg-model").textContent = name;
+  }
+
   /** The connection dropped mid-answer; the answer goes on on the server. */
   reconnecting() {
     this._flush();
