@@ -17,7 +17,8 @@ import contextlib
 import copy
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ...documents.service import DocumentService
@@ -208,14 +209,17 @@ class Runtime:
         return self.scheduler, self.prompts
 
     @contextlib.asynccontextmanager
-    async def using(self, model: str | None, *, any_name: bool = False) -> AsyncIterator[Runtime]:
+    async def using(self, model: str | None, *, any_name: bool = False,
+                    waiting: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> AsyncIterator[Runtime]:
         """This runtime bound to the model named `model` (None: the default), loaded now
         if needed (the request waits; the load runs off the loop): a shallow copy sharing
         the store, stats, ledger and answers, whose scheduler, prompts, tokenizer and
         model_name are that model's. The model is not unloaded while the block runs (after
         it, a queued generation keeps it). `any_name`: a name that matches no model means
         the default when only one is served (OpenAI clients must send some name).
-        RequestError: 503 while the server starts (as `require_ready`), 404 unknown."""
+        RequestError: 503 while the server starts (as `require_ready`), 404 unknown.
+        `waiting`: while the model loads, called with a `loading` frame every
+        LOADING_FRAME_S (the WebSocket sends it: the page shows "loading model…")."""
         self.require_ready()
         reg = self.registry
         if reg is None:
@@ -226,7 +230,7 @@ class Runtime:
         if model is not None and any_name and len(reg) == 1:
             model = None
         got = reg.try_acquire(model)
-        entry, loaded = got if got is not None else await asyncio.to_thread(reg.acquire, model)
+        entry, loaded = got if got is not None else await _load_waiting(reg, model, waiting)
         try:
             yield self._bound(entry.name, loaded)
         finally:
@@ -290,3 +294,31 @@ class Runtime:
     async def embedder(self) -> Any:
         """The embeddings engine, loaded (once) on first use."""
         return await self.embedder_cache.aget()
+
+
+LOADING_FRAME_S = 1.0  # a `loading` frame this often while a request waits for its model
+
+
+async def _load_waiting(reg: Registry, model: str | None,
+                        waiting: Callable[[dict[str, Any]], Awaitable[None]] | None) -> tuple[Any, Loaded]:
+    """reg.acquire(model) off the loop, telling `waiting` how long it has taken every
+    LOADING_FRAME_S. If `waiting` fails (the client went away), the load goes on and the
+    model it acquired is released when it ends."""
+    if waiting is None:
+        return await asyncio.to_thread(reg.acquire, model)
+    entry = reg.entry(model)  # the name and size to show; raises model_not_found before any load
+    task = asyncio.ensure_future(asyncio.to_thread(reg.acquire, model))
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=LOADING_FRAME_S)
+            if done:
+                return task.result()
+            await waiting({"type": "loading", "model": entry.spec.name, "size_bytes": entry.spec.size_bytes,
+                           "elapsed_ms": round((time.monotonic() - started) * 1000)})
+    except BaseException:
+        if not task.done():
+            task.add_done_callback(lambda t: reg.release(t.result()[0])
+                                   if not t.cancelled() and t.exception() is None else None)
+        raise
+

@@ -27,7 +27,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,15 +191,17 @@ async def admit(rt: Runtime, who: Identity, prepared: Sequence[Prepared], params
 # -- a chat turn --------------------------------------------------------------------
 
 async def open_chat(rt: Runtime, req: ChatRequest, *, who: Identity,
-                    stop: threading.Event | None = None, resumable: bool = True) -> Opened:
+                    stop: threading.Event | None = None, resumable: bool = True,
+                    waiting: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> Opened:
     """A chat turn of `who`, started (begin_turn, then answers.py takes it over) or, for
-    a client_id `who` has already stored, the earlier answer. Raises RequestError."""
+    a client_id `who` has already stored, the earlier answer. Raises RequestError.
+    `waiting` hears `loading` frames while the model loads (Runtime.using)."""
     if rt.answers.closing:
         raise shutting_down()
     model = req.model
     if model is None and req.conversation_id is not None and rt.registry is not None and len(rt.registry) > 1:
         model = await asyncio.to_thread(_conversation_model, rt, req.conversation_id, who.owner)
-    async with rt.using(model) as bound:  # loads the model if needed; 404 model_not_found
+    async with rt.using(model, waiting=waiting) as bound:  # loads the model if needed; 404 model_not_found
         return await _open_chat(bound, req, who, stop, resumable)
 
 

@@ -172,7 +172,7 @@ class Connection:
 
     async def _chat(self, req: WSChat, stop_event: threading.Event) -> None:
         try:
-            opened = await turns.open_chat(self.rt, req, who=self.who, stop=stop_event)
+            opened = await turns.open_chat(self.rt, req, who=self.who, stop=stop_event, waiting=self.send)
             await self._relay(opened.answer, opened.replayed, -1)
         except RequestError as e:
             with contextlib.suppress(Exception):

@@ -137,3 +137,54 @@ def test_admin_unload_then_the_next_request_loads_again(client: TestClient, two:
     assert two.loads == 2
     r = client.post("/api/models/nope/unload")
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+
+
+def test_the_websocket_hears_loading_frames_while_its_model_loads(client: TestClient, two: Two,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from server_helpers import Frames
+
+    from nanochat_lite.server.chat import runtime
+
+    monkeypatch.setattr(runtime, "LOADING_FRAME_S", 0.01)
+    two.gate.clear()  # the load waits until the test has seen a loading frame
+    with client.websocket_connect("/ws") as ws:
+        frames = Frames(ws)
+        frames.send({"type": "chat", "message": "hello", "model": "other", "max_tokens": 2})
+        first = frames.next()
+        assert first["type"] == "loading" and first["model"] == "other" and first["size_bytes"] == 2 * MB, first
+        assert isinstance(first["elapsed_ms"], int)
+        two.gate.set()
+        seen = [first]
+        while seen[-1]["type"] != "done":
+            seen.append(frames.next())
+        kinds = [f["type"] for f in seen]
+        assert kinds.index("start") > max(i for i, k in enumerate(kinds) if k == "loading"), kinds
+        assert seen[-1]["model"] == "other"
+    assert two.loads == 1
+
+
+def test_a_request_that_goes_away_while_its_model_loads_does_not_keep_it_busy(two: Two) -> None:
+    """The load goes on without its client; the model it acquired is released, so it
+    can be unloaded (a busy model never is)."""
+    import asyncio
+
+    async def gone(frame: dict) -> None:
+        raise ConnectionError("the socket closed")
+
+    async def run() -> None:
+        two.gate.clear()
+        with pytest.raises(ConnectionError):
+            async with two.rt.using("other", waiting=gone):
+                pass
+        two.gate.set()
+        deadline = time.monotonic() + HANG_GUARD_S
+        while rows_of(two)["other"] != "loaded" or two.rt.registry.entry("other").busy:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert two.rt.registry.unload("other") is True  # type: ignore[union-attr]
+
+
+def rows_of(two: Two) -> dict[str, str]:
+    return {m["name"]: m["status"] for m in two.rt.registry.describe()}  # type: ignore[union-attr]
