@@ -37,7 +37,7 @@ const socket = new ReconnectingSocket(wsUrl, wsProtocols);
 onKeyChange(() => socket.state !== "open" && socket.connect());
 const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
 const docsSwitch = new DocumentsSwitch($("#use-docs"));
-const picker = new ModelPicker($("#model-picker"), $("#model-box"));
+const picker = new ModelPicker($("#model-picker"), $("#model-box"), $("#model-name"));
 const session = new ChatSession(socket, (thread) => ({
   ...settings.chatFields(!thread.id), ...docsSwitch.fields(thread), ...picker.fields(thread) }));
 const transcript = new Transcript($("#transcript"), $("#scroller"), (text) => send(text));

@@ -60,10 +60,12 @@ export function optionLabel(row) {
 }
 
 export class ModelPicker {
-  /** `select`: the <select>; `box`: what is hidden when the server serves one model. */
-  constructor(select, box) {
+  /** `select`: the <select>; `box`: what is hidden when the server serves one model;
+   * `header`: the top bar's model name, hidden while the picker names the models. */
+  constructor(select, box, header) {
     this.select = select;
     this.box = box;
+    this.header = header;
     this.rows = [];
     this.default = null;
     this.thread = { id: null };
@@ -158,6 +160,7 @@ export class ModelPicker {
 
   _render() {
     this.box.hidden = !this.active;
+    if (this.header) this.header.hidden = this.active; // the default's name: not the open chat's
     if (!this.active) return;
     // A new chat opened before the list was read: its default is known now.
     if (!this.thread.id && !this.thread.model) this.thread.model = this._defaultName();

@@ -93,6 +93,7 @@ def test_picker_lists_every_model_and_each_conversation_keeps_its_own(server, ne
     assert listed[GEMMA]["disabled"]
     assert listed["broken"]["disabled"] and " · unusable: " in listed["broken"]["label"], listed["broken"]
     assert page.input_value("#model-picker") == SMOL  # the server's default for a new chat
+    assert page.is_hidden("#model-name")  # the top bar's one name would not be the open chat's
 
     # The copy, chosen for this chat: it loads on demand (the default is unloaded to make
     # room) and its name is on the answer, live and as stored.
@@ -180,4 +181,5 @@ def test_one_model_server_shows_no_picker(echo_server, new_page):
     send(page, "one model")
     wait_answers(page, 1)
     assert page.is_hidden("#model-box")
+    assert page.inner_text("#model-name") == "echo"
     assert page.inner_text(".msg-assistant .msg-model") == "echo"
