@@ -28,7 +28,8 @@ def main() -> int:
             print(f"{store:<11}{r[store]}")
             continue
         for n, row in r[store].items():
-            print(f"{store:<11}{int(n):>8}{row['p50']:>9.2f}{row['p95']:>9.2f}{row['load_s']:>8.2f}{row['fill_s']:>8.1f}")
+            print(f"{store:<11}{int(n):>8}{row['p50']:>9.2f}{row['p95']:>9.2f}{row['load_s']:>8.2f}"
+                  f"{row['fill_s']:>8.1f}")
     print(f"load average {r['load_average_start']} at start, {r['load_average_end']} at end")
     return 0
 

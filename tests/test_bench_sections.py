@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import optout
 import pytest
 
 from nanochat_lite.bench import embeddings_speed, report, retrieval, suite, tokenizer_speed
@@ -31,7 +32,8 @@ from nanochat_lite.bench import embeddings_speed, report, retrieval, suite, toke
 TINY = {"COLD_RUNS": (1, 1), "DECODE_RUNS": (1, 1), "DECODE_TOKENS": (16, 16), "LATENCY_REQUESTS": (2, 2),
         "LATENCY_BUDGET_S": (120.0, 120.0), "LEVELS": [1, 2], "MAX_TOKENS": (8, 8), "TIME_BOX_S": (120.0, 120.0),
         "FAIR_PROMPT_TOKENS": (200, 200), "FAIR_STREAM_TOKENS": (24, 24), "FAIR_START_WAIT_S": (5.0, 5.0),
-        "FAIR_TIME_BOX_S": (120.0, 120.0), "FRONT_ROUNDS": (2, 2), "FRONT_MAX_TOKENS": (8, 8)}
+        "FAIR_TIME_BOX_S": (120.0, 120.0), "FRONT_ROUNDS": (2, 2), "FRONT_MAX_TOKENS": (8, 8),
+        "DOCS_PAGES": (6, 6), "DOCS_TURNS": (2, 2), "DOCS_SIZES": ((1000,), (1000,)), "DOCS_QUERIES": (10, 10)}
 NOT_GIVEN = {"llama-server": "not given (--llama-server PATH)",
              "nanochat-lite (serial baseline)": "not given (--baseline-cmd '...')"}
 
@@ -198,10 +200,42 @@ def check_retrieval(r: dict) -> None:
         assert all(0 < row[h]["p50"] <= row[h]["p95"] for h in ("vector", "bm25", "hybrid")), row
 
 
+def check_documents(r: dict) -> None:
+    assert r["status"] == "ok" and r["quick"]
+    for part in ("ingest", "search", "retrieval"):
+        assert "error" not in r[part], (part, r[part])
+    ingest = r["ingest"]
+    assert (ingest["pages"], ingest["pages_read"]) == (6, 6) and ingest["chunks"] >= 6
+    assert ingest["pages_per_s"] > 0 and ingest["chunks_per_s"] > 0 and ingest["batch_size"] > 0
+    assert ingest["accepted_s"] < ingest["seconds"]
+    assert _positive(ingest["ttft_idle_ms"]) and ingest["ttft_idle_ms"]["n"] == 2
+    assert _positive(ingest["ttft_indexing_ms"]) and 1 <= ingest["ttft_indexing_ms"]["n"] <= 2
+    search = r["search"]
+    stores = ["sqlite"] if "postgres" in optout.opted_out() else ["sqlite", "postgresql"]
+    for store in stores:  # PostgreSQL is required unless opted out, as for the store's own tests
+        assert list(search[store]) == ["1000"], search[store]
+        row = search[store]["1000"]
+        assert 0 < row["p50"] <= row["p95"] and row["load_s"] >= 0, (store, row)
+    q = r["retrieval"]
+    assert q["topics"] == retrieval.QUICK_TOPICS and list(q["sets"]) == ["help names", "topic keys",
+                                                                         "section headings"]
+    for name, s in [*q["sets"].items(), ("mean", q["mean"])]:
+        assert all(0 < s[m] <= 1 for m in ("hybrid", "hybrid, convex", "BM25 only", "vector only")), (name, s)
+    # The results.json the test left in --out beforehand is the previous run, shown beside.
+    assert r["previous"]["date"] == PREVIOUS_DATE and r["previous"]["figures"]["ingest"]["pages_per_s"] == 0.5
+
+
+PREVIOUS_DATE = "2026-12-01 10:00 UTC"
+# A results.json already in --out before the run: the sections that show previous figures read it.
+PREVIOUS = {"documents": {"status": "ok", "quick": True, "ingest": {"pages": 6, "pages_per_s": 0.5},
+                          "search": {}, "retrieval": {}}}
+
+
 CHECKS: dict[str, Callable[[dict], None]] = {
     "cold": check_cold, "decode": check_decode, "tokenizer": check_tokenizer, "latency": check_latency,
     "concurrency": check_concurrency, "memory": check_memory, "fairness": check_fairness,
-    "embeddings": check_embeddings, "front": check_front, "retrieval": check_retrieval}
+    "embeddings": check_embeddings, "front": check_front, "retrieval": check_retrieval,
+    "documents": check_documents}
 
 
 def test_every_section_has_a_check() -> None:
@@ -220,6 +254,10 @@ def test_section_runs_quick(section: str, chat_model_path: Path, model_home: Pat
     monkeypatch.setitem(tokenizer_speed.SIZES, True, tokenizer_speed.Sizes(32, 1, 20))
     monkeypatch.setitem(embeddings_speed.SIZES, True, (1, 1, 16))
     out = tmp_path / "out"
+    if section in PREVIOUS:
+        out.mkdir()
+        (out / "results.json").write_text(json.dumps({"header": {"date": PREVIOUS_DATE, "quick": True},
+                                                      "sections": {section: PREVIOUS[section]}}))
     rc = main(["bench", "--quick", "--out", str(out), "--threads", "1", "--home", str(model_home),
                "--sections", section])
     printed = capsys.readouterr().out

@@ -58,7 +58,7 @@ def _fill(store: DocumentStore, n: int, rng: np.random.Generator, vocab: list[st
         store.finish(doc.id, pages=None, chunks=chunks, vectors=vectors)
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def _percentile(ordered: list[float], q: int) -> float:
     """Nearest rank: [1..20] at 95 -> 19."""
     return ordered[max(0, min(len(ordered) - 1, -(-q * len(ordered) // 100) - 1))]
 

@@ -7,9 +7,11 @@ ratios of two measured medians and pass/miss against the project's targets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import documents_report
+from .table import Table
 
 MB = 1 << 20
 NANO = "nanochat-lite"
@@ -26,14 +28,6 @@ TARGETS = {
     "fairness_gap_ms": 1000.0,  # longest gap between two tokens of a running stream, at most
     "front_added_ttft_ms": 10.0,  # TTFT p50 through --engine openai:URL minus straight to the upstream, at most
 }
-
-
-@dataclass
-class Table:
-    title: str
-    note: str
-    header: list[str]
-    rows: list[list[str]] = field(default_factory=list)
 
 
 def _r(d: Any, unit: str = "") -> str:
@@ -273,7 +267,7 @@ def _retrieval(r: dict) -> list[Table]:
 
 RENDERERS = {"cold": _cold, "decode": _decode, "tokenizer": _tokenizer, "latency": _latency,
              "concurrency": _concurrency, "memory": _memory, "fairness": _fairness, "embeddings": _embeddings,
-             "front": _front, "retrieval": _retrieval}
+             "front": _front, "retrieval": _retrieval, "documents": documents_report.tables}
 
 
 def targets(results: dict) -> list[list[str]]:
@@ -310,6 +304,7 @@ def targets(results: dict) -> list[list[str]]:
         bound = TARGETS["front_added_ttft_ms"]
         rows.append(["front adds to TTFT p50 (--engine openai:URL)", f"≤ {bound:g} ms", f"{added:g} ms",
                      _verdict(added <= bound, added - bound, " ms")])
+    rows += documents_report.targets(s.get("documents"), _verdict)
     for name, v in s.get("tokenizer", {}).get("results", {}).items():
         if name.startswith("llama.cpp") and "our_speedup_encode" in v:
             worst = min(v["our_speedup_encode"], v["our_speedup_chat"])

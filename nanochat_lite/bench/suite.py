@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the module stays importable for --help without the bench ex
     from .peers import PeerOptions
 
 SECTIONS = ("cold", "decode", "tokenizer", "latency", "concurrency", "memory", "fairness", "embeddings", "front",
-            "retrieval")
+            "retrieval", "documents")
 CTX = 2048  # context per conversation, the same for every server (llama_cpp.server's default)
 # llama-server in the serving sections: 10 slots sharing one KV cache of 8192 cells when the
 # build has --kv-unified (else CTX per slot), so 10 simultaneous chats all get a slot.
@@ -46,6 +46,11 @@ FAIR_PROMPT_TOKENS, FAIR_STREAM_TOKENS = (3000, 1500), (1024, 256)
 FAIR_CTX = 8192  # the long prompt and three answers fit; 4 slots for llama-server
 FAIR_START_WAIT_S, FAIR_TIME_BOX_S = (30.0, 15.0), (240.0, 90.0)
 FRONT_ROUNDS, FRONT_MAX_TOKENS = (20, 8), (32, 32)  # requests per path, tokens per answer
+# Documents (issue 21): PDF pages uploaded, chat turns timed idle and while it indexes,
+# stored chunks searched (synthetic) and searches per size.
+DOCS_PAGES, DOCS_TURNS = (300, 20), (8, 3)
+DOCS_SIZES: tuple[tuple[int, ...], tuple[int, ...]] = ((1_000, 10_000, 100_000), (1_000,))
+DOCS_QUERIES = (200, 40)
 # The CPU's SIMD flags worth naming beside the instruction sets llama.cpp was built with
 # (an AVX2 wheel on an AVX-512 machine leaves speed unused).
 SIMD_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -135,7 +140,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: list[str],
-                 opts: PeerOptions) -> dict[str, Callable[[], Any]]:
+                 opts: PeerOptions, previous: dict[str, Any] | None = None) -> dict[str, Callable[[], Any]]:
     """Section name -> a call that measures it. latency/concurrency/memory share one start of the servers."""
     from ..tokenizer import Tokenizer
     from . import embedding, fairness, latency, peers, serving, tokenization
@@ -204,23 +209,40 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
 
         return quality.run(quick, model_dir=models.ensure(home, models.DEFAULT_EMBEDDING))
 
+    def documents() -> dict:
+        from . import documents_bench
+
+        return documents_bench.run(model, threads, CTX, home, quick=quick, pages=DOCS_PAGES[q], turns=DOCS_TURNS[q],
+                                   sizes=DOCS_SIZES[q], queries=DOCS_QUERIES[q], serve_args=opts.serve_args,
+                                   previous=previous, log=_say)
+
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick, log=_say),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
             "fairness": fair, "embeddings": embeddings, "front": front,
-            "retrieval": retrieval}
+            "retrieval": retrieval, "documents": documents}
 
 
 def run_suite(model: Path, home: Path, threads: int, quick: bool, wanted: list[str], opts: PeerOptions,
-              out_dir: Path) -> int:
-    """Run the `wanted` sections in order, print the tables, write results.json, report.md and plots."""
-    from . import report
+              out_dir: Path, previous: Path | None = None) -> int:
+    """Run the `wanted` sections in order, print the tables, write results.json, report.md and plots.
+    `previous`: an earlier results.json (or its folder) whose documents figures are shown
+    beside today's; by default the one already in `out_dir`, read before it is replaced."""
+    from . import documents_bench, report
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    before = None
+    if "documents" in wanted:
+        try:
+            before = documents_bench.previous_figures(previous or out_dir)
+        except ValueError as e:
+            if previous is not None:  # given on purpose: say so; a stray file in --out is only noted
+                raise
+            _say(f"(no previous figures: {e})")
     started = time.perf_counter()
     header = build_header(model, home, threads, quick, wanted, opts)
     _say("\n".join(report.header_lines({**header, "duration_s": None, "load_average_end": None})))
     results: dict[str, Any] = {"header": header, "sections": {}}
-    fns = _section_fns(model, threads, quick, home, wanted, opts)
+    fns = _section_fns(model, threads, quick, home, wanted, opts, before)
     for name in wanted:
         _say(f"\n== {name} ==")
         t0 = time.perf_counter()

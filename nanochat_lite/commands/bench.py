@@ -2,6 +2,7 @@
 
     nanochat-lite bench [--quick] [--out DIR] [--threads N] [--sections cold,latency,...]
                         [--llama-server PATH] [--llama-bench PATH] [--baseline-cmd '...'] [--serve-args '...']
+                        [--previous OLD/results.json]
 
 Writes `results.json`, `report.md` and PNG plots into DIR (default ./bench-out) and
 prints the same tables. What runs and how is `nanochat_lite.bench.suite`; this module
@@ -36,6 +37,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sections", help=f"comma-separated subset of: {','.join(SECTIONS)} (default: all)")
     p.add_argument("--model", "-m", help="a known model name or a .gguf path (default smollm2-135m-instruct)")
     p.add_argument("--home", help="model cache folder (env NANOCHAT_LITE_HOME)")
+    p.add_argument("--previous", metavar="PATH", help="an earlier run's results.json (or its folder): the documents "
+                   "section shows its figures beside today's (default: the one already in --out, if any)")
     peers = p.add_argument_group("peers", "servers to compare with; each one left out is reported as such")
     peers.add_argument("--llama-server", metavar="PATH", help="a llama.cpp llama-server binary (cold start, "
                        f"concurrency with --parallel {LLAMA_SERVER_PARALLEL}, latency, memory, fairness)")
@@ -58,9 +61,27 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
     wanted = sections_arg(args.sections)
     opts = peer_options(args)
+    previous = previous_arg(getattr(args, "previous", None))
     model, _name = resolve_model(config)
     return run_suite(model, config.home, config.threads, bool(args.quick), wanted, opts,
-                     Path(args.out).expanduser())
+                     Path(args.out).expanduser(), previous=previous)
+
+
+def previous_arg(value: str | None) -> Path | None:
+    """--previous: an existing results.json of an earlier run, or a folder holding one."""
+    if not value:
+        return None
+    from ..bench.documents_bench import previous_figures
+
+    path = Path(value).expanduser()
+    if not (path.is_file() or (path / "results.json").is_file()):
+        raise CLIError(f"--previous {value}: no results.json there; give an earlier run's results.json "
+                       "(or the --out folder it was written to)")
+    try:
+        previous_figures(path)
+    except ValueError as e:
+        raise CLIError(f"--previous: {e}") from e
+    return path
 
 
 def sections_arg(value: str | None) -> list[str]:
