@@ -8,6 +8,9 @@ runs, 32-token answers instead of 64); nothing is extrapolated. Peers that were 
 given or are not installed are reported as such (see `peers.py`); peers that load native
 code into Python run in child processes, and one that dies is its row, "crashed (signal
 N)" (see `isolate.py`). The header names the llama.cpp build (`llama_cpp_build`).
+The documents section shows the previous run's figures beside today's: those of
+`--previous`, else of the results.json already in the output folder (read before it is
+replaced; see documents_bench.py).
 """
 
 from __future__ import annotations
@@ -209,17 +212,20 @@ def _section_fns(model: Path, threads: int, quick: bool, home: Path, wanted: lis
 
         return quality.run(quick, model_dir=models.ensure(home, models.DEFAULT_EMBEDDING))
 
-    def documents() -> dict:
-        from . import documents_bench
-
-        return documents_bench.run(model, threads, CTX, home, quick=quick, pages=DOCS_PAGES[q], turns=DOCS_TURNS[q],
-                                   sizes=DOCS_SIZES[q], queries=DOCS_QUERIES[q], serve_args=opts.serve_args,
-                                   previous=previous, log=_say)
-
     return {"cold": cold, "decode": decode, "tokenizer": lambda: tokenization.run(str(model), quick, log=_say),
             "latency": served("latency"), "concurrency": served("concurrency"), "memory": served("memory"),
             "fairness": fair, "embeddings": embeddings, "front": front,
-            "retrieval": retrieval, "documents": documents}
+            "retrieval": retrieval, "documents": lambda: _documents(model, threads, quick, home, opts, previous)}
+
+
+def _documents(model: Path, threads: int, quick: bool, home: Path, opts: PeerOptions,
+               previous: dict[str, Any] | None) -> dict[str, Any]:
+    from . import documents_bench
+
+    q = 1 if quick else 0
+    return documents_bench.run(model, threads, CTX, home, quick=quick, pages=DOCS_PAGES[q], turns=DOCS_TURNS[q],
+                               sizes=DOCS_SIZES[q], queries=DOCS_QUERIES[q], serve_args=opts.serve_args,
+                               previous=previous, log=_say)
 
 
 def run_suite(model: Path, home: Path, threads: int, quick: bool, wanted: list[str], opts: PeerOptions,
