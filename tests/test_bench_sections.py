@@ -11,7 +11,8 @@ figures or says it crashed. Ollama is no peer of the bench (it is one more upstr
 `--engine openai:URL`), so there is no row to check.
 
 Sizes: the suite's constants are shrunk here (one thread, 1-2 runs, 8-24-token answers,
-a 200-token "long" prompt, 32 KiB of tokenizer text, 16 embedding texts) so that the whole
+a 200-token "long" prompt, 32 KiB of tokenizer text, 16 embedding texts, a 6-page PDF and
+1k stored chunks for the documents) so that the whole
 file takes about two minutes on a quiet 2-core machine.
 """
 
