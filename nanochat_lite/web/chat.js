@@ -188,6 +188,9 @@ export class ChatSession extends EventTarget {
       case "progress":
         if (!turn.answer) turn.view.progress();
         break;
+      case "loading": // its model loads on demand (no seq: not part of the answer); about every second
+        if (!turn.started) turn.view.modelLoading(frame.model, frame.elapsed_ms);
+        break;
       case "start":
         turn.started = true;
         turn.answerId = frame.answer_id || null;

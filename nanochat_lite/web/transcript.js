@@ -165,6 +165,7 @@ export class TurnView {
     this.text = text;
     this._pending = null;
     this._frame = 0;
+    this._waited = ""; // " 3 s": how long the answer has waited for its model (the server's count)
   }
 
   queued(why) {
@@ -197,10 +198,12 @@ export class TurnView {
     setBadge(this.answer, "reading your message…");
   }
 
-  /** The answer waits for its model to load (models.js reads /api/models); null: no more. */
-  modelLoading(name) {
+  /** The answer waits for its model to load (the socket's "loading" frames, and models.js
+   * reading /api/models); null: no more. */
+  modelLoading(name, elapsedMs) {
     if (!this.answer || this.answer.dataset.status !== "streaming") return;
-    setBadge(this.answer, name ? `loading model ${name}…` : "");
+    if (elapsedMs != null) this._waited = elapsedMs >= 1000 ? ` ${Math.round(elapsedMs / 1000)} s` : "";
+    setBadge(this.answer, name ? `loading model ${name}…${this._waited}` : "");
     if (name) this.answer.querySelector(".msg-model").textContent = name;
   }
 
