@@ -166,6 +166,7 @@ export class TurnView {
     this._pending = null;
     this._frame = 0;
     this._waited = ""; // " 3 s": how long the answer has waited for its model (the server's count)
+    this._loading = false; // the badge says "loading model …"
   }
 
   queued(why) {
@@ -190,6 +191,7 @@ export class TurnView {
 
   started(frame) {
     this.answer.dataset.started = "1";
+    if (this._loading) setBadge(this.answer, ""); // loaded: the answer runs now
     this.answer.querySelector(".msg-model").textContent = frame.model || "";
   }
 
@@ -201,9 +203,11 @@ export class TurnView {
   /** The answer waits for its model to load (the socket's "loading" frames, and models.js
    * reading /api/models); null: no more. */
   modelLoading(name, elapsedMs) {
-    if (!this.answer || this.answer.dataset.status !== "streaming") return;
+    // Once it has started (or ended), the model is loaded: a late poll's answer is stale.
+    if (!this.answer || this.answer.dataset.status !== "streaming" || this.answer.dataset.started) return;
     if (elapsedMs != null) this._waited = elapsedMs >= 1000 ? ` ${Math.round(elapsedMs / 1000)} s` : "";
     setBadge(this.answer, name ? `loading model ${name}…${this._waited}` : "");
+    this._loading = Boolean(name);
     if (name) this.answer.querySelector(".msg-model").textContent = name;
   }
 
