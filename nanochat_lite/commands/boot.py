@@ -74,6 +74,19 @@ def _bind(config: Config):
     return sock
 
 
+def _port_of(sock, port_file: str | None) -> int:
+    """The bound port (with --port 0, the one the OS picked), written to --port-file if
+    given; the socket is closed if it cannot be."""
+    port: int = sock.getsockname()[1]
+    if port_file:
+        try:
+            _write_port_file(Path(port_file), port)
+        except CLIError:
+            sock.close()
+            raise
+    return port
+
+
 def _write_port_file(path: Path, port: int) -> None:
     """--port-file: the port listened on, as soon as it is bound (before the model loads).
 
@@ -151,13 +164,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
     more = [] if config.engine else resolve_more(config, name)  # --model B..., --models-dir: errors before binding
     sock = _bind(config)
-    port = sock.getsockname()[1]  # with --port 0, the one the OS picked
-    if port_file := getattr(args, "port_file", None):
-        try:
-            _write_port_file(Path(port_file), port)
-        except CLIError:
-            sock.close()
-            raise
+    port = _port_of(sock, getattr(args, "port_file", None))
     store = _open_store(config)
     loader = _EngineLoader(path, name, config)
 

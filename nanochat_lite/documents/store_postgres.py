@@ -24,7 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from ..history import StorageUnavailable, StoreError
-from ..history.postgres import connect, redact
+from ..history.postgres_connect import connect, redact
 from .chunk import Chunk
 from .search import terms
 from .store import (

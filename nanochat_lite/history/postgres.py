@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import re
 import threading
 import time
 import uuid
@@ -73,9 +72,9 @@ from .store import (
 )
 from .postgres_schema import _TS_CONFIG, _WORD_CHARS, SCHEMA_VERSION, _migrate
 from .postgres_text import _dec, _enc, _prefix_query
+from .postgres_connect import _first_line, connect, redact
 from .text import MAX_QUERY_TERMS, _clean, _clean_title, make_title
 
-CONNECT_TIMEOUT_S = 5  # an unreachable server must not hang start-up
 _HEADLINE = f"StartSel={MARK_START}, StopSel={MARK_END}, MaxWords=16, MinWords=6, ShortWord=0"
 
 
@@ -85,9 +84,6 @@ _CONVERSATION_SELECT = """
     FROM conversations c"""
 _MESSAGE_COLUMNS = """id, conversation_id, role, content, status, created_at, prompt_tokens, completion_tokens,
     ttft_ms, duration_ms, model, params, client_id, answer_id, citations"""
-# A write waiting this long for another transaction's row lock gives up (StorageUnavailable),
-# as SQLite's busy timeout does: a client hears back instead of hanging.
-LOCK_TIMEOUT_MS = 5000
 
 
 def _owned(owner: str | None, column: str = "c.owner", joiner: str = "AND") -> tuple[str, tuple[str, ...]]:
@@ -95,46 +91,6 @@ def _owned(owner: str | None, column: str = "c.owner", joiner: str = "AND") -> t
     _owned("alice") -> (" AND c.owner = %s", ("alice",)); _owned(None) -> ("", ())"""
     checked = check_owner(owner, any_allowed=True)
     return ("", ()) if checked is None else (f" {joiner} {column} = %s", (checked,))
-
-
-def redact(url: str) -> str:
-    """The URL without its password: `postgresql://u:secret@h/db` -> `postgresql://u:***@h/db`."""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def connect(url: str, *, what: str = "conversations") -> psycopg.Connection[Any]:
-    """A connection to the PostgreSQL at `url` in the mode both stores (conversations and
-    documents) use: autocommit, each write in an explicit transaction; every commit waits
-    for its WAL to reach disk, whatever the server's default; a lock waits at most
-    LOCK_TIMEOUT_MS. Else StoreError naming the problem and the fix; `what` names the
-    stored things in it."""
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-    except psycopg.ProgrammingError as e:  # the URL itself is malformed
-        raise StoreError(
-            f"{redact(url)}: not a usable PostgreSQL URL ({_first_line(e)}). Expected "
-            "postgresql://user[:password]@host[:port]/database."
-        ) from e
-    except psycopg.OperationalError as e:
-        raise StoreError(
-            f"{redact(url)}: cannot connect to PostgreSQL ({_first_line(e)}). Check that the "
-            "server is running and reachable, that the user and database in the URL exist "
-            "(createdb NAME), and the password; or use a SQLite file with --db PATH."
-        ) from e
-    try:
-        encoding = conn.execute("SHOW server_encoding").fetchone()
-        if encoding is None or encoding[0] != "UTF8":
-            raise StoreError(
-                f"{redact(url)}: the database's encoding is {encoding and encoding[0]}, "
-                f"but {what} need UTF8. Create it with "
-                "`createdb --locale=C --template=template0 -E UTF8 NAME`."
-            )
-        conn.execute("SET synchronous_commit = on")
-        conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 class PostgresStore:
@@ -600,7 +556,3 @@ def _message(row: tuple[Any, ...]) -> Message:
     mid, cid, role, content, status, created_at, pt, ct, ttft, dur, model, params, client_id, answer_id, cited = row
     return Message(mid, cid, role, _dec(content) or "", status, created_at, pt, ct, ttft, dur, _dec(model),
                    None if params is None else json.loads(params), client_id, answer_id, *decode_citations(cited))
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
