@@ -20,7 +20,7 @@ from typing import Any, Mapping
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
                "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips",
-               "chat_template", "max_document_mb", "models_memory")
+               "chat_template", "max_document_mb", "models_memory", "kv_type")
 MAX_RESUME_WINDOW_S = 3600.0
 MAX_DOCUMENT_MB_LIMIT = 4096.0  # an upload is held in memory while it is parsed
 
@@ -54,6 +54,7 @@ class Config:
     parallel: int = 10
     max_queue: int = 64  # requests waiting for a slot; past it 503 server_busy
     kv_size: int | None = None  # KV cache shared by all slots; None = 2 × ctx_size
+    kv_type: str = "f16"  # "q8_0": half the KV memory, with flash attention (scripts/kv_settings.py)
     # Prefill chunk: between two chunks every other stream gets a token. Measured with
     # three streams running while a 3,070-token prompt arrives: longest gap 3.6 s at
     # 256, 1.9 s at 128, 0.89 s at 64, and the long prompt's first token as late
@@ -114,6 +115,8 @@ class Config:
             c.ctx_size = _int(env["NANOCHAT_LITE_CTX"], "NANOCHAT_LITE_CTX")
         if env.get("NANOCHAT_LITE_PARALLEL"):
             c.parallel = _int(env["NANOCHAT_LITE_PARALLEL"], "NANOCHAT_LITE_PARALLEL")
+        if env.get("NANOCHAT_LITE_KV_TYPE"):
+            c.kv_type = env["NANOCHAT_LITE_KV_TYPE"]
         if env.get("NANOCHAT_LITE_MAX_QUEUE"):
             c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
         if env.get("NANOCHAT_LITE_RESUME_WINDOW"):
@@ -168,6 +171,8 @@ class Config:
         if self.kv_size is not None and self.kv_size < self.ctx_size:
             raise ConfigError(f"--kv-size ({self.kv_size}) must be at least --ctx-size ({self.ctx_size}): "
                               "one conversation must fit in the shared cache")
+        if self.kv_type not in ("f16", "q8_0"):
+            raise ConfigError(f"--kv-type must be f16 or q8_0, got {self.kv_type!r} (NANOCHAT_LITE_KV_TYPE?)")
         if not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size must be between 16 and 4096 tokens, got {self.batch_size}")
         if not 0 <= self.resume_window <= MAX_RESUME_WINDOW_S:

@@ -49,7 +49,7 @@ def default_models_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 def _kv_bytes(path: Path, config: Config) -> int:
     from ..engines.local import kv_cache_bytes
 
-    return kv_cache_bytes(path, max(config.kv_size or 2 * config.ctx_size, config.ctx_size)) or 0
+    return kv_cache_bytes(path, max(config.kv_size or 2 * config.ctx_size, config.ctx_size), config.kv_type) or 0
 
 
 def spec_for(path: Path, name: str, config: Config) -> Any:

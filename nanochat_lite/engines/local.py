@@ -58,6 +58,20 @@ _LLAMA_CPP_FALLBACK_TEMPLATE = (
 _TOKEN_UNKNOWN, _TOKEN_CONTROL = 2, 3
 
 
+def _set_kv_type(p: Any, kv_type: str) -> str:
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    if kv_type == "q8_0":
+        p.cache_type_k = p.cache_type_v = GGML_TYPE_Q8_0
+        p.flash_attn_type = 1  # on: a quantized V cache is read only through flash attention
+    return kv_type
+
+
+# Bytes per number of each KV cache type (q8_0: blocks of 32 int8 and one f16 scale).
+KV_TYPES = {"f16": 2.0, "q8_0": 34 / 32}
+GGML_TYPE_Q8_0 = 8  # ggml's type number
+
+
 class _InternalAPI:
     """The engine's own HTTP listener, for this module only: loopback, random key.
 
@@ -110,11 +124,13 @@ class _InternalAPI:
 class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
                  kv_size: int | None = None, threads: int | None = None, batch: int = 64,
-                 name: str | None = None, chat_template: str | None = None) -> None:
+                 name: str | None = None, chat_template: str | None = None, kv_type: str = "f16") -> None:
         """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
         the KV cache shared by all `parallel` slots (default: 2 × n_ctx). `chat_template`
         (a Jinja source) replaces the model's own; without either, conversations are
-        refused (`NoChatTemplate`) and raw prompts work."""
+        refused (`NoChatTemplate`) and raw prompts work. `kv_type` "q8_0" stores K and V
+        in 8 bits (half the memory of "f16"), with flash attention, which llama.cpp needs
+        to read a quantized V."""
         import xllamacpp  # ~30 ms, no numpy
 
         self.model_path = Path(model_path)
@@ -135,6 +151,7 @@ class Engine:
         p.n_ctx = self.kv_size
         p.n_parallel = self.parallel
         p.kv_unified = True  # one pool: a long conversation may use what idle slots do not
+        self.kv_type = _set_kv_type(p, kv_type)
         p.n_batch = batch  # prefill chunk: other streams get a token between two chunks
         p.n_ubatch = batch
         p.cpuparams.n_threads = self.threads
@@ -200,7 +217,7 @@ class Engine:
     def describe_cache(self) -> int | None:
         """Bytes of the KV cache the engine allocated (f16 K and V), from the model's
         hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s)."""
-        self.kv_cache_bytes = kv_cache_bytes(self.model_path, self.kv_size)
+        self.kv_cache_bytes = kv_cache_bytes(self.model_path, self.kv_size, self.kv_type)
         return self.kv_cache_bytes
 
     def close(self) -> None:
@@ -374,8 +391,8 @@ class Engine:
                 return
 
 
-def kv_cache_bytes(path: str | os.PathLike[str], kv_size: int) -> int | None:
-    """Bytes of f16 K and V for `kv_size` tokens of the model at `path`, from its GGUF
+def kv_cache_bytes(path: str | os.PathLike[str], kv_size: int, kv_type: str = "f16") -> int | None:
+    """Bytes of K and V (`kv_type`) for `kv_size` tokens of the model at `path`, from its GGUF
     header (~0.1 s); None when the header does not say. Known before loading: the
     multi-model registry adds it to the file's size to see whether a model fits."""
     from ..gguf import GGUFError, read
@@ -389,7 +406,7 @@ def kv_cache_bytes(path: str | os.PathLike[str], kv_size: int) -> int | None:
         head_dim = int(meta.get(f"{arch}.attention.key_length", int(meta[f"{arch}.embedding_length"]) // heads))
     except (GGUFError, KeyError, ValueError, ZeroDivisionError, OSError):
         return None
-    return kv_size * layers * 2 * kv_heads * head_dim * 2  # K and V, 2 bytes each
+    return int(kv_size * layers * 2 * kv_heads * head_dim * KV_TYPES[kv_type])  # K and V
 
 
 @dataclass

@@ -178,10 +178,11 @@ class Scheduler:
         info: dict[str, Any] = {
             "slots": self.slots, "slots_in_use": self.active, "queued": self.queued, "max_queue": self.max_queue,
             "ctx_size": eng.n_ctx, "kv_size": eng.kv_size, "kv_cache_bytes": eng.kv_cache_bytes,
+            "kv_type": getattr(eng, "kv_type", None),
             "shared_prefix_tokens": self.prefix_tokens, "threads": eng.threads}
         health = getattr(eng, "health", None)
         if health is not None:  # a remote engine (remote.py): its upstream, not a cache here
-            info.update(ctx_size=eng.n_ctx or None, kv_size=None, threads=None, upstream=health())
+            info.update(ctx_size=eng.n_ctx or None, kv_size=None, kv_type=None, threads=None, upstream=health())
         return info
 
     # -- requests -----------------------------------------------------------------
