@@ -57,10 +57,10 @@ SECTION = {
                           "100000": {"p50": 30.0, "p95": 60.0, "load_s": 2.0, "fill_s": 90.0}},
                "postgresql": "not measured: psycopg is not installed (pip install 'nanochat-lite[postgres]')"},
     "retrieval": {"corpus": "pydoc_data.topics (Python 3.11.7)", "topics": 79, "chunks": 3000,
-                  "fusion": "rrf k=60", "convex": "convex 0.7 vector", "k": 5,
-                  "sets": {"help names": {"questions": 200, "phrasings": 4, "hybrid": 0.95, "hybrid, convex": 0.96,
+                  "fusion": "convex 0.7 vector", "other": "rrf k=60", "k": 5,
+                  "sets": {"help names": {"questions": 200, "phrasings": 4, "hybrid": 0.95, "hybrid, other": 0.96,
                                           "BM25 only": 0.8, "vector only": 0.9}},
-                  "mean": {"hybrid": 0.93, "hybrid, convex": 0.94, "BM25 only": 0.78, "vector only": 0.88}},
+                  "mean": {"hybrid": 0.93, "hybrid, other": 0.94, "BM25 only": 0.78, "vector only": 0.88}},
     "previous": None}
 
 
@@ -110,7 +110,7 @@ def test_tables_put_previous_beside_today(tmp_path: Path) -> None:
     assert search.rows == [["SQLite", "1,000", "1.2 / 3.4", "1 / 2", "0.01"],
                            ["SQLite", "100,000", "30 / 60", "-", "2"],
                            ["PostgreSQL", SECTION["search"]["postgresql"], "", "", ""]]
-    assert quality.header[2:4] == ["hybrid", "hybrid, convex 0.7 vector"]
+    assert quality.header[2:4] == ["hybrid", "hybrid, rrf k=60"]
     assert quality.rows[-1] == ["mean", "", "0.93", "0.94", "0.78", "0.88", "0.9 / 0.7 / 0.8"]
     # Without a previous run the column says so instead of showing numbers.
     fresh = documents_report.tables(SECTION)
@@ -118,15 +118,16 @@ def test_tables_put_previous_beside_today(tmp_path: Path) -> None:
     # Issue 21's targets: search p95 at 100k chunks and hybrid recall@5.
     targets = {r[0]: r for r in report.targets({"sections": {"documents": SECTION}})}
     assert targets["document search p95 at 100k chunks, SQLite"][2:] == ["60 ms", "missed by 10 ms"]
-    assert targets["documents: hybrid recall@5 (mean; rrf k=60)"][2:] == ["0.93", "met"]
+    assert targets["documents: hybrid recall@5 (mean; convex 0.7 vector)"][2:] == ["0.93", "met"]
 
 
 def test_the_server_fusion_is_one_the_retrieval_bench_measures() -> None:
     from nanochat_lite.bench import retrieval
     from nanochat_lite.documents import search
 
-    # Library.search fuses with search.rrf() at its default k: the figure called "hybrid".
-    assert documents_bench.SERVER_FUSION == f"rrf k={search.RRF_K}" and documents_bench.SERVER_FUSION in [
+    # Library.search fuses with search.convex() at its default weight: the figure called "hybrid".
+    assert documents_bench.SERVER_FUSION == f"convex {search.DEFAULT_VECTOR_WEIGHT} vector" and \
+        documents_bench.OTHER_FUSION == f"rrf k={search.RRF_K}" and documents_bench.SERVER_FUSION in [
         name.removeprefix("hybrid, ") for name in retrieval.FUSIONS] + list(retrieval.FUSIONS)
 
 

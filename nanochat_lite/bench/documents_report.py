@@ -99,8 +99,8 @@ def _search(r: dict[str, Any], prev: dict[str, Any]) -> Table:
 
 def _retrieval(r: dict[str, Any], prev: dict[str, Any]) -> Table:
     now, old = r.get("retrieval") or {}, prev.get("retrieval") or {}
-    methods = ("hybrid", "hybrid, convex", "BM25 only", "vector only")
-    t = Table("Documents: retrieval quality", "", ["questions", "n", "hybrid", f"hybrid, {now.get('convex', 'convex')}",
+    methods = ("hybrid", "hybrid, other", "BM25 only", "vector only")
+    t = Table("Documents: retrieval quality", "", ["questions", "n", "hybrid", f"hybrid, {now.get('other', 'other')}",
                                                    "BM25 only", "vector only", "previous hybrid / BM25 / vector"])
     failed = _failed(now)
     if failed:
@@ -108,8 +108,8 @@ def _retrieval(r: dict[str, Any], prev: dict[str, Any]) -> Table:
         return t
     t.note = (f"recall@{now['k']} on {now['corpus']} ({now['topics']} topics, {now['chunks']} chunks): the share "
               f"of questions with a chunk of the answering topic (section, for headings) in the top {now['k']}; "
-              f"hybrid = the fusion Library.search runs in the server ({now['fusion']}), beside retrieval.py's "
-              "default; the full-text half is retrieval.py's in-memory BM25, not the store's FTS5/tsvector. Mean "
+              f"hybrid = the fusion Library.search runs in the server ({now['fusion']}), beside "
+              "the fusion it ran before; the full-text half is retrieval.py's in-memory BM25, not the store's FTS5/tsvector. Mean "
               "over the phrasings asked (bench/retrieval.py has every phrasing and fusion).")
 
     def cells(d: Any, shown: tuple[str, ...] = ("hybrid", "BM25 only", "vector only")) -> list[str]:
