@@ -11,7 +11,7 @@ store's own (FTS5 / tsvector), limited to the owner (and collection) in SQL.
 Fusion: search.py's convex fusion at its default weight (0.7 vector, 0.3 text) of each
 half's top `CANDIDATES`, each half's scores min-max normalised over its candidates (so the
 stores' different full-text scales, bm25 and ts_rank, fuse alike). Measured through this
-class on SQLite (scripts/docs_recall_store.py, pydoc QA set, 1,012 questions x 4
+class on SQLite (scripts/docs_recall_store.py, pydoc QA set, 352 questions x 4
 phrasings): recall@5 0.848, against 0.761 with reciprocal rank fusion (k=60), which it
 used before.
 """
