@@ -92,9 +92,10 @@ def _pdf_string(text: str) -> str:
     return "(" + text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ")"
 
 
-def pdf(pages: list[list[str]], outline: list[tuple[str, int]]) -> bytes:
-    """A PDF whose page i shows the lines pages[i] (Helvetica 10 pt), with one bookmark
-    per (title, 0-based page) of `outline`."""
+def plain_pdf(pages: list[list[str]], *, size: int = 10, left: int = 50, top: int = 750, leading: int = 13) -> bytes:
+    """A PDF written by hand (so its text layer is known exactly) whose page i shows the
+    lines pages[i] in Helvetica `size` pt, from (left, top), `leading` pt apart (an empty
+    list: a blank page). tests/documents/docmake.py builds its PDFs on it."""
     objects: list[str] = []  # object i+1
     page_ids = [3 + 2 * i for i in range(len(pages))]
     font_id = 3 + 2 * len(pages)
@@ -103,7 +104,8 @@ def pdf(pages: list[list[str]], outline: list[tuple[str, int]]) -> bytes:
     for i, lines in enumerate(pages):
         objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
                        f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {page_ids[i] + 1} 0 R >>")
-        body = "BT /F1 10 Tf 50 750 Td 13 TL " + " ".join(f"{_pdf_string(line)} Tj T*" for line in lines) + " ET"
+        body = (f"BT /F1 {size} Tf {left} {top} Td {leading} TL "
+                + " ".join(f"{_pdf_string(line)} Tj T*" for line in lines) + " ET")
         objects.append(f"<< /Length {len(body.encode('latin-1'))} >>\nstream\n{body}\nendstream")
     objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
     out = io.BytesIO()
@@ -117,11 +119,17 @@ def pdf(pages: list[list[str]], outline: list[tuple[str, int]]) -> bytes:
     for offset in offsets:
         out.write(f"{offset:010d} 00000 n \n".encode())
     out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+def pdf(pages: list[list[str]], outline: list[tuple[str, int]]) -> bytes:
+    """plain_pdf (Helvetica 10 pt) with one bookmark per (title, 0-based page) of `outline`."""
+    data = plain_pdf(pages)
     if not outline:
-        return out.getvalue()
+        return data
     from pypdf import PdfReader, PdfWriter  # the documents room's PDF reader; bookmarks are its to write
 
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(out.getvalue())))
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
     for title, page in outline:
         writer.add_outline_item(title=title, page_number=page)
     result = io.BytesIO()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-
-def _pdf_string(text: str) -> str:
-    return "(" + text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ")"
+from nanochat_lite.bench.bookmake import plain_pdf
 
 
 def pdf(pages: list[list[str]], *, outline: list[tuple[str, int]] = (), user_password: str | None = None,
@@ -16,29 +14,7 @@ def pdf(pages: list[list[str]], *, outline: list[tuple[str, int]] = (), user_pas
     """A PDF whose page i shows the lines pages[i] in Helvetica (an empty list: a blank
     page). `outline` adds bookmarks (title, 0-based page); a password encrypts it (RC4,
     which pypdf opens without extra packages)."""
-    objects: list[str] = []  # object i+1
-    page_ids = [3 + 2 * i for i in range(len(pages))]
-    font_id = 3 + 2 * len(pages)
-    objects.append("<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(f"<< /Type /Pages /Kids [{' '.join(f'{p} 0 R' for p in page_ids)}] /Count {len(pages)} >>")
-    for i, lines in enumerate(pages):
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                       f"/Resources << /Font << /F1 {font_id} 0 R >> >> /Contents {page_ids[i] + 1} 0 R >>")
-        body = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"{_pdf_string(line)} Tj T*" for line in lines) + " ET"
-        objects.append(f"<< /Length {len(body.encode('latin-1'))} >>\nstream\n{body}\nendstream")
-    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1"))
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for offset in offsets:
-        out.write(f"{offset:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    data = out.getvalue()
+    data = plain_pdf(pages, size=12, left=72, top=720, leading=14)
     if not outline and user_password is None and owner_password is None:
         return data
     from pypdf import PdfReader, PdfWriter
