@@ -16,7 +16,6 @@ retried on another.
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import pwd
@@ -29,34 +28,26 @@ from pathlib import Path
 import pytest
 
 from optout import missing, skip_if_opted_out
+
+from nanochat_lite.bench import pgtemp
 from serverproc import free_port
 
 # fsync off: the tests kill processes, never the machine; a process kill loses nothing
 # committed either way, and the 2-core box is shared.
 _SERVER_OPTIONS = "-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=60"
-BINDIR_ENV = "NANOCHAT_PG_BINDIR"
-_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+BINDIR_ENV = pgtemp.BINDIR_ENV
 START_ATTEMPTS = 5  # ports tried when the picked one is taken meanwhile
 _FIX = ("install it (`apt-get install postgresql`, or run scripts/test.sh, which does), "
         f"or point {BINDIR_ENV} at its bin folder")
 
 
 def _bin_dir() -> Path:
-    """The folder with initdb, pg_ctl and postgres; FileNotFoundError says where we looked."""
-    if os.environ.get(BINDIR_ENV):
-        bindir = Path(os.environ[BINDIR_ENV])
-        lacking = [p for p in _PROGRAMS if not os.access(bindir / p, os.X_OK)]
-        if lacking:
-            raise FileNotFoundError(f"{BINDIR_ENV}={bindir} has no {', '.join(lacking)}")
-        return bindir
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).parent
-    raise FileNotFoundError("PostgreSQL's initdb is not in /usr/lib/postgresql/*/bin nor on PATH")
+    """The folder with initdb, pg_ctl and postgres, found as the benchmark finds it
+    (bench/pgtemp.bin_dir); FileNotFoundError says where we looked."""
+    try:
+        return pgtemp.bin_dir()
+    except pgtemp.PgUnavailable as e:
+        raise FileNotFoundError(str(e)) from None
 
 
 class PortTaken(RuntimeError):
