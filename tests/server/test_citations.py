@@ -140,6 +140,9 @@ def _api_chat(alice: httpx.Client) -> str:
     assert data["documents_mode"] == "search"
     cites_page_2(data["citations"], pdf_id)
     first = data["citations"]
+    print("\n/api/chat documents: true ->", data["documents_mode"], data["usage"], data["timings"])
+    for c in first:  # run with -s to see what was cited
+        print(f"  [{c['n']}] {c['name']} p. {c['page']} score {c['score']}: {c['text'][:70]!r}")
 
     # The stored message keeps them; the export lists them; the client_id sent again replays them.
     conv = alice.get(f"/api/conversations/{data['conversation_id']}").json()["data"]
