@@ -22,7 +22,7 @@ from serverproc import ServerProc
 
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
-LIGHT = ("--threads", "1", "--parallel", "2", "--ctx-size", "1024")
+LIGHT = ("--threads", "1", "--parallel", "2", "--ctx-size", "1024", "--kv-type", "f16")  # the memory figures below are f16 KV
 TEXT = "The capital of France is"
 TIMEOUT = 600.0  # a hang guard on a loaded 2-core machine, not a time limit
 
