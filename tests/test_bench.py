@@ -275,12 +275,12 @@ def test_serving_sections_real_numbers_and_report(chat_model_path: Path, model_h
     # The engine always reports its KV cache; llama-server's own log for this model (the
     # sample in test_kv_cache_size_reports) gives the size: 180 MiB for 8,192 cells. The
     # pool is 2 x --ctx-size cells.
-    assert (nano["kv_cache_bytes"], nano["kv_cache_source"]) == (  # q8_0 by default: 34 bytes a 32 numbers
-        2 * 1024 * SMOLLM2_135M_KV_BYTES_PER_CELL * 34 // 64, "/api/stats engine.kv_cache_bytes"), nano
+    assert (nano["kv_cache_bytes"], nano["kv_cache_source"]) == (
+        2 * 1024 * SMOLLM2_135M_KV_BYTES_PER_CELL, "/api/stats engine.kv_cache_bytes"), nano
     defaults = mem["defaults"]
     assert 0 < defaults["rss_bytes"] <= defaults["peak_rss_bytes"]
     assert (defaults["kv_cache_bytes"], defaults["kv_cache_source"]) == (
-        2 * 4096 * SMOLLM2_135M_KV_BYTES_PER_CELL * 34 // 64, "/api/stats engine.kv_cache_bytes"), defaults
+        2 * 4096 * SMOLLM2_135M_KV_BYTES_PER_CELL, "/api/stats engine.kv_cache_bytes"), defaults
     emb = mem["nanochat-lite + embeddings"]
     assert "error" not in emb, emb
     assert emb["rss_bytes"] > 0 and emb["peak_rss_bytes"] >= emb["rss_bytes"]

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--kv-size", type=int, help="KV cache tokens shared by all slots (default: 2 × ctx-size)")
     s.add_argument("--kv-type", choices=("f16", "q8_0"),
                    help="KV cache numbers: q8_0 takes half the memory of f16, with flash attention "
-                        "(env NANOCHAT_LITE_KV_TYPE; q8_0)")
+                        "(env NANOCHAT_LITE_KV_TYPE; f16)")
     s.add_argument("--resume-window", type=float, metavar="SECONDS",
                    help="an answer whose client dropped goes on this long, waiting for a resume; 0: cancel at once "
                         "(env NANOCHAT_LITE_RESUME_WINDOW; 30)")

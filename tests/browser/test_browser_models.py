@@ -20,7 +20,7 @@ from serverproc import ServerProc
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
 COPY = "smol-b"  # SmolLM2 again, under another file name: a second chat model that loads fast
-# f16 KV: the sizes below are that cache's (q8_0, the default, would fit two SmolLM2 in 250 MB).
+# f16 KV: the sizes below are that cache's (q8_0 would fit two SmolLM2 in 250 MB).
 ARGS = ("--threads", "1", "--parallel", "2", "--ctx-size", "1024", "--models-memory", "250", "--kv-type", "f16")
 TIMEOUT = 120_000  # ms; a hang guard on a loaded 2-core machine, not a speed bound
 
