@@ -55,8 +55,8 @@ class Config:
     max_queue: int = 64  # requests waiting for a slot; past it 503 server_busy
     kv_size: int | None = None  # KV cache shared by all slots; None = 2 × ctx_size
     # The KV cache's numbers. q8_0 (8 bits, with flash attention) measured against f16 on 2
-    # cores (scripts/kv_settings.py, 8,192 cells, load average 4): idle RSS 258 vs 342 MB,
-    # load 412 vs 480-558 ms, decode 50.5 vs 48.4-49.8 tok/s, prompt 139 vs 138-164 tok/s. But
+    # quiet cores (scripts/kv_settings.py, 8,192 cells): idle RSS 258 vs 342 MB, load 286 vs
+    # 330 ms, decode 91.7 vs 93.1 tok/s, prompt 230 vs 307 tok/s (a quarter slower). And
     # SmolLM2-135M, greedy, no longer recalls a name from two turns back with it ("My name is
     # Zorblax." ... "What is my name?" -> "My name is Elian", where f16 says Zorblax: the
     # restart test in tests/server/routes/test_conversations.py), so f16 stays the default.
