@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # numpy loads with the vectors, not with the web stack (cold 
 
 SCHEMA_VERSION = 1
 STATUSES = ("indexing", "ready", "error")
+DEFAULT_COLLECTION = "default"  # where an upload without a collection goes; chat's `documents: true`
+MAX_COLLECTION_CHARS = 64
 MAX_FULLTEXT_TERMS = 32  # of a query: more words add little and cost a scan each
 FULLTEXT_ROW_BUDGET = 20_000  # chunks the full-text half may score for one query (pick_terms)
 FULLTEXT_MIN_ROWS = 1_000  # a term in fewer chunks than this is never too common to rank by
@@ -116,6 +118,16 @@ class DocumentStore(Protocol):
     def interrupt_indexing(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+def collection_name(raw: object) -> str | None:
+    """The collection `raw` names, stripped, or None when it is not 1 to
+    MAX_COLLECTION_CHARS printable characters (the upload's field and chat's `documents`
+    take the same names): "  work " -> "work"; "" -> None; 7 -> None."""
+    if not isinstance(raw, str):
+        return None
+    name = raw.strip()
+    return name if 0 < len(name) <= MAX_COLLECTION_CHARS and name.isprintable() else None
 
 
 def final_event(doc: Document) -> dict[str, Any] | None:

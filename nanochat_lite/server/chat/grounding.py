@@ -31,14 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ...documents.service import DocumentService, DocumentsUnavailable
-from ...documents.store import ChunkHit, Document
+from ...documents.store import DEFAULT_COLLECTION, MAX_COLLECTION_CHARS, ChunkHit, Document, collection_name
 from ...generation import SamplingParams
 from ..wire import limits
 from ..wire.errors import RETRY_STORAGE_S, RequestError
 
 PARAM = "documents"
-DEFAULT_COLLECTION = "default"
-MAX_COLLECTION_CHARS = 64
 MAX_DOCUMENT_IDS = 100
 SEARCH_K = 8  # chunks retrieved for a prompt; those that fit the budget go in
 WHOLE_MAX_CHUNKS = 64  # more chunks than this are never counted for giving whole
@@ -103,12 +101,11 @@ def selection(raw: object) -> Selection | None:
     if isinstance(raw, dict):
         if set(raw) != {"collection"}:
             raise _bad(f"an object must be {{\"collection\": NAME}} and nothing else, got keys {sorted(raw)[:5]}")
-        name = raw["collection"]
-        if not isinstance(name, str) or not 0 < len(name.strip()) <= MAX_COLLECTION_CHARS \
-                or not name.strip().isprintable():
+        name = collection_name(raw["collection"])
+        if name is None:
             raise _bad(f"the collection must be 1 to {MAX_COLLECTION_CHARS} printable characters, "
-                       f"got {str(name)[:80]!r}")
-        return Selection(collection=name.strip())
+                       f"got {str(raw['collection'])[:80]!r}")
+        return Selection(collection=name)
     if isinstance(raw, list):
         if not raw:
             raise _bad("the list of document ids is empty; name at least one, or send true for the default "

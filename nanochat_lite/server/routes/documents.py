@@ -33,7 +33,7 @@ from ...documents.blocks import Block, DocumentError
 from ...documents.events import document_frames
 from ...documents.parse import parse, sniff
 from ...documents.service import DocumentService
-from ...documents.store import Document, DocumentStore
+from ...documents.store import DEFAULT_COLLECTION, MAX_COLLECTION_CHARS, Document, DocumentStore, collection_name
 from ..chat.runtime import Runtime
 from ..guards.security import identity
 from ..wire import limits
@@ -41,8 +41,6 @@ from ..wire.errors import RequestError, api_error, error_frame
 from ..wire.http import event_stream, json_response, read_body, sse
 from ..wire.schemas import decode
 
-DEFAULT_COLLECTION = "default"
-MAX_COLLECTION_CHARS = 64
 MAX_NAME_CHARS = 255
 DEFAULT_K = 5
 MAX_K = 50
@@ -81,8 +79,8 @@ def _doc_id(request: Request) -> str:
 def _collection(raw: object, param: str = "collection") -> str:
     if not isinstance(raw, str):
         raise RequestError(f"`{param}` must be text", param=param)
-    name = raw.strip()
-    if not name or len(name) > MAX_COLLECTION_CHARS or not name.isprintable():
+    name = collection_name(raw)
+    if name is None:
         raise RequestError(f"`{param}` must be 1 to {MAX_COLLECTION_CHARS} printable characters, got {raw[:80]!r}",
                            param=param)
     return name
