@@ -67,6 +67,35 @@ def _set_kv_type(p: Any, kv_type: str) -> str:
     return kv_type
 
 
+# The slot-save folder of each engine: "<prefix><pid>-<random>" in the temp folder, removed
+# when the engine closes; a process that was killed leaves its own behind (half a MB each).
+SLOT_DIR_PREFIX = "nanochat-slots-"
+
+
+def sweep_slot_dirs(folder: str | None = None) -> int:
+    """Remove the slot folders whose process is gone; how many. A folder of a live process
+    (this one's, another server's) is kept, as is one whose name carries no process id."""
+    root = Path(folder or tempfile.gettempdir())
+    removed = 0
+    for path in root.glob(f"{SLOT_DIR_PREFIX}*-*"):
+        pid_text = path.name[len(SLOT_DIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 # Bytes per number of each KV cache type (q8_0: blocks of 32 int8 and one f16 scale).
 KV_TYPES = {"f16": 2.0, "q8_0": 34 / 32}
 GGML_TYPE_Q8_0 = 8  # ggml's type number
@@ -144,7 +173,7 @@ class Engine:
         # two contexts let ten chats with the default 512-token answers run at once.
         self.kv_size = max(kv_size or 2 * n_ctx, n_ctx)
         self.batch = batch
-        self._slot_dir = tempfile.mkdtemp(prefix="nanochat-slots-")
+        self._slot_dir = tempfile.mkdtemp(prefix=f"{SLOT_DIR_PREFIX}{os.getpid()}-")
         key = secrets.token_urlsafe(24)
         p = xllamacpp.CommonParams()
         p.model.path = str(self.model_path)
@@ -216,8 +245,10 @@ class Engine:
 
     def describe_cache(self) -> int | None:
         """Bytes of the KV cache the engine allocated (f16 K and V), from the model's
-        hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s)."""
+        hyper-parameters; sets `kv_cache_bytes`. Reads the GGUF header (~0.1 s). Called once
+        the server is idle, so it also sweeps the slot folders of engines that died."""
         self.kv_cache_bytes = kv_cache_bytes(self.model_path, self.kv_size, self.kv_type)
+        sweep_slot_dirs()
         return self.kv_cache_bytes
 
     def close(self) -> None:
