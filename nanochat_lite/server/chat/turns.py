@@ -305,14 +305,8 @@ def _plan_turn(rt: Runtime, req: ChatRequest, prepare: Callable[..., Prepared], 
         messages.insert(0, {"role": "system", "content": system})
     if found is None:
         return conv, system, build_now(prepare, messages, params), None
-    grounded: list[grounding.Grounded] = []
-
-    def prepare_grounded(messages: list[dict[str, str]], params: SamplingParams) -> Prepared:
-        fitted, g = grounding.fit(rt.prompts, messages, params, found)
-        grounded.append(g)
-        return prepare(fitted, params)
-
-    return conv, system, build_now(prepare_grounded, messages, params), grounded[0]
+    fitter = grounding.Fitter(rt.prompts, found)  # as /v1 grounds its prompts
+    return conv, system, build_now(fitter.prepare, messages, params), fitter.grounded
 
 
 def _conversation_model(rt: Runtime, conversation_id: str, owner: str) -> str | None:
