@@ -183,6 +183,5 @@ def create_app(runtime: Runtime, extra_routes: list[BaseRoute] | None = None, *,
     app.state.key_usage = usage if security.keys else None
     app.state.metrics = metrics
     app.state.openapi = None  # the encoded document, built on first request
-    app.state.documents = documents
-    runtime.documents = documents  # chat turns grounded in documents read them through the runtime
+    runtime.documents = documents  # the document routes, the WebSocket's watch and grounded chat read it there
     return app

@@ -321,4 +321,3 @@ async def _load_waiting(reg: Registry, model: str | None,
             task.add_done_callback(lambda t: reg.release(t.result()[0])
                                    if not t.cancelled() and t.exception() is None else None)
         raise
-

@@ -59,7 +59,7 @@ class SearchRequest(msgspec.Struct, kw_only=True):
 async def _service(request: Request) -> DocumentService:
     """The server's documents, opened (off the loop) if this is their first use: `serve`
     opens them after the first answers, off the way to the first token."""
-    svc = getattr(request.app.state, "documents", None)
+    svc = request.app.state.runtime.documents
     if svc is None:
         raise RequestError("documents are not enabled on this server", code="not_available", status=404)
     assert isinstance(svc, DocumentService)

@@ -207,7 +207,7 @@ class Connection:
             await self.error(e.code, e.message)
             return
         frame: dict[str, Any] | None = None
-        svc = getattr(self.ws.app.state, "documents", None)
+        svc = self.rt.documents
         if not isinstance(svc, DocumentService):
             frame = error_frame(RequestError("documents are not enabled on this server", code="not_available"))
         elif len(self.watches) >= MAX_WATCHES:
