@@ -171,7 +171,8 @@ class Indexer:
         pages = max((b.page for b in blocks if b.page is not None), default=None)
         ids = self.library.store.finish(doc.id, pages=pages, chunks=chunks, vectors=vectors)
         if ids is None:  # deleted while it was being indexed: nothing stored
-            progress._set(state="error", code="not_found", message="the document was deleted while it was indexed")
+            progress._set(state="error", code="document_not_found",
+                          message="the document was deleted while it was indexed")
             return
         self.library.added(doc.owner, doc.collection, ids, vectors)
         progress._set(state="ready", chunks=len(ids))

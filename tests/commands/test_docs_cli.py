@@ -63,7 +63,7 @@ class FakeDocs:
         if h.command == "GET" and h.path.startswith("/api/documents/") and h.path.endswith("/events"):
             doc_id = h.path.split("/")[3]
             if doc_id not in self.events:
-                return _json(h, 404, error("not_found", f"no document with id {doc_id!r}"))
+                return _json(h, 404, error("document_not_found", f"no document with id {doc_id!r}"))
             h.send_response(200)
             h.send_header("Content-Type", "text/event-stream")
             h.end_headers()
@@ -354,7 +354,7 @@ def test_list_of_nothing_says_how_to_add(fake: FakeDocs, capsys: pytest.CaptureF
 
 
 def test_rm_removes_each_and_names_the_unknown(fake: FakeDocs, capsys: pytest.CaptureFixture[str]) -> None:
-    fake.refuse["/api/documents/zz"] = (404, "not_found", "no document with id 'zz'")
+    fake.refuse["/api/documents/zz"] = (404, "document_not_found", "no document with id 'zz'")
     assert docs(fake, "rm", "a1", "zz", "b/2") == 1
     out, err = capsys.readouterr()
     assert out == "removed a1\nremoved b/2\n"

@@ -196,6 +196,31 @@ def test_indexer_progress_and_yield_to_chat(spec: str, embedder: Embedder) -> No
         service.close()
 
 
+def test_a_document_deleted_while_indexing_ends_document_not_found(spec: str, embedder: Embedder) -> None:
+    chatting = threading.Event()
+    chatting.set()  # the indexer waits on it before its first batch: the delete lands meanwhile
+    calls = [0]
+
+    def busy() -> bool:
+        calls[0] += 1
+        return chatting.is_set()
+
+    service = open_documents(spec, embedder=lambda: embedder, busy=busy)
+    service.indexer.max_yield_s = 3600.0
+    try:
+        doc = service.library.store.add("alice", "default", "gone.txt", "text", 10)
+        progress = service.indexer.submit(doc, [Block(TOPICS["chess"], None, None)])
+        _wait(lambda: calls[0] >= 2, "the indexer to ask whether chat is busy")
+        assert service.library.store.delete(doc.id, owner="alice") == []
+        chatting.clear()
+        _wait(lambda: progress.state != "indexing", "the indexer to notice")
+        assert progress.snapshot() == {"type": "error", "code": "document_not_found",
+                                       "message": "the document was deleted while it was indexed"}
+        assert service.library.chunks_in_memory("alice") == 0
+    finally:
+        service.close()
+
+
 def test_sqlite_tables_sit_beside_the_conversations(tmp_path: Path) -> None:
     from nanochat_lite.history import open_store
 

@@ -14,7 +14,8 @@ unsupported format, 400 empty, corrupt or encrypted. Chunking and embedding happ
 the indexer's thread (documents/indexer.py), never on the event loop.
 
 Every request sees its owner's documents only (the key's name, `local` without keys):
-another owner's id is 404 `not_found`, exactly like an id that does not exist.
+another owner's id is 404 `document_not_found`, exactly like an id that does not exist (the
+code chat's `documents` field and the WebSocket's `watch_document` answer with too).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ async def _service(request: Request) -> DocumentService:
 
 
 def _not_found(doc_id: str) -> RequestError:
-    return RequestError(f"no document with id {doc_id!r}", code="not_found", status=404)
+    return RequestError(f"no document with id {doc_id!r}", code="document_not_found", status=404)
 
 
 def _doc_id(request: Request) -> str:

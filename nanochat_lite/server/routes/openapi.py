@@ -71,6 +71,7 @@ class _Op:
     content_type: str = "application/json"
 
 
+_NO_DOCUMENT = "no such document, or another owner's (document_not_found)"
 # The chat doors' `documents` field (checked by server/chat/grounding.py).
 _DOCUMENTS: dict[str, Any] = {
     "description": "Ground the answer in your documents: true (your `default` collection), "
@@ -146,17 +147,17 @@ _OPS: dict[tuple[str, str], _Op] = {
         query=(("collection", {"type": "string", "maxLength": 64}, "only this collection"),)),
     ("get", "/api/documents/{doc_id}"): _Op("One of your documents (with `progress` while indexing)",
                                             "`{success: true, data: {document}}`",
-                                            errors={404: "no such document (or another owner's)"}),
+                                            errors={404: _NO_DOCUMENT}),
     ("delete", "/api/documents/{doc_id}"): _Op("Delete a document with its chunks and vectors",
                                                "`{success: true, data: {deleted, id, chunks}}`",
-                                               errors={404: "no such document (or another owner's)"}),
+                                               errors={404: _NO_DOCUMENT}),
     ("get", "/api/documents/{doc_id}/events"): _Op(
         "A document's indexing as server-sent events",
         "`{type: progress, done, total}` at least every second while indexing, then `{type: ready, chunks}` "
         "or `{type: error, code, message}`; a finished document's final event at once",
-        content_type="text/event-stream", errors={404: "no such document (or another owner's)"}),
+        content_type="text/event-stream", errors={404: _NO_DOCUMENT}),
     ("post", "/api/documents/search"): _Op(
-        f"Search your documents: full text and vectors fused by reciprocal rank (k 1-{MAX_K}, default 5)",
+        f"Search your documents: full text and vectors, fused 0.3 : 0.7 (k 1-{MAX_K}, default 5)",
         "`{success: true, data: {results: [{score, document_id, name, page, heading, text}]}}`", body=SearchRequest,
         errors={404: "embeddings (and so documents) are not enabled", 503: "the embeddings model is not available"}),
     ("get", "/api/limits"): _Op("The limits the server checks", "`{success: true, data: {message_chars, ...}}`"),

@@ -117,9 +117,9 @@ def test_upload_index_search_and_owners(server: ServerProc) -> None:
     assert search(server, BOB, "highest mountain in Africa") == []
     for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/events")):
         r = httpx.request(method, f"{server.url}/api/documents/{atlas['id']}{path}", headers=auth(BOB))
-        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert r.status_code == 404 and r.json()["error"]["code"] == "document_not_found"
     missing = httpx.get(f"{server.url}/api/documents/{'0' * 32}", headers=auth(BOB))
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"  # the same answer
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "document_not_found"  # the same answer
 
     # Alice deletes: gone from the list, the reads and the search.
     r = httpx.delete(f"{server.url}/api/documents/{atlas['id']}", headers=auth(ALICE))

@@ -112,8 +112,8 @@ def test_a_chat_runs_while_a_document_is_watched(sock: Frames, docs: DocumentSer
         if "document_id" not in frame:
             chat.append(frame)
     assert chat[0]["type"] == "start" and chat[-1]["type"] == "done" and chat[-1]["message"] == "".join(REPLY)
-    progress._set(state="error", code="not_found", message="the document was deleted while it was indexed")
-    assert until_final(sock)[-1] == {"type": "error", "code": "not_found", "document_id": doc.id,
+    progress._set(state="error", code="document_not_found", message="the document was deleted while it was indexed")
+    assert until_final(sock)[-1] == {"type": "error", "code": "document_not_found", "document_id": doc.id,
                                      "message": "the document was deleted while it was indexed"}
 
 
