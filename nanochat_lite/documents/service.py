@@ -111,6 +111,7 @@ class DocumentService:
         if parts is not None:
             library, indexer = parts
             indexer.close()
+            library.close()
             library.store.close()
 
 
