@@ -65,7 +65,7 @@ class Config:
     # three streams running while a 3,070-token prompt arrives: longest gap 3.6 s at
     # 256, 1.9 s at 128, 0.89 s at 64, and the long prompt's first token as late
     # (30.2 s, 32.7 s, 30.9 s): small chunks cost the prefill almost nothing here.
-    batch_size: int = 64
+    batch_size: int = 512
     # Seconds an answer keeps generating after its client's connection dropped (without
     # a stop), waiting for a resume; 0: cancelled at once. Finished answers stay
     # resumable from memory as long, then from the store.
@@ -100,6 +100,10 @@ class Config:
     # start (default_models_memory). --pin NAME: never unloaded.
     models_memory: int | None = None
     pin: list[str] = field(default_factory=list)
+    # True when --model was given on the command line. With --engine it decides what the
+    # upstream is: alone (no --model, no --models-dir) it is the one model served, as it
+    # always was; beside local models it is one more entry and the first --model the default.
+    model_given: bool = False
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -152,6 +156,7 @@ class Config:
             value = flags.get(name)
             if value is not None:
                 setattr(c, name, value)
+        c.model_given = flags.get("model") is not None
         if isinstance(c.model, list):  # --model given more than once: the first is the default
             c.model, c.more_models = c.model[0], list(c.model[1:])
         if flags.get("models_dir"):
@@ -189,16 +194,20 @@ class Config:
                               f"got {self.max_document_mb:g}")
         if self.models_memory is not None and self.models_memory < 1:
             raise ConfigError(f"--models-memory must be at least 1 MB, got {self.models_memory}")
-        if self.engine is not None and (self.more_models or self.models_dir is not None):
-            raise ConfigError("--engine serves the upstream's model: it cannot be combined with more --model or "
-                              "--models-dir")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.engine is not None:
             self.engine_url()
-            if self.chat_template is not None:
+            if self.chat_template is not None and self.engine_first and self.models_dir is None:
                 raise ConfigError("--chat-template applies to a model served here; with --engine the upstream "
                                   "server renders chats with its own template")
+
+    @property
+    def engine_first(self) -> bool:
+        """--engine without --model: the upstream is the default model (with --models-dir,
+        its files are served beside it); with --model, the first --model is the default and
+        the upstream one more model entry."""
+        return self.engine is not None and not self.model_given
 
     def engine_url(self) -> str | None:
         """The upstream's URL of --engine openai:URL (None: the built-in engine).

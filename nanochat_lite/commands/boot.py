@@ -31,7 +31,7 @@ from ..config import Config
 from ..redact import redact_paths
 from .common import CLIError, load_engine, resolve_model
 from .common import say as _say
-from .serve_models import describe, resolve_more
+from .serve_models import build_registry, describe, resolve_more
 
 
 def process_age_s() -> float:
@@ -130,7 +130,7 @@ def _documents(config: Config, runtime):
 class _EngineLoader:
     """Loads the engine in a thread; `wait()` returns it or raises CLIError."""
 
-    def __init__(self, path: Path, name: str, config: Config) -> None:
+    def __init__(self, path: Path | None, name: str, config: Config) -> None:
         self.engine = None
         self.error: str | None = None
         self._done = threading.Event()
@@ -138,7 +138,7 @@ class _EngineLoader:
 
     def _load(self, path: Path, name: str, config: Config) -> None:
         try:
-            self.engine = _remote_engine(config) if config.engine else load_engine(path, name, config)
+            self.engine = _remote_engine(config) if path is None else load_engine(path, name, config)
         except CLIError as e:
             self.error = str(e)
         finally:
@@ -160,13 +160,15 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
     limits = NetLimits.from_args(args, config.env)
     prefix_hook = _test_prefix_tokens(config.env)
-    # --engine openai:URL: an upstream server generates; no model is loaded here.
-    path, name = (None, config.engine_model or "upstream") if config.engine else resolve_model(config)
-    more = [] if config.engine else resolve_more(config, name)  # --model B..., --models-dir: errors before binding
+    # --engine openai:URL alone: an upstream server generates; no model is loaded here.
+    # Beside --model: one more model entry, its engine built while the first model loads.
+    path, name = (None, config.engine_model or "upstream") if config.engine_first else resolve_model(config)
+    more = resolve_more(config, name)  # --model B..., --models-dir: errors before binding
     sock = _bind(config)
     port = _port_of(sock, getattr(args, "port_file", None))
     store = _open_store(config)
     loader = _EngineLoader(path, name, config)
+    beside = _EngineLoader(None, "", config) if config.engine and path is not None else None
 
     from ..server import Runtime, create_app  # the web stack, imported while the model loads
 
@@ -179,7 +181,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
             raise ValueError(redact_paths(str(e))) from None
 
     runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=None if config.engine else make_tokenizer, resume_window_s=config.resume_window)
+                      tokenizer_factory=None if path is None else make_tokenizer, resume_window_s=config.resume_window)
     if config.seed is not None:
         from ..generation import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
@@ -193,6 +195,7 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
         try:
             engine = loader.wait()
+            remote = beside.wait() if beside is not None else None
         except CLIError as e:
             failure.append(str(e))
             runtime.set_error(redact_paths(str(e)))  # /api/health shows it: no paths
@@ -202,15 +205,16 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         scheduler = Scheduler(engine, max_queue=config.max_queue,
                               shared_prefix=_shared_prefix(engine.prompts.shared_prefix, prefix_hook),
                               max_queue_wait=limits.max_queue_wait_s)
-        runtime.registry = _registry(config, (path, name), more, engine, scheduler, limits.max_queue_wait_s)
+        runtime.registry = build_registry(config, (path, name), more, engine, scheduler, limits.max_queue_wait_s,
+                                          remote)
         runtime.attach(scheduler, engine.prompts)
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         _banner(config, engine, path, port, startup_ms, app.state.security.exposure_warning())
-        if more:
+        if more or remote is not None:
             _say(f"  Models:       {describe(runtime.registry.describe(), runtime.registry.budget_bytes)}")
             _preload_pinned(runtime.registry, [n for n in config.pin if n != name])
-        if not config.engine:  # an upstream has its own tokenizer and cache
+        if path is not None:  # an upstream has its own tokenizer and cache
             _tokenizer_when_idle(runtime, server, engine)
         _documents_when_idle(runtime, server, documents)
 
@@ -222,28 +226,13 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         if prefix_hook is not None:  # the test hook: the engine calls close() waited for, or not
             print(f"{PREFIX_HOOK_EXIT} {getattr(runtime.scheduler, 'prefix_tokens', 0)}", file=sys.stderr, flush=True)
         documents.close()  # the indexer stops after its current batch's document
-        if loader.engine is not None:
-            loader.engine.close()
+        for engine in (loader.engine, beside.engine if beside is not None else None):
+            if engine is not None:
+                engine.close()
         store.close()
     if failure:
         raise CLIError(failure[0])
     return 0
-
-
-def _registry(config: Config, first: tuple[Path | None, str], more: list[tuple[Path, str]], engine, scheduler,
-              max_queue_wait: float | None):
-    """The models served: the first, loaded above, adopted as it is; the others (--model
-    B..., --models-dir) listed, loaded on their first request. The memory bound applies
-    only when there are several (one model is never unloaded)."""
-    from ..server.chat.models import MB, Registry
-    from . import serve_models
-
-    specs = serve_models.model_specs(config, first, more, getattr(engine.prompts, "has_chat_template", None))
-    budget_mb = (config.models_memory or serve_models.default_models_memory()) if more else None
-    registry = Registry(specs, serve_models.loader(config, max_queue_wait=max_queue_wait),
-                        budget_bytes=budget_mb * MB if budget_mb else None, pinned=config.pin)
-    registry.adopt(first[1], serve_models.adopt(specs[0], engine, scheduler, measure=bool(more)))
-    return registry
 
 
 def _preload_pinned(registry, names: list[str]) -> None:

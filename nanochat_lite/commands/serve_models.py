@@ -6,7 +6,9 @@ cache, read from its header) — and gives the registry its `load` function: eng
 scheduler (with the shared system prefix) and prompt builder, each model its own.
 A file in `--models-dir` that is not a readable, whole GGUF is listed as unusable
 with the reason; the others serve. A `--model` that cannot be resolved stops the
-start-up (CLIError), as it always has.
+start-up (CLIError), as it always has. `--engine openai:URL` beside `--model` or
+`--models-dir` is one more entry, named by the upstream's model (`--engine-model`, or
+the first it lists), built at start-up and never unloaded (it holds no memory here).
 
 Not here: when models load or unload (the registry decides), the first model's load
 at start-up (boot.py keeps its fast path).
@@ -105,7 +107,7 @@ def model_specs(config: Config, first: tuple[Path | None, str], more: list[tuple
 
     path, name = first
     if path is None:  # --engine openai:URL
-        specs = [ModelSpec(name=name, path=None, has_chat_template=has_template)]
+        specs = [ModelSpec(name=name, path=None, has_chat_template=has_template, upstream=config.engine_url())]
     elif not more:
         specs = [ModelSpec(name=name, path=path, size_bytes=_size(path), context=config.ctx_size,
                            has_chat_template=has_template)]
@@ -126,14 +128,52 @@ def adopt(spec: Any, engine: Any, scheduler: Any, *, measure: bool) -> Any:
     (`measure`: read its KV figure now; with one model nobody needs it yet)."""
     from ..server.chat.models import Loaded
 
-    kv = (engine.describe_cache() or 0) if measure else 0
-
     def close() -> None:
         scheduler.close()
         engine.close()
 
+    if spec.remote:  # the upstream holds the model: no memory, no tokenizer here
+        return Loaded(scheduler=scheduler, prompts=engine.prompts, memory_bytes=0, close=close, health=engine.health)
+    kv = (engine.describe_cache() or 0) if measure else 0
     return Loaded(scheduler=scheduler, prompts=engine.prompts, memory_bytes=(spec.size_bytes or 0) + kv, close=close,
                   tokenizer_factory=_tokenizer_factory(spec.path) if spec.path is not None else None)
+
+
+def remote_name(engine: Any, names: list[str]) -> str:
+    """The registry's name of an upstream served beside local models: the model it is
+    asked for (`--engine-model`, else the first the upstream listed at start, else
+    `openai:HOST`), with `@HOST:PORT` when a model here already has that name (an
+    upstream that serves the same model as this server).
+
+    "llama3" -> "llama3";  "smollm2-135m-instruct" taken -> "smollm2-135m-instruct@gpu:8000"
+    """
+    name = str(engine.name)
+    return name if name not in names else f"{name}@{engine.upstream.host}:{engine.upstream.port}"
+
+
+def build_registry(config: Config, first: tuple[Path | None, str], more: list[tuple[Path, str]], engine: Any,
+                   scheduler: Any, max_queue_wait: float | None, remote: Any = None) -> Any:
+    """The models served: the first, loaded by boot.py, adopted as it is; the others
+    (--model B..., --models-dir) listed, loaded on their first request; `remote` (an
+    upstream beside local models) adopted last, under `remote_name`. The memory bound
+    applies only when there are several local models (one is never unloaded, and a
+    remote holds no memory here)."""
+    from ..engines.scheduler import Scheduler
+    from ..server.chat.models import MB, ModelSpec, Registry
+
+    specs = model_specs(config, first, more, getattr(engine.prompts, "has_chat_template", None))
+    if remote is not None:
+        specs.append(ModelSpec(name=remote_name(remote, [s.name for s in specs]), path=None,
+                               upstream=config.engine_url()))
+    budget_mb = (config.models_memory or default_models_memory()) if more else None
+    registry = Registry(specs, loader(config, max_queue_wait=max_queue_wait),
+                        budget_bytes=budget_mb * MB if budget_mb else None, pinned=config.pin)
+    registry.adopt(first[1], adopt(specs[0], engine, scheduler, measure=bool(more)))
+    if remote is not None:
+        upstream = Scheduler(remote, max_queue=config.max_queue, shared_prefix=remote.prompts.shared_prefix,
+                             max_queue_wait=max_queue_wait)
+        registry.adopt(specs[-1].name, adopt(specs[-1], remote, upstream, measure=False))
+    return registry
 
 
 def loader(config: Config, *, max_queue_wait: float | None) -> Callable[[Any], Any]:
@@ -146,7 +186,9 @@ def loader(config: Config, *, max_queue_wait: float | None) -> Callable[[Any], A
         from ..server.chat.models import Loaded, ModelUnavailable
         from .common import load_engine
 
-        if spec.path is None or not spec.path.is_file():
+        if spec.remote:  # adopted at start-up and never unloaded: not loaded here
+            raise ModelUnavailable("it is served by its upstream, which this server did not connect at start-up")
+        if not spec.path.is_file():
             raise ModelUnavailable("its file is gone (deleted or moved since the server started); put it back, or "
                                    "restart the server without it")
         try:

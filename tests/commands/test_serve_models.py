@@ -24,8 +24,17 @@ def test_model_given_twice_the_first_is_the_default() -> None:
 def test_models_memory_and_engine_are_checked() -> None:
     with pytest.raises(ConfigError, match="--models-memory must be at least 1 MB"):
         Config.load({"models_memory": 0}, env={})
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        Config.load({"model": ["a", "b"], "engine": "openai:http://127.0.0.1:1/v1"}, env={})
+    # --engine beside --model: the upstream is one more entry, the first --model the default.
+    mixed = Config.load({"model": ["a", "b"], "engine": "openai:http://127.0.0.1:1/v1"}, env={})
+    assert (mixed.model, mixed.more_models, mixed.engine_first) == ("a", ["b"], False)
+    # --engine alone (NANOCHAT_LITE_MODEL is not a --model): the upstream is the one model, as before.
+    alone = Config.load({"engine": "openai:http://127.0.0.1:1/v1"}, env={"NANOCHAT_LITE_MODEL": "x.gguf"})
+    assert alone.engine_first and alone.more_models == []
+    # --chat-template is for models served here: refused only when there are none.
+    with pytest.raises(ConfigError, match="--chat-template applies to a model served here"):
+        Config.load({"engine": "openai:http://127.0.0.1:1/v1", "chat_template": "chatml"}, env={})
+    assert Config.load({"engine": "openai:http://127.0.0.1:1/v1", "chat_template": "chatml", "model": ["a"]},
+                       env={}).chat_template == "chatml"
 
 
 def test_default_models_memory_is_available_memory_less_a_fifth_and_a_margin(tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ Thread-safe: the blocking calls (`acquire`, `unload`) run off the event loop. Lo
 run one at a time (two loads at once on 2 cores take as long as one after the
 other, and the budget check would count neither).
 
+A remote engine (`--engine openai:URL`) is one more entry, adopted loaded at start-up:
+it holds no memory here, so it is never unloaded to make room (nor by an admin), and
+its row's status is its upstream's: `loaded` while it answers, `error` naming it when not.
+
 Not here: the engines (start-up builds them: this room never imports one), the
 routes (routes/models.py), which model a conversation used (turns.py).
 """
@@ -48,6 +52,11 @@ class ModelSpec:
     has_chat_template: bool | None = None
     need_bytes: int = 0  # estimated memory once loaded: weights + KV cache
     unusable: str | None = None  # why it cannot be loaded (a corrupt file): listed, never loaded
+    upstream: str | None = None  # a remote engine's OpenAI base URL (path is None)
+
+    @property
+    def remote(self) -> bool:
+        return self.path is None
 
 
 @dataclass
@@ -61,6 +70,9 @@ class Loaded:
     load_ms: float = 0.0
     tokenizer_factory: Callable[[], Any] | None = None
     tokenizer: Any = None  # the runtime's Lazy for this model, made on first use
+    # A remote engine's upstream state (RemoteEngine.health: `state`, `error`, `url`), read
+    # for its row; None for a model loaded here.
+    health: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -240,7 +252,7 @@ class Registry:
         for x in sorted(self.loaded_entries(), key=lambda x: x.last_used):
             if used + need <= budget:
                 break
-            if x is e or x.pinned or x.busy or x.status != "loaded":
+            if x is e or x.pinned or x.busy or x.status != "loaded" or x.spec.remote:  # a remote frees nothing
                 continue
             victims.append(x)
             used -= x.loaded.memory_bytes if x.loaded else 0
@@ -294,6 +306,9 @@ class Registry:
         pinned or busy."""
         with self._cv:
             e = self.entry(name)
+            if e.spec.remote:
+                raise RequestError(f"the model {name!r} is served by its upstream ({e.spec.upstream or 'remote'}): "
+                                   "nothing is loaded here to unload", code="model_remote", status=409, param="name")
             if e.status != "loaded":
                 return False
             if e.pinned:
@@ -326,12 +341,19 @@ class Registry:
         s = e.spec
         status = "unloaded" if e.status == "unloading" else e.status
         loaded = e.loaded
-        return {
+        error = s.unusable or e.error
+        upstream = loaded.health() if loaded is not None and loaded.health is not None else None
+        if upstream is not None and upstream.get("state") in ("unreachable", "error"):
+            status, error = "error", upstream.get("error") or f"the upstream at {upstream.get('url')} does not answer"
+        row: dict[str, Any] = {
             "name": e.name, "status": status, "default": e.name == self.default, "pinned": e.pinned,
             "size_bytes": s.size_bytes, "context": s.context, "has_chat_template": s.has_chat_template,
             "estimated_memory_bytes": s.need_bytes or None,
-            "memory_bytes": loaded.memory_bytes if loaded is not None else None,
+            "memory_bytes": loaded.memory_bytes if loaded is not None and not s.remote else None,
             "load_ms": round(loaded.load_ms, 1) if loaded is not None else None,
             "idle_s": round(now - e.last_used, 1) if e.last_used else None,
-            "busy": e.busy, "error": s.unusable or e.error,
+            "busy": e.busy, "error": error,
         }
+        if s.remote:  # no file, no memory of its own here: the upstream's
+            row["upstream"] = upstream.get("url") if upstream is not None else s.upstream
+        return row

@@ -1,12 +1,14 @@
 """`GET /api/models` (every model served, with its status) and, for admins,
 `POST /api/models/{name}/load` and `/unload`.
 
-A row: `name`, `status` (loaded, loading, unloaded, unusable), `default`, `pinned`,
+A row: `name`, `status` (loaded, loading, unloaded, unusable; a remote engine's is
+`loaded`, or `error` while its upstream does not answer), `default`, `pinned`,
 `size_bytes`, `context` (tokens per conversation), `has_chat_template` (false: a base
 model, /v1/completions only), `estimated_memory_bytes` (file + KV cache, before it
 loads), `memory_bytes` and `load_ms` (while loaded), `idle_s` (since its last use),
 `busy` (a generation runs or waits), `error` (why it is unusable, or its last load
-failed). The loading and unloading themselves are the registry's (chat/models.py).
+failed), and for a remote engine `upstream` (its URL; it has no size or memory here).
+The loading and unloading themselves are the registry's (chat/models.py).
 
 Not here: picking a model for a chat (the `model` field of each chat door, turns.py).
 """
