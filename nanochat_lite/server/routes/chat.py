@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..chat import turns
+from ..chat import loading, turns
 from ..chat.answers import Answer, check_answer_id
 from ..chat.runtime import Runtime
 from ..guards.quotas import key_table
@@ -37,12 +37,14 @@ async def chat(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req = decode(await read_body(request), ChatRequest)
-        opened = await turns.open_chat(rt, req, who=identity(request), resumable=req.stream)
+        if req.stream:  # a model that loads for a second or more: the stream starts, with comments
+            return await loading.respond(
+                request, lambda waiting: turns.open_chat(rt, req, who=identity(request), waiting=waiting),
+                lambda o: answer_stream(request, o.answer, o.replayed, after=-1), stream=True, on_error=api_error,
+                sse_error=lambda e: sse(error_frame(e)), dispose=lambda o: loading.leave_answer(rt, o.answer))
+        opened = await turns.open_chat(rt, req, who=identity(request), resumable=False)
     except RequestError as e:
         return api_error(e)
-
-    if req.stream:
-        return answer_stream(request, opened.answer, opened.replayed, after=-1)
 
     if opened.answer is None:  # a client_id sent again: the stored answer
         done = opened.replayed[-1]

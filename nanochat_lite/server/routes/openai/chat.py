@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from ....engines.scheduler import Ticket
 from ....generation import Delta, Prepared, SamplingParams
-from ...chat import grounding, turns
+from ...chat import grounding, loading, turns
 from ...chat.choices import collect_dones, merged
 from ...chat.runtime import Runtime
 from ...guards.security import identity
@@ -120,21 +120,33 @@ async def chat_completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         body = decode(await read_body(request), OAIChatRequest)
-        # `model` picks one of the models served (loaded now if needed); with one model
-        # served, any name means it (OpenAI's clients must send one).
-        async with rt.using(body.model, any_name=True) as rt:
-            req, params, count, top, tools = await _parse(rt, body)
-            messages = to_messages(req, tools, max_chars=rt.text_chars())
-            # The prompt is built and queued before any byte is sent: a prompt that cannot
-            # fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
-            _, prompts = rt.require_ready()
-            prepared, extra = await _prepare(rt, request, req.documents, prompts, messages, params)
-            # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
-            tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
-                                                       op.seeded(params, count))
     except RequestError as e:
         return openai_error(e)
-    return await _answer(request, rt, req, params, tickets, choice_params, top, tools, extra)
+    # A streamed request whose model loads for a second or more starts its stream then,
+    # with comments while it waits (chat/loading.py); otherwise errors are HTTP statuses.
+    return await loading.respond(request, lambda waiting: _open(request, rt, body, waiting),
+                                 lambda o: _answer(request, *o), stream=bool(body.stream), on_error=openai_error,
+                                 sse_error=lambda e: sse(openai_body(e)),
+                                 dispose=lambda o: loading.drop_generations(o[0], o[3], o[4]))
+
+
+async def _open(request: Request, rt: Runtime, body: OAIChatRequest, waiting: loading.Waiting | None
+                ) -> tuple[Runtime, OAIChatRequest, SamplingParams, list[Ticket], list[SamplingParams], int,
+                           ToolPlan | None, dict[str, Any]]:
+    """The request's model (loaded now if needed), its prompt, its choices queued."""
+    # `model` picks one of the models served; with one model served, any name means it
+    # (OpenAI's clients must send one).
+    async with rt.using(body.model, any_name=True, waiting=waiting) as rt:
+        req, params, count, top, tools = await _parse(rt, body)
+        messages = to_messages(req, tools, max_chars=rt.text_chars())
+        # The prompt is built and queued before any byte of the answer is sent: a prompt
+        # that cannot fit, or a full queue, is an HTTP error, not an error inside a 200 stream.
+        _, prompts = rt.require_ready()
+        prepared, extra = await _prepare(rt, request, req.documents, prompts, messages, params)
+        # Its tokens are reserved of the key's daily quota (429 quota_exceeded) before it is queued.
+        tickets, choice_params = await turns.admit(rt, identity(request), [prepared] * count,
+                                                   op.seeded(params, count))
+    return rt, req, params, tickets, choice_params, top, tools, extra
 
 
 async def _prepare(rt: Runtime, request: Request, documents: object, prompts: Any, messages: list[dict[str, str]],

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from ....engines.scheduler import Ticket
 from ....generation import Delta, Done, Prepared, SamplingParams
-from ...chat import turns
+from ...chat import loading, turns
 from ...chat.choices import collect_dones, merged
 from ...chat.runtime import Prompter, Runtime
 from ...guards.security import identity
@@ -109,23 +109,34 @@ async def completions(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
         req = decode(await read_body(request), OAICompletionRequest)
-        async with rt.using(req.model, any_name=True) as rt:  # the model named (loaded now if needed)
-            _, builder = rt.require_ready()
-            prompts = prompts_of(req.prompt, max_chars=rt.text_chars())
-            n = op.choice_count(req.n)
-            _check(req, len(prompts), n)
-            top = req.logprobs or 0
-            params = limits.sampling(rt.defaults, req).with_overrides(
-                n_probs=max(1, top) if req.logprobs is not None else None,
-                logit_bias=op.logit_bias(req.logit_bias, builder.n_vocab) or None)
-            prepared, echoes = await _prepare(builder, prompts, params, bool(req.echo))
-            tickets, choice_params = await turns.admit(rt, identity(request),
-                                                       [prep for prep in prepared for _ in range(n)],
-                                                       op.seeded(params, n) * len(prompts))
     except RequestError as e:
         return openai_error(e)
+    # A streamed request whose model loads for a second or more starts its stream then,
+    # with comments while it waits (chat/loading.py); otherwise errors are HTTP statuses.
+    return await loading.respond(request, lambda waiting: _open(request, rt, req, waiting),
+                                 lambda o: _answer(request, *o), stream=bool(req.stream), on_error=openai_error,
+                                 sse_error=lambda e: sse(openai_body(e)),
+                                 dispose=lambda o: loading.drop_generations(o[0], o[2], o[3]))
+
+
+async def _open(request: Request, rt: Runtime, req: OAICompletionRequest, waiting: loading.Waiting | None
+                ) -> tuple[Runtime, OAICompletionRequest, list[Ticket], list[SamplingParams], list[str], int, int]:
+    """The request's model (loaded now if needed), its prompts, their choices queued."""
+    async with rt.using(req.model, any_name=True, waiting=waiting) as rt:  # the model named
+        _, builder = rt.require_ready()
+        prompts = prompts_of(req.prompt, max_chars=rt.text_chars())
+        n = op.choice_count(req.n)
+        _check(req, len(prompts), n)
+        top = req.logprobs or 0
+        params = limits.sampling(rt.defaults, req).with_overrides(
+            n_probs=max(1, top) if req.logprobs is not None else None,
+            logit_bias=op.logit_bias(req.logit_bias, builder.n_vocab) or None)
+        prepared, echoes = await _prepare(builder, prompts, params, bool(req.echo))
+        tickets, choice_params = await turns.admit(rt, identity(request),
+                                                   [prep for prep in prepared for _ in range(n)],
+                                                   op.seeded(params, n) * len(prompts))
     head = [echoes[i // n] if req.echo else "" for i in range(len(tickets))]
-    return await _answer(request, rt, req, tickets, choice_params, head, n, top)
+    return rt, req, tickets, choice_params, head, n, top
 
 
 async def _answer(request: Request, rt: Runtime, req: OAICompletionRequest, tickets: list[Ticket],
