@@ -15,8 +15,9 @@ import asyncio
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..history import StorageUnavailable, is_postgres_url
 from .parse import DEFAULT_MAX_BYTES
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # numpy and the search half load when the documents open, not
 
 log = logging.getLogger("nanochat_lite")
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's, the only embedder the server loads
+QUERY_VECTORS_KEPT = 256  # the last searched queries whose embeddings QueryVectors keeps
 
 
 def open_document_store(spec: str | os.PathLike[str]) -> DocumentStore:
@@ -40,6 +42,34 @@ def open_document_store(spec: str | os.PathLike[str]) -> DocumentStore:
     from .store_sqlite import SQLiteDocuments
 
     return SQLiteDocuments(spec)
+
+
+class QueryVectors:
+    """The embeddings of the last `size` queries searched, by their text; thread-safe.
+
+    Why: embedding even a four-word query costs as much as searching 100k chunks with it
+    (10-20 ms on two busy cores), and a query comes again (asked again, paged, retried).
+    One embedder per server, so the text alone is the key. "the cat" -> its vector or None.
+    """
+
+    def __init__(self, size: int = QUERY_VECTORS_KEPT) -> None:
+        self.size = size
+        self._kept: OrderedDict[str, Any] = OrderedDict()  # text -> (dim,) float32, oldest first
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> Any | None:
+        with self._lock:
+            vector = self._kept.get(text)
+            if vector is not None:
+                self._kept.move_to_end(text)
+            return vector
+
+    def put(self, text: str, vector: Any) -> None:
+        with self._lock:
+            self._kept[text] = vector
+            self._kept.move_to_end(text)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
 
 
 class DocumentsUnavailable(StorageUnavailable):
@@ -63,6 +93,7 @@ class DocumentService:
         self._closed = False
         self._lock = threading.Lock()
         self.max_bytes = max_bytes
+        self.query_vectors = QueryVectors()
 
     @classmethod
     def deferred(cls, opener: Callable[[], tuple[Library, Indexer]], max_bytes: int) -> DocumentService:

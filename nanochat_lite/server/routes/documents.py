@@ -216,9 +216,12 @@ async def search(request: Request) -> Response:
         if not 1 <= req.k <= MAX_K:
             raise RequestError(f"`k` must be between 1 and {MAX_K}, got {req.k}", param="k")
         collection = None if req.collection is None else _collection(req.collection)
-        embedder = await rt.embedder()
-        async with rt.embed_lock:
-            vector = (await asyncio.to_thread(embedder.embed, [query])).vectors[0]
+        vector = svc.query_vectors.get(query)
+        if vector is None:
+            embedder = await rt.embedder()
+            async with rt.embed_lock:
+                vector = (await asyncio.to_thread(embedder.embed, [query])).vectors[0]
+            svc.query_vectors.put(query, vector)
     except RequestError as e:
         return api_error(e)
     results = await asyncio.to_thread(svc.library.search, identity(request).owner, query, vector, req.k,
