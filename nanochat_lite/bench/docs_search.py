@@ -3,9 +3,10 @@
     run(sizes=(1000, 10000, 100000), queries=200) -> {"sqlite": {...}, "postgresql": {...} or why not}
 
 What is timed: `Library.search` for one owner, as POST /api/documents/search runs it
-after embedding the query: the store's full text (FTS5 / tsvector) for the top 50, the
-in-memory vectors for the top 50, reciprocal rank fusion, and reading the 5 winners'
-rows. Not timed: embedding the query and HTTP.
+after embedding the query: the store's full text (FTS5 / tsvector) for the top 50 and,
+beside it in a second thread, the in-memory vectors for the top 50; the convex fusion
+(0.7 vector, 0.3 text); reading the 5 winners' rows. Not timed: embedding the query
+(the route keeps the last queries' embeddings) and HTTP.
 
 The chunks are synthetic (embedding 100k real chunks would take most of an hour here):
 ~150 words each drawn from a Zipf-distributed vocabulary of 20,000 words, so common
