@@ -61,10 +61,11 @@ class Config:
     # Zorblax." ... "What is my name?" -> "My name is Elian", where f16 says Zorblax: the
     # restart test in tests/server/routes/test_conversations.py), so f16 stays the default.
     kv_type: str = "f16"
-    # Prefill chunk: between two chunks every other stream gets a token. Measured with
-    # three streams running while a 3,070-token prompt arrives: longest gap 3.6 s at
-    # 256, 1.9 s at 128, 0.89 s at 64, and the long prompt's first token as late
-    # (30.2 s, 32.7 s, 30.9 s): small chunks cost the prefill almost nothing here.
+    # The engine's batch: the prefill piece of a prompt when no other stream is running.
+    # While others stream, the scheduler hands a prompt over in pieces of ~0.25 s instead
+    # (from 64 tokens; engines/scheduler.py `_prefill`): with one fixed 64-token chunk a
+    # lone 3,070-token prompt took 22.6 s, with 512 15.6 s (llama-server: 18.5 s), and
+    # three streams running beside it waited 0.89 s (64) to 3.6 s (256) between tokens.
     batch_size: int = 512
     # Seconds an answer keeps generating after its client's connection dropped (without
     # a stop), waiting for a resume; 0: cancelled at once. Finished answers stay

@@ -59,7 +59,8 @@ def add_parser(sub: Any) -> None:
                         "recently used idle one is unloaded (default: MemAvailable at start minus a margin)")
     s.add_argument("--pin", action="append", metavar="NAME", help="a model never unloaded (repeatable)")
     s.add_argument("--batch-size", "-b", type=int,
-                   help="prefill chunk in tokens; smaller keeps other streams smoother during a long prompt (64)")
+                   help="prefill batch in tokens when no other answer streams (while others do, a prompt goes in "
+                        "pieces of ~0.25 s) (512)")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

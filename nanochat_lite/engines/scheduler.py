@@ -14,6 +14,11 @@ At start-up the shared start of every conversation (the template's system prefix
 is evaluated once in one slot, saved, and restored into the others, so the first
 wave of simultaneous chats does not prefill it once per slot.
 
+Prompts are prefilled adaptively (`_prefill`): while other slots stream, a long prompt
+goes into its slot in small pieces sized from the measured time of the last piece
+(FAIR_PIECE_S each), so the others get a token between two pieces; alone, it goes in
+the engine's large batches, which is as fast as llama.cpp gets.
+
 Each request gets a `Ticket`: the event loop reads the engine's events from it
 without blocking, and `cancel()` stops the request within one token, or drops it
 from the queue if it has not started. Not handled here: HTTP, validation, stats.
@@ -37,6 +42,10 @@ log = logging.getLogger("nanochat_lite")
 PREFIX_FILE = "shared-prefix.bin"
 PREFIX_AFTER_IDLE_S = 0.3  # seconds without requests before the shared prefix is computed
 CLOSE_WAIT_S = 10.0  # close() waits this long, at most, for running engine calls to end
+# While others stream, one prefill piece should take about this long: their token gap is
+# one piece plus one decode step (bound: 1 s on a loaded 2-core machine).
+FAIR_PIECE_S = 0.25
+MIN_PIECE = 16  # tokens: smaller pieces cost more in per-request overhead than they save
 
 
 class QueueFull(EngineError):
@@ -74,6 +83,13 @@ class PrefixEngine(EngineLike, Protocol):
     def save_slot(self, slot: int, name: str) -> None: ...
 
     def restore_slot(self, slot: int, name: str) -> None: ...
+
+
+class PiecewiseEngine(PrefixEngine, Protocol):
+    """An engine whose batch is large (fast alone) and that can take a prompt in pieces."""
+
+    batch: int  # tokens llama.cpp evaluates at once: the prefill piece when alone
+    fair_batch: int  # the first piece while others stream (then sized by FAIR_PIECE_S)
 
 
 class Ticket:
@@ -120,6 +136,7 @@ class _Slot:
     reserved: int = 0  # while running: prompt + the most the answer may add
     ticket: Ticket | None = None
     busy: bool = False  # running a request, or being filled/erased
+    prefilling: bool = False  # its prompt goes in by pieces: not streaming yet
     erase: bool = False  # its cache must be erased before the next request starts
     last_used: float = 0.0
 
@@ -131,6 +148,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def next_piece(size: int, elapsed: float, big: int) -> int:
+    """The next prefill piece while others stream: what takes FAIR_PIECE_S at the rate the
+    last piece (`size` tokens in `elapsed` s, the others' decode step included) went."""
+    if elapsed <= 0:
+        return big
+    return max(MIN_PIECE, min(big, int(size * FAIR_PIECE_S / elapsed)))
 
 
 def _cancelled_done(ticket: Ticket) -> Done:
@@ -296,6 +321,7 @@ class Scheduler:
             ticket.started = True
             done: Done | None = None
             try:
+                self._prefill(slot, ticket)
                 done = self.engine.run(ticket.prepared, ticket.params, emit=ticket._put, cancel=ticket.cancelled,
                                        slot=slot.id)
             except EngineError as e:
@@ -311,6 +337,41 @@ class Scheduler:
                     slot.ticket, slot.busy, slot.reserved = None, False, 0
                     slot.last_used = time.monotonic()
                     self._dispatch()
+
+    def _prefill(self, slot: _Slot, ticket: Ticket) -> None:
+        """Evaluate a long prompt into the slot's cache piece by piece, so `run` only has
+        its last tokens left. Alone, the pieces are the engine's batch (big: fastest); while
+        another slot streams, they shrink to what takes ~FAIR_PIECE_S at the measured rate,
+        so no stream waits for a whole big batch between two of its tokens. Checked before
+        every piece: a stream that starts or ends changes the next piece's size."""
+        engine = self.engine
+        fair = getattr(engine, "fair_batch", 0)
+        if not fair or not hasattr(engine, "fill_slot"):
+            return  # a remote or fake engine: it prefills the prompt in `run`
+        big = cast(PiecewiseEngine, engine).batch
+        if big <= fair:
+            return  # small batches anyway: the engine's own chunks are the pieces
+        tokens = ticket.prepared.tokens
+        done = common_prefix(slot.tokens, tokens)
+        piece = fair
+        slot.prefilling = True
+        try:
+            while not ticket.cancelled.is_set() and not self._stopping:
+                contended = self._others_streaming(slot)
+                size = piece if contended else big
+                if len(tokens) - done <= size:
+                    return  # the rest goes in with the answer's request
+                t0 = time.perf_counter()
+                cast(PiecewiseEngine, engine).fill_slot(slot.id, tokens[:done + size])
+                elapsed = time.perf_counter() - t0
+                done += size
+                if contended:
+                    piece = next_piece(size, elapsed, big)
+        finally:
+            slot.prefilling = False
+
+    def _others_streaming(self, me: _Slot) -> bool:
+        return any(s is not me and s.ticket is not None and not s.prefilling for s in self._slots)
 
     def _erase(self, slot: _Slot) -> None:
         try:
