@@ -67,6 +67,41 @@ def _set_kv_type(p: Any, kv_type: str) -> str:
     return kv_type
 
 
+# Draft-free speculative decoding, llama.cpp's n-gram "self-speculation": at each step a slot
+# looks up its last SPEC_NGRAM tokens earlier in its own prompt and answer, proposes the
+# tokens that followed them there (at most SPEC_DRAFT), and one batch checks them all: every
+# proposed token the model would have chosen itself is kept, so the answer is the same
+# (temperature 0: token for token) and only the speed changes. The modes offered keep their
+# n-grams per slot: llama.cpp's "ngram-mod" shares one table among all slots (one owner's
+# text would speed up, measurably, another's answer) and "ngram-cache" drafts a fixed 8
+# tokens, which the batch bound below cannot shorten. Not per request: this llama.cpp
+# compiles its per-request "speculative.*" fields out (tools/server/server-schema.cpp).
+SPECULATIVE_MODES = ("off", "ngram-simple", "ngram-map-k", "ngram-map-k4v")
+SPEC_NGRAM = 3  # tokens looked up
+SPEC_DRAFT = 8  # tokens proposed at most
+
+
+def _set_speculative(p: Any, mode: str) -> str:
+    """Turn on speculative `mode` in params whose n_batch and n_parallel are set."""
+    if mode not in SPECULATIVE_MODES:
+        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_MODES)}, got {mode!r}")
+    if mode == "off":
+        return mode
+    import xllamacpp
+
+    # llama.cpp puts every generating slot's token and draft into one batch of
+    # max(n_batch, n_parallel) tokens and aborts the process when they do not fit.
+    room = max(p.n_batch, p.n_parallel) // p.n_parallel - 1
+    if room < 1:
+        raise ValueError(f"speculative decoding needs a batch of at least 2 tokens per slot: batch {p.n_batch}, "
+                         f"{p.n_parallel} slots")
+    p.speculative.types = [getattr(xllamacpp.common_speculative_type,
+                                   "COMMON_SPECULATIVE_TYPE_" + mode.upper().replace("-", "_"))]
+    lookup = getattr(p.speculative, mode.replace("-", "_"))
+    lookup.size_n, lookup.size_m = SPEC_NGRAM, min(SPEC_DRAFT, room)
+    return mode
+
+
 # The slot-save folder of each engine: "<prefix><pid>-<random>" in the temp folder, removed
 # when the engine closes; a process that was killed leaves its own behind (half a MB each).
 SLOT_DIR_PREFIX = "nanochat-slots-"
@@ -154,7 +189,8 @@ class _InternalAPI:
 class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
                  kv_size: int | None = None, threads: int | None = None, batch: int = 512,
-                 name: str | None = None, chat_template: str | None = None, kv_type: str = "f16") -> None:
+                 name: str | None = None, chat_template: str | None = None, kv_type: str = "f16",
+                 speculative: str = "off") -> None:
         """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
         the KV cache shared by all `parallel` slots (default: 2 × n_ctx). `chat_template`
         (a Jinja source) replaces the model's own; without either, conversations are
@@ -189,6 +225,7 @@ class Engine:
         # 64); while others stream the scheduler hands a prompt over in smaller pieces.
         p.n_batch = batch
         p.n_ubatch = batch
+        self.speculative = _set_speculative(p, speculative)  # after n_batch and n_parallel
         p.cpuparams.n_threads = self.threads
         p.cpuparams_batch.n_threads = self.threads
         # What the first token does not need: a warm-up decode (the shared-prefix
