@@ -20,9 +20,12 @@ from typing import Any, Mapping
 # Flags that override one Config field of the same name when given (not None).
 FLAG_FIELDS = ("model", "threads", "ctx_size", "host", "port", "seed", "parallel", "max_queue", "kv_size",
                "batch_size", "resume_window", "engine", "engine_key", "engine_model", "forwarded_allow_ips",
-               "chat_template", "max_document_mb", "models_memory", "kv_type")
+               "chat_template", "max_document_mb", "models_memory", "kv_type", "speculative")
 MAX_RESUME_WINDOW_S = 3600.0
 MAX_DOCUMENT_MB_LIMIT = 4096.0  # an upload is held in memory while it is parsed
+# --speculative: llama.cpp's draft-free n-gram modes the local engine offers (the same tuple as
+# engines/local.SPECULATIVE_MODES, which this room may not import; a test holds them equal).
+SPECULATIVE_MODES = ("off", "ngram-simple", "ngram-map-k", "ngram-map-k4v")
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,9 @@ class Config:
     # Zorblax." ... "What is my name?" -> "My name is Elian", where f16 says Zorblax: the
     # restart test in tests/server/routes/test_conversations.py), so f16 stays the default.
     kv_type: str = "f16"
+    # Draft-free speculative decoding (engines/local.py `_set_speculative`), a mode of
+    # SPECULATIVE_MODES; measured with scripts/spec_bench.py.
+    speculative: str = "off"
     # The engine's batch: the prefill piece of a prompt when no other stream is running.
     # While others stream, the scheduler hands a prompt over in pieces of ~0.25 s instead
     # (from 64 tokens; engines/scheduler.py `_prefill`): with one fixed 64-token chunk a
@@ -128,6 +134,8 @@ class Config:
             c.parallel = _int(env["NANOCHAT_LITE_PARALLEL"], "NANOCHAT_LITE_PARALLEL")
         if env.get("NANOCHAT_LITE_KV_TYPE"):
             c.kv_type = env["NANOCHAT_LITE_KV_TYPE"]
+        if env.get("NANOCHAT_LITE_SPECULATIVE"):
+            c.speculative = env["NANOCHAT_LITE_SPECULATIVE"]
         if env.get("NANOCHAT_LITE_MAX_QUEUE"):
             c.max_queue = _int(env["NANOCHAT_LITE_MAX_QUEUE"], "NANOCHAT_LITE_MAX_QUEUE")
         if env.get("NANOCHAT_LITE_RESUME_WINDOW"):
@@ -187,6 +195,14 @@ class Config:
             raise ConfigError(f"--kv-type must be f16 or q8_0, got {self.kv_type!r} (NANOCHAT_LITE_KV_TYPE?)")
         if not 16 <= self.batch_size <= 4096:
             raise ConfigError(f"--batch-size must be between 16 and 4096 tokens, got {self.batch_size}")
+        if self.speculative not in SPECULATIVE_MODES:
+            raise ConfigError(f"--speculative must be one of {', '.join(SPECULATIVE_MODES)}, got "
+                              f"{self.speculative!r} (NANOCHAT_LITE_SPECULATIVE?)")
+        if self.speculative != "off" and max(self.batch_size, self.parallel) // self.parallel < 2:
+            # llama.cpp verifies every slot's draft in one batch (and aborts when they do not fit)
+            raise ConfigError(f"--speculative {self.speculative} needs a batch of at least 2 tokens per slot: "
+                              f"raise --batch-size ({self.batch_size}) to {2 * self.parallel} or lower --parallel "
+                              f"({self.parallel})")
         if not 0 <= self.resume_window <= MAX_RESUME_WINDOW_S:
             raise ConfigError(f"--resume-window must be between 0 and {MAX_RESUME_WINDOW_S:g} seconds, "
                               f"got {self.resume_window:g}")

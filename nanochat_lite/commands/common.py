@@ -102,7 +102,7 @@ def load_engine(path: Path, name: str, config: Config) -> Engine:
     try:
         return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
                       threads=config.threads, batch=config.batch_size, name=name, chat_template=template,
-                      kv_type=config.kv_type)
+                      kv_type=config.kv_type, speculative=config.speculative)
     except ModelLoadError as e:
         why = _without_path(str(e), path).rstrip(".")
         if why.startswith("llama.cpp could not load"):  # its message says little: read the header

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 def add_parser(sub: Any) -> None:
     """Register ``serve`` on the main CLI's subparsers."""
+    from ..config import SPECULATIVE_MODES
     from ..security_config import add_flags as add_security_flags
 
     s = sub.add_parser("serve", help="serve the chat page and the APIs")
@@ -40,6 +41,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--kv-type", choices=("f16", "q8_0"),
                    help="KV cache numbers: q8_0 takes half the memory of f16, with flash attention "
                         "(env NANOCHAT_LITE_KV_TYPE; f16)")
+    s.add_argument("--speculative", choices=SPECULATIVE_MODES, metavar="MODE",
+                   help="draft-free speculative decoding: " + ", ".join(SPECULATIVE_MODES) + "; the same answers, "
+                        "faster where they repeat their prompt (env NANOCHAT_LITE_SPECULATIVE; off)")
     s.add_argument("--resume-window", type=float, metavar="SECONDS",
                    help="an answer whose client dropped goes on this long, waiting for a resume; 0: cancel at once "
                         "(env NANOCHAT_LITE_RESUME_WINDOW; 30)")
