@@ -208,6 +208,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
         runtime.registry = build_registry(config, (path, name), more, engine, scheduler, limits.max_queue_wait_s,
                                           remote)
         runtime.attach(scheduler, engine.prompts)
+        if path is None and more:  # answers carry the upstream's entry's name (build_registry), not the engine's
+            runtime.model_name = runtime.registry.default
         startup_ms = (time.time() - t_start) * 1000.0
         runtime.stats.startup_ms = round(startup_ms, 1)
         _banner(config, engine, path, port, startup_ms, app.state.security.exposure_warning())

@@ -161,6 +161,8 @@ def build_registry(config: Config, first: tuple[Path | None, str], more: list[tu
     from ..engines.scheduler import Scheduler
     from ..server.chat.models import MB, ModelSpec, Registry
 
+    if first[0] is None and more:  # --engine with --models-dir: the upstream's entry has its model's name,
+        first = (None, remote_name(engine, [n for _, n in more]))  # as its answers say (alone: as it always was)
     specs = model_specs(config, first, more, getattr(engine.prompts, "has_chat_template", None))
     if remote is not None:
         specs.append(ModelSpec(name=remote_name(remote, [s.name for s in specs]), path=None,

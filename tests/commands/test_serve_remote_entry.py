@@ -83,3 +83,17 @@ def test_an_upstream_serving_a_model_of_the_same_name_is_told_apart_by_its_addre
     reg = built(tmp_path, remote)
     assert reg.names == ["local", "local@127.0.0.1:8011"]
     reg.close()
+
+
+def test_engine_first_with_a_models_dir_names_the_upstream_by_its_model(tmp_path: Path) -> None:
+    """--engine without --model: the upstream stays the default; beside --models-dir files its
+    entry has the name its answers carry (not the placeholder "upstream")."""
+    config = Config.load({"engine": f"openai:{URL}", "models_dir": str(tmp_path), "home": str(tmp_path)}, env={})
+    assert config.engine_first
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    remote = Engine(name="llama3", up=Upstream.parse(URL))
+    reg = build_registry(config, (None, "upstream"), [(other, "other")], remote, Scheduler(remote), None)
+    assert reg.names == ["llama3", "other"] and reg.default == "llama3"
+    assert reg.describe()[0]["upstream"] == URL and reg.describe()[1]["status"] == "unusable"
+    reg.close()
