@@ -108,8 +108,8 @@ class Config:
     models_memory: int | None = None
     pin: list[str] = field(default_factory=list)
     # True when --model was given on the command line. With --engine it decides what the
-    # upstream is: alone (no --model, no --models-dir) it is the one model served, as it
-    # always was; beside local models it is one more entry and the first --model the default.
+    # upstream is: without --model it is the default model, as it always was (--models-dir's
+    # files served beside it); with --model it is one more entry and the first --model the default.
     model_given: bool = False
     # The environment this configuration was read from, for the sub-configurations built
     # at start-up (API keys: NANOCHAT_LITE_API_KEY); empty when built by hand.
