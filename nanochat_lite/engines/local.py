@@ -241,11 +241,16 @@ class Engine:
         # llama.cpp joins this and the file name without a separator: keep the slash.
         p.slot_save_path = os.path.join(self._slot_dir, "")
         p.endpoint_metrics = False
+        from .kv_pages import LoadWindow
+
+        window = LoadWindow()  # what llama.cpp maps while it loads: its KV cache among it
         try:
             self._server = xllamacpp.Server(p)
         except (RuntimeError, ValueError, OSError) as e:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {e}") from None
+        window.close()
+        self._loaded_ranges = window.ranges
         self.internal_address = self._server.listening_address
         self._api = _InternalAPI(self.internal_address, key)
         self.closed = False
@@ -293,6 +298,17 @@ class Engine:
         self.kv_cache_bytes = kv_cache_bytes(self.model_path, self.kv_size, self.kv_type)
         sweep_slot_dirs()
         return self.kv_cache_bytes
+
+    def release_unused_memory(self) -> int:
+        """Give back the KV cache pages no conversation has written yet (all zeros since
+        llama.cpp cleared them; engines/kv_pages.py); returns the bytes. Call it once, with
+        every slot held so the engine computes nothing meanwhile (the scheduler does)."""
+        from .kv_pages import drop_zero_pages
+
+        if self.closed:
+            return 0
+        ranges, self._loaded_ranges = self._loaded_ranges, []
+        return drop_zero_pages(ranges)
 
     def close(self) -> None:
         if not self.closed:

@@ -177,8 +177,8 @@ class Scheduler:
         self.prefix_tokens = 0  # shared-prefix tokens restored into every slot
         self._threads = [threading.Thread(target=self._work, args=(slot,), name=f"nanochat-slot-{slot.id}",
                                           daemon=True) for slot in self._slots]
-        if shared_prefix is not None:
-            self._threads.append(threading.Thread(target=self._share_prefix, args=(shared_prefix,),
+        if shared_prefix is not None or hasattr(engine, "release_unused_memory"):
+            self._threads.append(threading.Thread(target=self._when_idle, args=(shared_prefix,),
                                                   name="nanochat-prefix", daemon=True))
         for t in self._threads:
             t.start()
@@ -382,17 +382,45 @@ class Scheduler:
             slot.busy = False
             self._dispatch()
 
-    def _share_prefix(self, shared_prefix: Callable[[], list[int]]) -> None:
-        """Evaluate the shared prefix in one idle slot, then copy it into the others.
+    def _when_idle(self, shared_prefix: Callable[[], list[int]] | None) -> None:
+        """Once the server is first idle (PREFIX_AFTER_IDLE_S without requests: at start-up
+        the first request must not share the engine with this work, measured: it delayed
+        the first token): the shared prefix, then the KV pages nothing wrote go back."""
+        self._wait_idle(PREFIX_AFTER_IDLE_S)
+        if shared_prefix is not None and not self._stopping:
+            self._share_prefix(shared_prefix)
+        release = getattr(self.engine, "release_unused_memory", None)
+        if release is not None and not self._stopping:
+            self._release_pages(release)
 
-        It waits for PREFIX_AFTER_IDLE_S without requests first: at start-up the first
-        request must not share the engine with this work (measured: it delayed the
-        first token)."""
-        engine = cast(PrefixEngine, self.engine)  # only given shared_prefix with such an engine
-        try:
+    def _release_pages(self, release: Callable[[], int]) -> None:
+        """Run `release` with every slot held, so the engine computes nothing meanwhile
+        (engines/kv_pages.py drops only pages nothing writes). A request that takes a
+        slot first makes it wait for the next idle moment."""
+        for _ in range(100):
+            held = [s for s in (self._claim_idle() for _ in self._slots) if s is not None]
+            try:
+                if len(held) == len(self._slots):
+                    try:
+                        dropped = release()
+                        log.info("gave back %.1f MB of never-used KV cache pages", dropped / (1 << 20))
+                    except Exception as e:  # memory only: requests work without it
+                        log.warning("could not give back unused KV cache pages: %r", e)
+                    return
+            finally:
+                for s in held:
+                    with self._cv:
+                        s.busy = False
+                with self._cv:
+                    self._dispatch()
             self._wait_idle(PREFIX_AFTER_IDLE_S)
             if self._stopping:
                 return
+
+    def _share_prefix(self, shared_prefix: Callable[[], list[int]]) -> None:
+        """Evaluate the shared prefix in one idle slot, then copy it into the others."""
+        engine = cast(PrefixEngine, self.engine)  # only given shared_prefix with such an engine
+        try:
             tokens = shared_prefix()
             if not tokens:
                 return
