@@ -202,7 +202,7 @@ class SQLiteDocuments(SharedSQL):
         return [(int(i), float(s)) for i, s in rows]
 
     def _counts(self, db: sqlite3.Connection, words: list[str]) -> dict[str, int]:
-        """{term: chunks holding it} for `words` (those in no chunk left out); under the lock."""
+        """{term: chunks holding it} for each of `words` (0: in none); under the lock."""
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._counts_version or len(self._term_counts) > MAX_CACHED_TERMS:
             self._term_counts.clear()
