@@ -1,37 +1,56 @@
 #!/usr/bin/env python3
 """recall@5 through the server's own search path: the pydoc QA set of bench/retrieval.py
-stored in a real SQLite document store (each topic a document, its chunks with the
-heading-blended vectors the indexer stores) and searched with documents.library.Library,
-whose full-text half is the store's FTS5 (not retrieval.py's in-memory BM25), for each
-fusion. Section-heading questions search a second store of the chunks without headings,
+stored in a real SQLite (or PostgreSQL) document store (each topic a document, its chunks
+with the heading-blended vectors the indexer stores) and searched with
+documents.library.Library, whose full-text half is the store's FTS5 or tsvector (not
+retrieval.py's in-memory BM25), for each fusion. Section-heading questions search a second store of the chunks without headings,
 as retrieval.py does.
 
-    .venv/bin/python scripts/docs_recall_store.py
+    .venv/bin/python scripts/docs_recall_store.py [--postgres]
 
 Prints recall@5 per question set and phrasing, and the mean. Takes a minute or two (the
-vectors come from retrieval.py's cache in the temp folder once it has run).
+vectors come from retrieval.py's cache in the temp folder once it has run). `--postgres`:
+the same through the PostgreSQL store (tsvector, ts_rank) in a throwaway cluster
+(bench/pgtemp.py) instead of SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from nanochat_lite.bench import pgtemp
 from nanochat_lite.bench import retrieval as r
 from nanochat_lite.documents.chunk import chunk_blocks, minilm_spans
 from nanochat_lite.documents.library import Library
 from nanochat_lite.documents.parse import parse
 from nanochat_lite.documents.search import DEFAULT_VECTOR_WEIGHT, chunk_vectors, convex, rrf
-from nanochat_lite.documents.store_sqlite import SQLiteDocuments
+from nanochat_lite.documents.service import open_document_store
 from nanochat_lite.embeddings import Embedder
 
 FUSIONS = {"rrf k=60": rrf(60), f"convex {DEFAULT_VECTOR_WEIGHT} (the server's)": convex(DEFAULT_VECTOR_WEIGHT),
            "convex 0.8": convex(0.8), "convex 0.6": convex(0.6)}
 
 
-def main() -> None:
+def main(postgres: bool) -> None:
+    with contextlib.ExitStack() as stack:
+        if postgres:
+            cluster = stack.enter_context(pgtemp.TempCluster.start())
+            print(f"through PostgreSQL: {cluster.version()}", flush=True)
+            measure(lambda which: cluster.create_database(f"recall_{which}"))
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="nanochat-recall-"))
+            print("through SQLite", flush=True)
+            measure(lambda which: str(folder / f"{which}.db"))
+
+
+def measure(database: Callable[[str], str]) -> None:
+    """recall@5 through stores opened on `database("with")` and `database("without")`."""
     model_dir = r._model_dir()
     embedder = Embedder(model_dir)
     topics, sets, _ = r.qa_set()
@@ -49,10 +68,9 @@ def main() -> None:
     texts = [c.embed_text for c in chunks]
     vectors = {"with": chunk_vectors(cached, texts, [c.heading for c in chunks]),
                "without": cached([c.text for c in chunks])}
-    folder = Path(tempfile.mkdtemp(prefix="nanochat-recall-"))
     libraries = {}
     for which, vecs in vectors.items():
-        store = SQLiteDocuments(folder / f"{which}.db")
+        store = open_document_store(database(which))
         i = 0
         for label in labels:
             mine = [dataclasses.replace(c, heading=None) if which == "without" else c for c in per[label]]
@@ -87,4 +105,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] not in ([], ["--postgres"]):
+        sys.exit("usage: docs_recall_store.py [--postgres]")
+    main(postgres=sys.argv[1:] == ["--postgres"])
