@@ -12,6 +12,7 @@ saw it break answers StorageUnavailable (503).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from .store import (
     pick_terms,
 )
 
+log = logging.getLogger("nanochat_lite")
 _SCHEMA_LOCK = 0x6E63_646F  # pg_advisory_xact_lock key: "ncdo"
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS documents (
@@ -102,9 +104,7 @@ class PostgresDocuments(SharedSQL):
                                      f"Nanochat-Lite knows up to {SCHEMA_VERSION}. Upgrade it.")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
-                storage = self._conn.execute(_BODY_INLINE[0]).fetchone()
-                if storage is not None and storage[0] != "m":  # once: ALTER TABLE locks the table
-                    self._conn.execute(_BODY_INLINE[1])
+                self._body_inline()
                 if version < SCHEMA_VERSION:
                     self._conn.execute("INSERT INTO documents_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         except psycopg.Error as e:
@@ -114,6 +114,20 @@ class PostgresDocuments(SharedSQL):
         except BaseException:
             self._conn.close()
             raise
+
+    def _body_inline(self) -> None:
+        """Set the tsvector's storage to MAIN, once (ALTER TABLE takes the table's lock). A
+        table busy past the lock timeout (other replicas searching) is left for the next start:
+        its searches are slower, not wrong."""
+        storage = self._conn.execute(_BODY_INLINE[0]).fetchone()
+        if storage is None or storage[0] == "m":
+            return
+        try:
+            with self._conn.transaction():  # a savepoint: a timeout here leaves the schema's transaction usable
+                self._conn.execute(_BODY_INLINE[1])
+        except pg_errors.LockNotAvailable:
+            log.warning("documents: the chunks table was busy; its full-text column stays out of line until "
+                        "the next start")
 
     def _connect(self) -> psycopg.Connection[Any]:
         return connect(self.url, what="documents")

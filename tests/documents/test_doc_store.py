@@ -252,6 +252,33 @@ def test_postgres_keeps_the_tsvector_in_the_row(pg_url: str) -> None:
     assert row == ("m",)
 
 
+def test_postgres_opens_while_another_replica_reads_the_chunks(pg_url: str) -> None:
+    """The storage change waits for the table's lock: a replica reading the chunks past the
+    lock timeout leaves it for the next start instead of failing this one."""
+    import psycopg
+
+    def storage(conn: psycopg.Connection) -> str:
+        row = conn.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = 'chunks'::regclass "
+                           "AND attname = 'body'").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    open_document_store(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE chunks ALTER COLUMN body SET STORAGE EXTENDED")  # as a store made before
+        with psycopg.connect(pg_url) as reader:  # a transaction reading the table, held open
+            reader.execute("SELECT count(*) FROM chunks").fetchone()
+            store = open_document_store(pg_url)  # waits out the lock timeout, then goes on
+            try:
+                assert store.fulltext("alice", "knight", 5, total=0) == []
+            finally:
+                store.close()
+            assert storage(admin) == "x"
+            reader.rollback()
+        open_document_store(pg_url).close()
+        assert storage(admin) == "m"
+
+
 def test_sqlite_tables_sit_beside_the_conversations(tmp_path: Path) -> None:
     from nanochat_lite.history import open_store
 
