@@ -32,7 +32,7 @@ import httpx
 from .client import SAMPLING, Ask, Sample, http_request, request_body, summarize, ws_request
 from .common import Proc, settle_nanochat
 from .isolate import PeerCrashed
-from .memory import RssSampler, embeddings_memory, kv_cache_bytes, proc_memory
+from .memory import RssSampler, embeddings_memory, kv_cache_bytes, proc_memory, steady_memory
 from .peers import BASELINE, LLAMA_SERVER, NANO, NANO_DEFAULTS, Peer
 
 # Varied, realistic user turns for the latency section: questions, instructions, small talk; cycled.
@@ -286,8 +286,7 @@ def run(model_path: Path, threads: int, *, peers: list[Peer], absent: dict[str, 
         absent = {**absent, **failed}
         try:
             settle(servers)
-            time.sleep(0.5)
-            idle = {name: proc_memory(r.proc.pid) for name, r in servers.items()}
+            idle = {name: steady_memory(r.proc.pid) for name, r in servers.items()}
             kv = {name: _kv_cache(r) for name, r in servers.items()}
             warm_up(servers, ask)
             if "latency" in sections:
@@ -338,10 +337,9 @@ def _default_settings_memory(model_path: Path, threads: int, scratch: Path,
         return {"error": failed.get(NANO_DEFAULTS, "did not start")}
     try:
         settle(servers)
-        time.sleep(0.5)
         r = servers[NANO_DEFAULTS]
         kv = _kv_cache(r)
-        out = {**proc_memory(r.proc.pid), "kv_cache_bytes": kv["bytes"], "kv_cache_source": kv["source"]}
+        out = {**steady_memory(r.proc.pid), "kv_cache_bytes": kv["bytes"], "kv_cache_source": kv["source"]}
     finally:
         stop_servers(servers)
     log(f"  {NANO_DEFAULTS:<31} idle {out['rss_bytes'] >> 20} MB, KV cache "

@@ -12,12 +12,30 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from .common import Proc
+
+
+def steady_memory(pid: int, *, step_s: float = 0.5, within: int = 1 << 20, limit_s: float = 10.0) -> dict[str, int]:
+    """proc_memory once the idle process's RSS stops moving (two readings `step_s` apart
+    within `within` bytes, at most `limit_s`): a server finishes its start-up work when
+    it is first idle (nanochat-lite: the shared prefix, then it gives back the KV cache
+    pages nothing wrote), and idle means after that, for every peer alike."""
+    time.sleep(step_s)
+    last = proc_memory(pid)
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(step_s)
+        now = proc_memory(pid)
+        if abs(now["rss_bytes"] - last["rss_bytes"]) <= within:
+            return now
+        last = now
+    return last
 
 
 def proc_memory(pid: int) -> dict[str, int]:
