@@ -44,7 +44,7 @@ def main(postgres: bool) -> None:
             print(f"through PostgreSQL: {cluster.version()}", flush=True)
             measure(lambda which: cluster.create_database(f"recall_{which}"))
         else:
-            folder = Path(tempfile.mkdtemp(prefix="nanochat-recall-"))
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nanochat-recall-")))
             print("through SQLite", flush=True)
             measure(lambda which: str(folder / f"{which}.db"))
 
