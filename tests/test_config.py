@@ -17,7 +17,7 @@ EMPTY: dict[str, str] = {}
 def test_defaults_without_environment(tmp_path: Path) -> None:
     c = Config.load({}, {"XDG_CACHE_HOME": str(tmp_path)})
     assert (c.host, c.port, c.model) == ("127.0.0.1", 8080, "smollm2-135m-instruct")
-    assert (c.ctx_size, c.parallel, c.max_queue, c.batch_size) == (4096, 10, 64, 64)
+    assert (c.ctx_size, c.parallel, c.max_queue, c.batch_size) == (4096, 10, 64, 512)
     assert c.kv_size is None and c.seed is None and c.db is None
     assert c.threads >= 1
     assert c.environment == "production"

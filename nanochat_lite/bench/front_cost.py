@@ -37,7 +37,11 @@ def run(*, model: str, threads: int, ctx: int = 4096, rounds: int = 20, max_toke
         up_port, front_port = free_port(), free_port()
         with Proc(nanochat_cmd(up_port, model, threads, ctx, Path(tmp) / "up.sqlite3"), up_port) as up:
             up.wait_ready("/api/health")
+            # The front serves the upstream alone: with --model beside --engine the upstream
+            # would be one more entry and the local model the default.
             front_cmd = nanochat_cmd(front_port, model, threads, ctx, Path(tmp) / "front.sqlite3")
+            at = front_cmd.index("--model")
+            del front_cmd[at:at + 2]
             front_cmd += ["--engine", f"openai:{up.url}/v1"]
             with Proc(front_cmd, front_port) as front, httpx.Client() as client:
                 front.wait_ready("/api/health")

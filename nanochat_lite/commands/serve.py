@@ -47,8 +47,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--resume-window", type=float, metavar="SECONDS",
                    help="an answer whose client dropped goes on this long, waiting for a resume; 0: cancel at once "
                         "(env NANOCHAT_LITE_RESUME_WINDOW; 30)")
-    s.add_argument("--engine", help="generate with an OpenAI-compatible server instead of a model here: "
-                                    "openai:URL, its OpenAI base URL (env NANOCHAT_LITE_ENGINE)")
+    s.add_argument("--engine", help="an OpenAI-compatible server to generate with: openai:URL, its OpenAI base URL "
+                                    "(env NANOCHAT_LITE_ENGINE); alone it is the model served, beside --model "
+                                    "one more model entry")
     s.add_argument("--engine-key", help="the key that server wants (env NANOCHAT_LITE_ENGINE_KEY, which keeps "
                                         "it out of the process list)")
     s.add_argument("--engine-model", help="the model to ask that server for (env NANOCHAT_LITE_ENGINE_MODEL; "
