@@ -8,6 +8,17 @@ stored float32 rows and kept in step when a document is stored or deleted; anoth
 owner's chunks are never in the matrices a search reads. The full-text half is the
 store's own (FTS5 / tsvector), limited to the owner (and collection) in SQL.
 
+Replicas: other processes on the same database store and delete documents too. Before
+each search the library reads the store's generation (one one-row query; a writer bumps
+it in the transaction that adds or removes chunks, store.py) and, when it moved, replays
+the changes since the one it last saw: the removed chunk ids dropped, the new documents'
+vectors loaded, nothing else re-read. So a search sees every document made ready or
+deleted, through any replica, before it started. Why not LISTEN/NOTIFY: a notification
+arrives after the commit, on its own connection, so a search just after another
+replica's commit could miss it, and a dropped listener needs a poll behind it anyway;
+SQLite has no such thing. The chunks' rows are read back by owner, so a vector a
+replica has not dropped yet never shows a deleted chunk or another owner's.
+
 Fusion: search.py's convex fusion at its default weight (0.7 vector, 0.3 text) of each
 half's top `CANDIDATES`, each half's scores min-max normalised over its candidates (so the
 stores' different full-text scales, bm25 and ts_rank, fuse alike). Measured through this
@@ -27,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .search import DEFAULT_CANDIDATES, DEFAULT_VECTOR_WEIGHT, Ranking, VectorIndex, convex
-from .store import ChunkHit, DocumentStore
+from .store import ChunkHit, DocumentStore, VectorBlock
 
 CANDIDATES = DEFAULT_CANDIDATES  # each half's top-N that goes into the fusion
 
@@ -59,11 +70,50 @@ class Library:
         # at 100k chunks each half takes 15-35 ms, and numpy's product and both database
         # drivers release the GIL, so on two cores a search takes the longer half, not the sum.
         self._vectors_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="library-vectors")
-        for block in store.vector_blocks():
-            if block.vectors.shape[1] != dim:
-                raise ValueError(f"stored vectors of {block.owner}/{block.collection} have "
-                                 f"{block.vectors.shape[1]} dimensions, the embedder gives {dim}")
-            self._index(block.owner, block.collection).add(block.ids.tolist(), block.vectors)
+        self._seen = 0  # the store's generation the matrices are in step with
+        self._catch_up = threading.Lock()  # one thread replays the store's changes at a time
+        try:
+            self._reload()
+        except BaseException:
+            self._vectors_pool.shutdown(wait=False)
+            raise
+
+    def _reload(self) -> None:
+        """Every stored vector, read anew (start-up, or a replica too far behind to replay)."""
+        seen = self.store.generation()  # before the rows: a change after it is replayed, harmlessly
+        indexes: dict[tuple[str, str], VectorIndex] = {}
+        for block in self.store.vector_blocks():
+            self._check(block)
+            index = indexes.setdefault((block.owner, block.collection), VectorIndex(self.dim))
+            index.add(block.ids.tolist(), block.vectors)
+        with self._lock:
+            self._indexes = indexes
+        self._seen = seen
+
+    def _check(self, block: VectorBlock) -> None:
+        if block.vectors.shape[1] != self.dim:
+            raise ValueError(f"stored vectors of {block.owner}/{block.collection} have "
+                             f"{block.vectors.shape[1]} dimensions, the embedder gives {self.dim}")
+
+    def refresh(self) -> None:
+        """Bring the vectors in step with the store: what other replicas (or this one's own
+        writes) changed since the last look. Costs one one-row query when nothing did."""
+        if self.store.generation() == self._seen:
+            return
+        with self._catch_up:
+            changes = self.store.changes_since(self._seen)
+            if changes is None:
+                self._reload()
+                return
+            gone: dict[str, list[int]] = {}
+            for owner, ids in changes.removed:
+                gone.setdefault(owner, []).extend(ids.tolist())
+            for owner, ids_gone in gone.items():  # removals first: SQLite may give a new chunk an old id
+                self.removed(owner, ids_gone)
+            for block in changes.added:
+                self._check(block)
+                self._index(block.owner, block.collection).add(block.ids.tolist(), block.vectors, new_only=True)
+            self._seen = changes.generation
 
     def _index(self, owner: str, collection: str) -> VectorIndex:
         with self._lock:
@@ -81,9 +131,10 @@ class Library:
             return sum(len(ix) for (o, _), ix in self._indexes.items() if owner is None or o == owner)
 
     def added(self, owner: str, collection: str, ids: Sequence[int], vectors: np.ndarray) -> None:
-        """A document's chunks were stored: search them from now on."""
+        """A document's chunks were stored: search them from now on (a search that caught
+        up with the store meanwhile may have loaded them already: those are skipped)."""
         if ids:
-            self._index(owner, collection).add(list(ids), vectors)
+            self._index(owner, collection).add(list(ids), vectors, new_only=True)
 
     def removed(self, owner: str, ids: Sequence[int]) -> None:
         """A document's chunks were deleted: forget their vectors."""
@@ -99,6 +150,7 @@ class Library:
         these chunk ids (a few chosen documents' chunks) and no others."""
         if k <= 0:
             return []
+        self.refresh()
         wanted = max(k, CANDIDATES)
         total = self.chunks_in_memory(owner)
         # Limited to some chunks: each half ranks all it can, then keeps the allowed ones
@@ -111,7 +163,7 @@ class Library:
             by_vector = [hit for hit in by_vector if hit[0] in only][:wanted]
             by_text = [hit for hit in by_text if hit[0] in only][:wanted]
         fused = self._fuse(by_vector, by_text)[:k]
-        hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused])
+        hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused], owner=owner)
         # A chunk deleted between the ranking and this read is skipped, not shown half.
         return [_result(score, hits[chunk_id]) for chunk_id, score in fused if chunk_id in hits]
 

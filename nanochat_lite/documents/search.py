@@ -134,15 +134,22 @@ class VectorIndex:
     def __len__(self) -> int:
         return self._view[2]
 
-    def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
-        """Add rows; `vectors` is (len(ids), dim), rows of L2 norm 1 (the embedder's)."""
+    def add(self, ids: Sequence[int], vectors: np.ndarray, *, new_only: bool = False) -> None:
+        """Add rows; `vectors` is (len(ids), dim), rows of L2 norm 1 (the embedder's).
+        `new_only`: skip the ids already in (a replica catching up with the store meets
+        chunks it added itself) instead of raising."""
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(ids)}, {self.dim})")
         with self._write:
             repeated = self._known.intersection(ids)
+            if new_only and repeated:
+                keep = [i for i, chunk_id in enumerate(ids) if chunk_id not in repeated]
+                ids, vectors, repeated = [ids[i] for i in keep], vectors[keep], set()
             if repeated or len(set(ids)) != len(ids):
                 raise ValueError(f"chunk ids already in the index or repeated: {sorted(repeated)[:5]}")
+            if not ids:
+                return
             matrix, id_array, n = self._view
             m = len(ids)
             if n + m > matrix.shape[0]:  # grow by doubling: amortised O(1) a row

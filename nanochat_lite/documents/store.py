@@ -17,9 +17,18 @@ missing one (None / False). A document's chunks are written in the same transact
 that marks it 'ready', so a failed or interrupted one has none; deleting a document
 deletes its chunks (ON DELETE CASCADE, and the full-text rows with them).
 
+Replicas (several processes on one PostgreSQL database, or on one SQLite file): every
+write that adds or removes searchable chunks (`finish`, `delete`, a `fail` that dropped
+any) bumps the one row of `documents_generation` and writes a row of `document_changes`
+(the new generation, the document, its owner, and for a removal the chunk ids gone) in
+its own transaction, as its last statements. The bump's row lock holds until commit, so
+generations commit in order: a reader that sees generation G sees every change up to G.
+A library reads the generation before each search (one tiny query) and, when it moved,
+replays `changes_since` its last one (library.py). The log keeps the last
+KEPT_CHANGES rows; a replica further behind reloads every vector.
+
 Not handled here: parsing, chunking, embedding (indexer.py), the in-memory vector
-matrix (library.py), several processes sharing one PostgreSQL database's vectors (each
-builds its matrix at start-up and only sees its own additions after that).
+matrix (library.py).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ if TYPE_CHECKING:  # numpy loads with the vectors, not with the web stack (cold 
 
     from .chunk import Chunk
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: documents_generation and document_changes (replicas keep their vectors in step)
 STATUSES = ("indexing", "ready", "error")
 DEFAULT_COLLECTION = "default"  # where an upload without a collection goes; chat's `documents: true`
 MAX_COLLECTION_CHARS = 64
@@ -43,6 +52,9 @@ MAX_FULLTEXT_TERMS = 32  # of a query: more words add little and cost a scan eac
 FULLTEXT_ROW_BUDGET = 20_000  # chunks the full-text half may score for one query (pick_terms)
 FULLTEXT_MIN_ROWS = 1_000  # a term in fewer chunks than this is never too common to rank by
 VECTOR_DTYPE = "<f4"  # little-endian float32, 4 bytes a number
+ID_DTYPE = "<i8"  # a removal's chunk ids in document_changes: little-endian int64
+KEPT_CHANGES = 10_000  # rows of document_changes kept; a replica further behind reloads every vector
+MAX_REPLAYED = 1_000  # changes replayed at once; past this a reload costs about the same
 # A document left 'indexing' by a server that stopped: its bytes are gone, so it cannot resume.
 INTERRUPTED = ("interrupted", "the server stopped while this document was being indexed; upload it again")
 
@@ -90,6 +102,16 @@ class VectorBlock:
     vectors: np.ndarray
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What other writers changed since a generation (DocumentStore.changes_since): the
+    chunk ids removed, per owner, and the vectors of the documents made ready since."""
+
+    generation: int  # the store's generation these changes bring a reader to
+    removed: list[tuple[str, np.ndarray]]  # (owner, chunk ids (n,) int64)
+    added: list[VectorBlock]
+
+
 class DocumentStore(Protocol):
     """What both backends answer. Every method blocks: call it from a worker thread."""
 
@@ -111,7 +133,11 @@ class DocumentStore(Protocol):
     def fulltext(self, owner: str, query: str, k: int, *, collection: str | None = None,
                  total: int = 0) -> Ranking: ...
 
-    def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]: ...
+    def chunk_hits(self, ids: Sequence[int], *, owner: str | None = None) -> dict[int, ChunkHit]: ...
+
+    def generation(self) -> int: ...
+
+    def changes_since(self, generation: int) -> Changes | None: ...
 
     def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]: ...
 
@@ -183,6 +209,71 @@ class SharedSQL:
             rows = db.execute("SELECT c.id, d.owner, d.collection, c.vector FROM chunks c "
                               "JOIN documents d ON d.id = c.document_id ORDER BY d.owner, d.collection, c.id").fetchall()
         return group_vectors(iter(rows))
+
+    # -- replicas: the generation and its log (see the module's docstring) -------------------
+    def generation(self) -> int:
+        """How many searchable changes the store has seen, all writers together."""
+        with self._read() as db:
+            row = db.execute("SELECT generation FROM documents_generation").fetchone()
+        return int(row[0]) if row else 0
+
+    def changes_since(self, generation: int) -> Changes | None:
+        """The changes after `generation`, up to the store's current one; None when they
+        cannot be replayed (the log no longer reaches back, too many, or the store is older
+        than `generation`: a restored database): then reload every vector.
+
+        Each statement reads its own snapshot: the chunks of a document made ready may be
+        gone by the time they are read (its removal is a later change, replayed next time),
+        and replaying a change twice is harmless (known ids are skipped, unknown ones ignored)."""
+        import numpy as np
+
+        with self._read() as db:
+            row = db.execute("SELECT generation FROM documents_generation").fetchone()
+            now = int(row[0]) if row else 0
+            if now == generation:
+                return Changes(now, [], [])
+            if now < generation or now - generation > MAX_REPLAYED:
+                return None
+            rows = db.execute(self._sql("SELECT generation, document_id, owner, removed FROM document_changes "
+                                        "WHERE generation > ? AND generation <= ? ORDER BY generation"),
+                              (generation, now)).fetchall()
+            if len(rows) != now - generation:  # pruned past `generation`
+                return None
+            ready = [r[1] for r in rows if r[3] is None]
+            added: list[tuple[int, str, str, bytes]] = []
+            if ready:
+                added = db.execute(self._sql(
+                    "SELECT c.id, d.owner, d.collection, c.vector FROM chunks c JOIN documents d ON d.id = c.document_id "
+                    f"WHERE c.document_id IN ({','.join('?' * len(ready))}) ORDER BY d.owner, d.collection, c.id"),
+                    ready).fetchall()
+        removed = [(str(r[2]), np.frombuffer(bytes(r[3]), ID_DTYPE).astype(np.int64)) for r in rows if r[3] is not None]
+        return Changes(now, removed, list(group_vectors(iter(added))))
+
+    def _changed(self, db: Any, doc_id: str, owner: str, removed: Sequence[int] | None) -> None:
+        """Bump the generation and log this change, inside the writer's transaction and as
+        its last statements: the row lock taken here is held until commit, so keep what
+        follows it short. `removed`: the chunk ids gone, or None when the document became ready."""
+        import numpy as np
+
+        row = db.execute("UPDATE documents_generation SET generation = generation + 1 RETURNING generation").fetchone()
+        if row is None:
+            from ..history import StoreError
+
+            raise StoreError("the documents_generation row is missing: reopen the store to recreate it")
+        now = int(row[0])
+        blob = None if removed is None else np.asarray(removed, ID_DTYPE).tobytes()
+        db.execute(self._sql("INSERT INTO document_changes (generation, document_id, owner, removed) "
+                             "VALUES (?, ?, ?, ?)"), (now, doc_id, owner, blob))
+        if now > KEPT_CHANGES:
+            db.execute(self._sql("DELETE FROM document_changes WHERE generation <= ?"), (now - KEPT_CHANGES,))
+
+
+# Both stores' replica tables (store.py's docstring); `generation` starts at 0.
+GENERATION_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS documents_generation (one INTEGER PRIMARY KEY CHECK (one = 1), "
+    "generation BIGINT NOT NULL)",
+    "INSERT INTO documents_generation (one, generation) VALUES (1, 0) ON CONFLICT (one) DO NOTHING",
+)
 
 
 # -- helpers both halves share ------------------------------------------------------------

@@ -30,6 +30,7 @@ from .chunk import Chunk
 from .search import terms
 from .store import (
     DOC_COLUMNS,
+    GENERATION_SCHEMA,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
     ChunkHit,
@@ -60,6 +61,10 @@ _SCHEMA = (
     # instead of 10). The GIN index finds the matching chunks; the owner filters those.
     "CREATE INDEX IF NOT EXISTS chunks_body ON chunks USING GIN (body)",
     "CREATE TABLE IF NOT EXISTS chunk_terms (term TEXT PRIMARY KEY, chunks BIGINT NOT NULL)",
+    # Replicas keep their vectors in step through these (store.py).
+    *GENERATION_SCHEMA,
+    """CREATE TABLE IF NOT EXISTS document_changes (generation BIGINT PRIMARY KEY, document_id TEXT NOT NULL,
+        owner TEXT NOT NULL, removed BYTEA)""",
 )
 # A chunk's row (text ~1 KB, vector 1.5 KB, tsvector ~1.7 KB) is over PostgreSQL's 2 KB
 # TOAST target, and by default the tsvector went out of line with the others: ts_rank then
@@ -193,14 +198,18 @@ class PostgresDocuments(SharedSQL):
             db.execute(_TERMS, (1, doc_id))
             db.execute("UPDATE documents SET status = 'ready', pages = %s, chunks = %s WHERE id = %s",
                        (pages, len(ids), doc_id))
+            self._changed(db, doc_id, row[0], None)  # last: its row lock is held until commit
             return ids
 
     def fail(self, doc_id: str, code: str, message: str) -> None:
         with self._tx() as db:
+            row = db.execute("SELECT owner FROM documents WHERE id = %s", (doc_id,)).fetchone()
             db.execute(_TERMS, (-1, doc_id))
-            db.execute("DELETE FROM chunks WHERE document_id = %s", (doc_id,))
+            gone = [int(r[0]) for r in db.execute("DELETE FROM chunks WHERE document_id = %s RETURNING id", (doc_id,))]
             db.execute("UPDATE documents SET status = 'error', error_code = %s, error = %s, chunks = 0 WHERE id = %s",
                        (code, message.replace("\x00", ""), doc_id))
+            if gone and row is not None:  # a ready document's chunks were searchable somewhere
+                self._changed(db, doc_id, row[0], gone)
 
     def delete(self, doc_id: str, *, owner: str) -> list[int] | None:
         with self._tx() as db:
@@ -211,6 +220,8 @@ class PostgresDocuments(SharedSQL):
             ids = [int(r[0]) for r in db.execute("SELECT id FROM chunks WHERE document_id = %s", (doc_id,))]
             db.execute(_TERMS, (-1, doc_id))
             db.execute("DELETE FROM documents WHERE id = %s", (doc_id,))
+            if ids:
+                self._changed(db, doc_id, owner, ids)  # last: its row lock is held until commit
             return ids
 
     # -- reads -----------------------------------------------------------------------------
@@ -237,12 +248,13 @@ class PostgresDocuments(SharedSQL):
         with self._query() as db:
             return [(int(i), float(s)) for i, s in db.execute(sql, args)]
 
-    def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]:
+    def chunk_hits(self, ids: Sequence[int], *, owner: str | None = None) -> dict[int, ChunkHit]:
         if not ids:
             return {}
+        mine, args = ("", [list(ids)]) if owner is None else (" AND c.owner = %s", [list(ids), owner])
         with self._query() as db:
             rows = db.execute("SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
-                              "JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s)", (list(ids),)).fetchall()
+                              f"JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%s){mine}", args).fetchall()
         return {int(r[0]): ChunkHit(int(r[0]), *r[1:]) for r in rows}
 
     def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]:

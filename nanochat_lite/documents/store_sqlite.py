@@ -24,6 +24,7 @@ from .chunk import Chunk
 from .search import terms
 from .store import (
     DOC_COLUMNS,
+    GENERATION_SCHEMA,
     MAX_FULLTEXT_TERMS,
     SCHEMA_VERSION,
     ChunkHit,
@@ -60,6 +61,10 @@ _SCHEMA = (
     # The cascade removes chunks; this removes their full-text rows in the same statement.
     """CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
         DELETE FROM chunks_fts WHERE rowid = old.id; END""",
+    # Several processes on one file keep their vectors in step through these (store.py).
+    *GENERATION_SCHEMA,
+    """CREATE TABLE IF NOT EXISTS document_changes (generation INTEGER PRIMARY KEY, document_id TEXT NOT NULL,
+        owner TEXT NOT NULL, removed BLOB)""",
 )
 _UNAVAILABLE_CODES = frozenset({5, 6, 8, 10, 13, 14})  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
 
@@ -166,13 +171,17 @@ class SQLiteDocuments(SharedSQL):
                 ids.append(cur.lastrowid)
             db.execute("UPDATE documents SET status = 'ready', pages = ?, chunks = ? WHERE id = ?",
                        (pages, len(ids), doc_id))
+            self._changed(db, doc_id, row[0], None)
             return ids
 
     def fail(self, doc_id: str, code: str, message: str) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM chunks WHERE document_id = ?", (doc_id,))
+            row = db.execute("SELECT owner FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            gone = [r[0] for r in db.execute("DELETE FROM chunks WHERE document_id = ? RETURNING id", (doc_id,))]
             db.execute("UPDATE documents SET status = 'error', error_code = ?, error = ?, chunks = 0 WHERE id = ?",
                        (code, message, doc_id))
+            if gone and row is not None:  # a ready document's chunks were searchable somewhere
+                self._changed(db, doc_id, row[0], gone)
 
     def delete(self, doc_id: str, *, owner: str) -> list[int] | None:
         """Delete the owner's document with its chunks; the chunk ids gone, None if no such document."""
@@ -181,6 +190,8 @@ class SQLiteDocuments(SharedSQL):
                 return None
             ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE document_id = ?", (doc_id,))]
             db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+            if ids:
+                self._changed(db, doc_id, owner, ids)
             return ids
 
     # -- reads -----------------------------------------------------------------------------
@@ -214,13 +225,16 @@ class SQLiteDocuments(SharedSQL):
             self._term_counts.update((w, int(found.get(w, 0))) for w in unknown)
         return {w: self._term_counts[w] for w in words}
 
-    def chunk_hits(self, ids: Sequence[int]) -> dict[int, ChunkHit]:
+    def chunk_hits(self, ids: Sequence[int], *, owner: str | None = None) -> dict[int, ChunkHit]:
+        """The chunks among `ids` that exist (and are `owner`'s, when given: SQLite may give a
+        deleted chunk's id to a new one, another owner's, before a replica's vectors catch up)."""
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
+        mine, args = ("", list(ids)) if owner is None else (" AND c.owner = ?", [*ids, owner])
         with self._read() as db:
             rows = db.execute(f"SELECT c.id, c.document_id, d.name, c.page, c.heading, c.text FROM chunks c "
-                              f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})", list(ids)).fetchall()
+                              f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks}){mine}", args).fetchall()
         return {r[0]: ChunkHit(*r) for r in rows}
 
     def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]:

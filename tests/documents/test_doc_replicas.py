@@ -1,0 +1,146 @@
+"""Two replicas on one database (two document services, each with its own connection and
+its own vectors in memory, as two `serve` processes on one --db would have): a document
+indexed or deleted through one is found, or gone, through the other's next search, by
+its vectors as well as its words; another owner never sees it. On a real PostgreSQL and
+on one SQLite file, with the real MiniLM embedder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nanochat_lite.documents import store as store_module
+from nanochat_lite.documents.blocks import Block
+from nanochat_lite.documents.search import terms
+from nanochat_lite.documents.service import DocumentService, open_documents
+from nanochat_lite.documents.store import Document
+from nanochat_lite.embeddings import Embedder
+
+VOLCANO = ("Volcanoes erupt when magma rises through the crust. Basaltic lava flows are runny, "
+           "while rhyolitic eruptions are explosive and throw out ash and pumice.")
+OTHERS = {
+    "bread": "To bake sourdough bread, feed the starter the night before, mix flour and water, "
+             "let the dough rise for hours and bake it in a hot Dutch oven.",
+    "chess": "In chess the knight moves in an L shape and can jump over other pieces; castling "
+             "moves the king two squares toward a rook.",
+}
+# Near the volcano text in meaning, with no word of it: only the vector half can find it.
+BY_MEANING = "burning mountain spitting fire"
+BY_WORDS = "pumice"  # in the volcano text only
+
+
+@pytest.fixture(scope="module")
+def embedder(embedding_model_dir: Path) -> Embedder:
+    return Embedder(embedding_model_dir, threads=2)
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "h.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def replicas(spec: str, embedder: Embedder) -> Iterator[tuple[DocumentService, DocumentService]]:
+    a = open_documents(spec, embedder=lambda: embedder)
+    b = open_documents(spec, embedder=lambda: embedder)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def _wait(condition: Callable[[], bool], what: str, within: float = 120.0) -> None:
+    """Poll until `condition` holds; the deadline only guards against a hang."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _index(svc: DocumentService, owner: str, name: str, text: str) -> Document:
+    """Upload and index `text` through this replica, as the route does; returns it once ready."""
+    doc = svc.library.store.add(owner, "default", name, "text", len(text))
+    progress = svc.indexer.submit(doc, [Block(text, None, None)])
+    _wait(lambda: progress.state != "indexing", f"{name} to be indexed")
+    assert progress.state == "ready", progress.snapshot()
+    ready = svc.library.store.get(doc.id, owner=owner)
+    assert ready is not None and ready.status == "ready" and ready.chunks >= 1
+    return ready
+
+
+def _names(svc: DocumentService, embedder: Embedder, owner: str, query: str, k: int = 5) -> list[str]:
+    vector = embedder.embed([query]).vectors[0]
+    return [r.name for r in svc.library.search(owner, query, vector, k)]
+
+
+def test_a_document_added_or_deleted_through_one_replica_is_found_or_gone_through_the_other(
+        replicas: tuple[DocumentService, DocumentService], embedder: Embedder) -> None:
+    a, b = replicas
+    assert not set(terms(BY_MEANING)) & set(terms(VOLCANO + " volcano.txt"))
+    for topic, text in OTHERS.items():
+        _index(a, "alice", f"{topic}.txt", text)
+    _index(a, "bob", "bob-bread.txt", OTHERS["bread"])
+    b.library.refresh()  # what every search does first
+    before = b.library.chunks_in_memory("alice")
+    assert before == sum(d.chunks for d in b.library.store.of_owner(owner="alice"))
+    assert "volcano.txt" not in _names(b, embedder, "alice", BY_MEANING)
+
+    volcano = _index(a, "alice", "volcano.txt", VOLCANO)
+
+    # B, started before the volcano existed, finds it by meaning: its full text cannot.
+    assert b.library.store.fulltext("alice", BY_MEANING, 10, total=10) == []
+    assert _names(b, embedder, "alice", BY_MEANING)[0] == "volcano.txt"
+    assert b.library.chunks_in_memory("alice") == before + volcano.chunks
+    assert _names(b, embedder, "alice", BY_WORDS)[0] == "volcano.txt"
+    # A replayed its own write without doubling its vectors.
+    assert _names(a, embedder, "alice", BY_MEANING)[0] == "volcano.txt"
+    assert a.library.chunks_in_memory("alice") == before + volcano.chunks
+    # Another owner never sees it, through either replica.
+    for svc in (a, b):
+        assert _names(svc, embedder, "bob", BY_MEANING) == ["bob-bread.txt"]
+        assert _names(svc, embedder, "bob", BY_WORDS) == ["bob-bread.txt"]
+        assert svc.library.chunks_in_memory("bob") == b.library.store.of_owner(owner="bob")[0].chunks
+
+    # Deleted through A (as the route does): gone from B's answers and from B's vectors.
+    gone = a.library.store.delete(volcano.id, owner="alice")
+    assert gone
+    a.library.removed("alice", gone)
+    assert "volcano.txt" not in _names(b, embedder, "alice", BY_MEANING, k=10)
+    assert "volcano.txt" not in _names(b, embedder, "alice", BY_WORDS, k=10)
+    assert b.library.chunks_in_memory("alice") == before
+    assert _names(b, embedder, "alice", "how does the knight move?")[0] == "chess.txt"
+
+
+def test_a_replica_too_far_behind_reloads_every_vector(
+        replicas: tuple[DocumentService, DocumentService], embedder: Embedder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the changes the store keeps, B cannot replay: it reads every vector again."""
+    monkeypatch.setattr(store_module, "KEPT_CHANGES", 1)
+    a, b = replicas
+    bread = _index(a, "alice", "bread.txt", OTHERS["bread"])
+    chess = _index(a, "alice", "chess.txt", OTHERS["chess"])
+    gone = a.library.store.delete(bread.id, owner="alice")
+    assert gone
+    a.library.removed("alice", gone)
+    assert b.library.store.changes_since(0) is None  # three changes, one kept
+    assert _names(b, embedder, "alice", "sourdough starter and flour") == ["chess.txt"]
+    assert b.library.chunks_in_memory("alice") == chess.chunks
+    assert b.library.store.changes_since(b.library.store.generation()) is not None
+
+
+def test_a_chunk_is_read_back_only_for_its_owner(
+        replicas: tuple[DocumentService, DocumentService]) -> None:
+    """The last guard: a vector a replica still holds (its chunk deleted, and on SQLite its id
+    given to another owner's chunk) never shows that chunk's text to the wrong owner."""
+    a, b = replicas
+    doc = _index(a, "alice", "volcano.txt", VOLCANO)
+    ids = [hit.id for hit in b.library.store.document_chunks([doc.id], owner="alice")]
+    assert ids and set(b.library.store.chunk_hits(ids, owner="alice")) == set(ids)
+    assert b.library.store.chunk_hits(ids, owner="bob") == {}
