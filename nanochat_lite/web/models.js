@@ -43,6 +43,15 @@ export function formatSize(bytes) {
   return `${Math.max(1, Math.round(bytes / 1e6))} MB`;
 }
 
+/** "http://10.0.0.5:8080/v1" -> "10.0.0.5:8080" (the URL itself when it does not parse). */
+export function hostOf(url) {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
 /** Why a row cannot answer a chat, or null when it can. */
 export function whyNot(row) {
   if (row.status === "unusable") return `unusable: ${row.error || "the file cannot be read"}`;
@@ -50,12 +59,14 @@ export function whyNot(row) {
   return null;
 }
 
-/** "gemma3-270m · 253 MB · unloaded" (or the reason it cannot chat). */
+/** "gemma3-270m · 253 MB · unloaded" (or the reason it cannot chat); an upstream's
+ * entry shows its host instead of a size, and "not answering" while its status is error. */
 export function optionLabel(row) {
   const parts = [row.name];
   const size = formatSize(row.size_bytes);
   if (size) parts.push(size);
-  parts.push(whyNot(row) || row.status);
+  if (row.upstream) parts.push(`remote ${hostOf(row.upstream)}`);
+  parts.push(whyNot(row) || (row.status === "error" ? "not answering" : row.status));
   return parts.join(" · ");
 }
 
@@ -181,6 +192,7 @@ export class ModelPicker {
     const why = whyNot(row);
     o.disabled = Boolean(why);
     if (why) o.title = why;
+    else if (row.status === "error" && row.error) o.title = row.error; // an upstream not answering: may come back
     return o;
   }
 }

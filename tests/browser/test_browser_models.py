@@ -219,3 +219,18 @@ def test_one_model_server_shows_no_picker(echo_server, new_page):
     assert page.is_hidden("#model-box")
     assert page.inner_text("#model-name") == "echo"
     assert page.inner_text(".msg-assistant .msg-model") == "echo"
+
+
+def test_an_upstream_entry_is_labelled_with_its_host_and_its_state(server, new_page):
+    """The label rules of the picker (web/models.js), run in the page: an upstream beside the
+    local models shows its host instead of a size, and "not answering" while its status is
+    error (it may come back, so it stays selectable)."""
+    page = new_page().page
+    open_chat(page, server.url)
+    labels = page.evaluate("""() => import('/static/models.js').then(m => [
+        m.optionLabel({name: 'up', status: 'loaded', upstream: 'http://10.0.0.5:8080/v1'}),
+        m.optionLabel({name: 'up', status: 'error', upstream: 'http://10.0.0.5:8080/v1', error: 'no answer'}),
+        m.optionLabel({name: 'g', status: 'unloaded', size_bytes: 253113024, has_chat_template: false}),
+        m.whyNot({name: 'up', status: 'error', upstream: 'http://10.0.0.5:8080/v1'})])""")
+    assert labels == ["up · remote 10.0.0.5:8080 · loaded", "up · remote 10.0.0.5:8080 · not answering",
+                      "g · 253 MB · no chat template (completions only)", None]
