@@ -172,16 +172,8 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
 
     from ..server import Runtime, create_app  # the web stack, imported while the model loads
 
-    def make_tokenizer():
-        from ..tokenizer import Tokenizer
-
-        try:
-            return Tokenizer.from_gguf(path)
-        except (ValueError, OSError) as e:  # what clients read names the file, not where it is
-            raise ValueError(redact_paths(str(e))) from None
-
     runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=None if path is None else make_tokenizer, resume_window_s=config.resume_window)
+                      tokenizer_factory=_tokenizer_factory(path), resume_window_s=config.resume_window)
     if config.seed is not None:
         from ..generation import SamplingParams
         runtime.defaults = SamplingParams(seed=config.seed)
@@ -235,6 +227,22 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _tokenizer_factory(path):
+    """What loads our tokenizer for the model at `path` (None for an upstream: it has its own)."""
+    if path is None:
+        return None
+
+    def make_tokenizer():
+        from ..tokenizer import Tokenizer
+
+        try:
+            return Tokenizer.from_gguf(path)
+        except (ValueError, OSError) as e:  # what clients read names the file, not where it is
+            raise ValueError(redact_paths(str(e))) from None
+
+    return make_tokenizer
 
 
 def _preload_pinned(registry, names: list[str]) -> None:

@@ -215,32 +215,7 @@ class Engine:
         self.fair_batch = min(FAIR_BATCH, batch)
         self._slot_dir = tempfile.mkdtemp(prefix=f"{SLOT_DIR_PREFIX}{os.getpid()}-")
         key = secrets.token_urlsafe(24)
-        p = xllamacpp.CommonParams()
-        p.model.path = str(self.model_path)
-        p.n_ctx = self.kv_size
-        p.n_parallel = self.parallel
-        p.kv_unified = True  # one pool: a long conversation may use what idle slots do not
-        self.kv_type = _set_kv_type(p, kv_type)
-        # The biggest prefill batch: fastest alone (3,070 tokens: 15.6 s at 512 vs 22.6 s at
-        # 64); while others stream the scheduler hands a prompt over in smaller pieces.
-        p.n_batch = batch
-        p.n_ubatch = batch
-        self.speculative = _set_speculative(p, speculative)  # after n_batch and n_parallel
-        p.cpuparams.n_threads = self.threads
-        p.cpuparams_batch.n_threads = self.threads
-        # What the first token does not need: a warm-up decode (the shared-prefix
-        # computation replaces it), weight repacking (no faster here), fit trials.
-        p.warmup = False
-        p.no_extra_bufts = True
-        p.fit_params = False
-        # No RAM prompt cache: a slot's cache is reused only for an exact token prefix
-        # (llama.cpp #27148 restored one conversation's cache into another's request).
-        p.cache_ram_mib = 0
-        p.verbosity = -1
-        p.api_keys = [key]  # its HTTP listener is loopback-only and needs this key
-        # llama.cpp joins this and the file name without a separator: keep the slash.
-        p.slot_save_path = os.path.join(self._slot_dir, "")
-        p.endpoint_metrics = False
+        p = self._params(key, kv_type, speculative)
         from .kv_pages import LoadWindow
 
         window = LoadWindow()  # what llama.cpp maps while it loads: its KV cache among it
@@ -278,6 +253,38 @@ class Engine:
                                      add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
                                      fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
         self.kv_cache_bytes: int | None = None  # set by describe_cache()
+
+    def _params(self, key: str, kv_type: str, speculative: str) -> Any:
+        """llama.cpp's parameters for this engine (sets kv_type and speculative)."""
+        import xllamacpp
+
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.model_path)
+        p.n_ctx = self.kv_size
+        p.n_parallel = self.parallel
+        p.kv_unified = True  # one pool: a long conversation may use what idle slots do not
+        self.kv_type = _set_kv_type(p, kv_type)
+        # The biggest prefill batch: fastest alone (3,070 tokens: 15.6 s at 512 vs 22.6 s at
+        # 64); while others stream the scheduler hands a prompt over in smaller pieces.
+        p.n_batch = self.batch
+        p.n_ubatch = self.batch
+        self.speculative = _set_speculative(p, speculative)  # after n_batch and n_parallel
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        # What the first token does not need: a warm-up decode (the shared-prefix
+        # computation replaces it), weight repacking (no faster here), fit trials.
+        p.warmup = False
+        p.no_extra_bufts = True
+        p.fit_params = False
+        # No RAM prompt cache: a slot's cache is reused only for an exact token prefix
+        # (llama.cpp #27148 restored one conversation's cache into another's request).
+        p.cache_ram_mib = 0
+        p.verbosity = -1
+        p.api_keys = [key]  # its HTTP listener is loopback-only and needs this key
+        # llama.cpp joins this and the file name without a separator: keep the slash.
+        p.slot_save_path = os.path.join(self._slot_dir, "")
+        p.endpoint_metrics = False
+        return p
 
     def _own_template(self, reported: str | None) -> str | None:
         """The model's own chat template, or None when its GGUF has none (llama.cpp then
