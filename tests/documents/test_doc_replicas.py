@@ -144,3 +144,48 @@ def test_a_chunk_is_read_back_only_for_its_owner(
     ids = [hit.id for hit in b.library.store.document_chunks([doc.id], owner="alice")]
     assert ids and set(b.library.store.chunk_hits(ids, owner="alice")) == set(ids)
     assert b.library.store.chunk_hits(ids, owner="bob") == {}
+
+
+def _run_sql(spec: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run statements on the database behind `spec` through a connection of its own; the
+    last one's rows."""
+    if spec.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(spec, autocommit=True) as pg:
+            cur = None
+            for sql in statements:
+                cur = pg.execute(sql)
+            return list(cur.fetchall()) if cur is not None and cur.description else []
+    import sqlite3
+
+    lite = sqlite3.connect(spec, isolation_level=None)
+    try:
+        rows: list[tuple[object, ...]] = []
+        for sql in statements:
+            rows = lite.execute(sql).fetchall()
+        return rows
+    finally:
+        lite.close()
+
+
+def test_a_version_1_database_gains_the_generation_on_open(spec: str, embedder: Embedder) -> None:
+    """Tables written before replicas kept in step (documents schema 1) get the generation
+    row and the change log when a newer server opens them, their documents kept."""
+    first = open_documents(spec, embedder=lambda: embedder)
+    try:
+        chess = _index(first, "alice", "chess.txt", OTHERS["chess"])
+    finally:
+        first.close()
+    _run_sql(spec, "DROP TABLE document_changes", "DROP TABLE documents_generation",
+             "UPDATE documents_schema SET version = 1")
+    a = open_documents(spec, embedder=lambda: embedder)
+    b = open_documents(spec, embedder=lambda: embedder)
+    try:
+        assert _run_sql(spec, "SELECT MAX(version) FROM documents_schema") == [(2,)]
+        assert a.library.store.generation() == 0 and b.library.chunks_in_memory("alice") == chess.chunks
+        _index(a, "alice", "volcano.txt", VOLCANO)
+        assert _names(b, embedder, "alice", BY_MEANING)[0] == "volcano.txt"
+    finally:
+        a.close()
+        b.close()
