@@ -36,6 +36,21 @@ class PiecesEngine(FakeEngine):
         self.fills.append((slot, len(tokens)))
 
 
+def answer_once(sch: Scheduler, prep, params: SamplingParams) -> Done:
+    """Submit one request, wait for its Done, and close the scheduler."""
+    async def go() -> Done:
+        ticket = sch.submit(prep, params)
+        async for ev in ticket.events():
+            if isinstance(ev, Done):
+                return ev
+        raise AssertionError("no Done")
+
+    try:
+        return run_async(go)
+    finally:
+        sch.close()
+
+
 def words(n: int) -> str:
     return " ".join(["w"] * n)  # the fake tokenizer: one token per word, +1 for BOS
 
@@ -52,17 +67,7 @@ def test_alone_a_long_prompt_goes_in_big_batches():
     fake = PiecesEngine()
     sch = Scheduler(fake)
 
-    async def go() -> Done:
-        ticket = sch.submit(fake.prepare([{"role": "user", "content": words(1500)}], PARAMS), PARAMS)
-        async for ev in ticket.events():
-            if isinstance(ev, Done):
-                return ev
-        raise AssertionError("no Done")
-
-    try:
-        done = run_async(go)
-    finally:
-        sch.close()
+    done = answer_once(sch, fake.prepare([{"role": "user", "content": words(1500)}], PARAMS), PARAMS)
     assert done.finish_reason == "stop"
     # 1,501 tokens: two 512-token batches by fill_slot, the last 477 with the answer.
     assert [n for _, n in fake.fills] == [512, 1024]
@@ -127,18 +132,7 @@ def test_a_prompt_fed_in_pieces_gives_the_same_answer_as_fed_whole(chat_model_pa
             calls: list[int] = []
             fill = engine.fill_slot
             engine.fill_slot = lambda slot, tokens: (calls.append(len(tokens)), fill(slot, tokens))[1]  # type: ignore[method-assign]
-
-            async def go() -> Done:
-                ticket = sch.submit(prep, params)
-                async for ev in ticket.events():
-                    if isinstance(ev, Done):
-                        return ev
-                raise AssertionError("no Done")
-
-            try:
-                done = run_async(go)
-            finally:
-                sch.close()
+            done = answer_once(sch, prep, params)
             assert bool(calls) == (batch == 512), calls
             answers.append((done.text, done.prompt_tokens))
         finally:
