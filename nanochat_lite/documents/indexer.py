@@ -174,7 +174,7 @@ class Indexer:
             progress._set(state="error", code="document_not_found",
                           message="the document was deleted while it was indexed")
             return
-        self.library.added(doc.owner, doc.collection, ids, vectors)
+        self.library.added(doc.owner, doc.collection, ids, vectors, document_id=doc.id)
         progress._set(state="ready", chunks=len(ids))
 
     def _yield_to_chat(self) -> None:

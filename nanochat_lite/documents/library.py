@@ -72,6 +72,9 @@ class Library:
         self._vectors_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="library-vectors")
         self._seen = 0  # the store's generation the matrices are in step with
         self._catch_up = threading.Lock()  # one thread replays the store's changes at a time
+        # Documents this library added itself since its last catch-up: their vectors are not
+        # read back from the store when their change is replayed (1000 chunks: ~120 ms on PostgreSQL).
+        self._own: set[str] = set()
         try:
             self._reload()
         except BaseException:
@@ -88,6 +91,7 @@ class Library:
             index.add(block.ids.tolist(), block.vectors)
         with self._lock:
             self._indexes = indexes
+            self._own.clear()
         self._seen = seen
 
     def _check(self, block: VectorBlock) -> None:
@@ -101,7 +105,9 @@ class Library:
         if self.store.generation() == self._seen:
             return
         with self._catch_up:
-            changes = self.store.changes_since(self._seen)
+            with self._lock:
+                own = frozenset(self._own)
+            changes = self.store.changes_since(self._seen, loaded=own)
             if changes is None:
                 self._reload()
                 return
@@ -113,6 +119,8 @@ class Library:
             for block in changes.added:
                 self._check(block)
                 self._index(block.owner, block.collection).add(block.ids.tolist(), block.vectors, new_only=True)
+            with self._lock:
+                self._own -= own
             self._seen = changes.generation
 
     def _index(self, owner: str, collection: str) -> VectorIndex:
@@ -130,11 +138,17 @@ class Library:
         with self._lock:
             return sum(len(ix) for (o, _), ix in self._indexes.items() if owner is None or o == owner)
 
-    def added(self, owner: str, collection: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+    def added(self, owner: str, collection: str, ids: Sequence[int], vectors: np.ndarray, *,
+              document_id: str | None = None) -> None:
         """A document's chunks were stored: search them from now on (a search that caught
-        up with the store meanwhile may have loaded them already: those are skipped)."""
+        up with the store meanwhile may have loaded them already: those are skipped).
+        `document_id`: the document they are all of, whose vectors catching up then need
+        not read back."""
         if ids:
             self._index(owner, collection).add(list(ids), vectors, new_only=True)
+        if document_id is not None:  # only once its vectors are in: a catch-up skipping it misses nothing
+            with self._lock:
+                self._own.add(document_id)
 
     def removed(self, owner: str, ids: Sequence[int]) -> None:
         """A document's chunks were deleted: forget their vectors."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -137,7 +138,7 @@ class DocumentStore(Protocol):
 
     def generation(self) -> int: ...
 
-    def changes_since(self, generation: int) -> Changes | None: ...
+    def changes_since(self, generation: int, *, loaded: AbstractSet[str] = frozenset()) -> Changes | None: ...
 
     def document_chunks(self, doc_ids: Sequence[str], *, owner: str) -> list[ChunkHit]: ...
 
@@ -217,8 +218,9 @@ class SharedSQL:
             row = db.execute("SELECT generation FROM documents_generation").fetchone()
         return int(row[0]) if row else 0
 
-    def changes_since(self, generation: int) -> Changes | None:
-        """The changes after `generation`, up to the store's current one; None when they
+    def changes_since(self, generation: int, *, loaded: AbstractSet[str] = frozenset()) -> Changes | None:
+        """The changes after `generation`, up to the store's current one (the vectors of the
+        documents in `loaded` not read: the caller holds them already); None when they
         cannot be replayed (the log no longer reaches back, too many, or the store is older
         than `generation`: a restored database): then reload every vector.
 
@@ -239,7 +241,7 @@ class SharedSQL:
                               (generation, now)).fetchall()
             if len(rows) != now - generation:  # pruned past `generation`
                 return None
-            ready = [r[1] for r in rows if r[3] is None]
+            ready = [r[1] for r in rows if r[3] is None and r[1] not in loaded]
             added: list[tuple[int, str, str, bytes]] = []
             if ready:
                 added = db.execute(self._sql(
