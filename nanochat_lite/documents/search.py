@@ -164,6 +164,11 @@ class VectorIndex:
             self._view = (matrix, id_array, n + m)
             self._known.update(ids)
 
+    def holds_any(self, ids: Iterable[int]) -> bool:
+        """Whether any of these chunk ids is in the index."""
+        with self._write:
+            return not self._known.isdisjoint(ids)
+
     def remove(self, ids: Iterable[int]) -> int:
         """Drop these chunk ids (unknown ones are ignored); returns how many were dropped."""
         with self._write:
