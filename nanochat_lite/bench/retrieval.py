@@ -286,7 +286,7 @@ def _miss_examples(search: HybridSearch, questions: list[Question], queries: lis
     topic that answers it with its opening, and what came back (topic, vector and BM25
     rank, opening) -- to read why a miss misses."""
     out: list[dict[str, Any]] = []
-    first = {}
+    first: dict[str, int] = {}
     for i, label in enumerate(labels):
         first.setdefault(label, i)
     for q, text, vector in zip(questions, queries, vectors):
