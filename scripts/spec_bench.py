@@ -116,12 +116,14 @@ def main() -> int:
     runs: dict[str, list[list[dict[str, Any]]]] = {m: [] for m in modes}
     for r in range(args.rounds):
         for mode in modes if r % 2 == 0 else modes[::-1]:  # alternating, and not always off first
+            t_child = time.monotonic()
             proc = subprocess.run([sys.executable, __file__, "--child", mode, "--max-tokens", str(args.max_tokens),
                                    *extra], capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
                 print(f"{mode}: the engine process failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
                 continue
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  round {r + 1}, {mode}: {time.monotonic() - t_child:.0f} s", file=sys.stderr, flush=True)
     print(f"load average at end:   {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
           f"({time.monotonic() - t0:.0f} s, {args.rounds} rounds)\n")
     report(runs, modes)
