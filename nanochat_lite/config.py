@@ -65,7 +65,10 @@ class Config:
     # restart test in tests/server/routes/test_conversations.py), so f16 stays the default.
     kv_type: str = "f16"
     # Draft-free speculative decoding (engines/local.py `_set_speculative`), a mode of
-    # SPECULATIVE_MODES; measured with scripts/spec_bench.py.
+    # SPECULATIVE_MODES. Off: measured with scripts/spec_bench.py (2026-12-07, 3 rounds, a
+    # shared machine at load 5-8, so the tok/s figures are noise), SmolLM2-135M kept 3-6 % of
+    # the tokens drafted on chat answers, the commonest, against 22-58 % on code and 18-54 % on
+    # JSON: on chat drafting is verification work with nothing to show for it.
     speculative: str = "off"
     # The engine's batch: the prefill piece of a prompt when no other stream is running.
     # While others stream, the scheduler hands a prompt over in pieces of ~0.25 s instead
