@@ -68,7 +68,9 @@ class Config:
     # SPECULATIVE_MODES. Off: measured with scripts/spec_bench.py (2026-12-07, 3 rounds, a
     # shared machine at load 5-8, so the tok/s figures are noise), SmolLM2-135M kept 3-6 % of
     # the tokens drafted on chat answers, the commonest, against 22-58 % on code and 18-54 % on
-    # JSON: on chat drafting is verification work with nothing to show for it.
+    # JSON: on chat drafting is verification work with nothing to show for it. With one thread
+    # (--threads 1, load 3-4) every mode was slower than off on every kind: chat 0.83-0.94x,
+    # code 0.80-0.95x, JSON 0.65-0.98x (off ~70 tok/s).
     speculative: str = "off"
     # The engine's batch: the prefill piece of a prompt when no other stream is running.
     # While others stream, the scheduler hands a prompt over in pieces of ~0.25 s instead
