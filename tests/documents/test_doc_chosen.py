@@ -19,11 +19,6 @@ from nanochat_lite.embeddings import Embedder
 LONG = " ".join(f"Paragraph {i} tells of the harbour lighthouse keeper and tide number {i}." for i in range(60))
 
 
-@pytest.fixture(scope="module")
-def embedder(embedding_model_dir: Path) -> Embedder:
-    return Embedder(embedding_model_dir, threads=2)
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentStore]:
     spec = str(tmp_path / "h.db") if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
-from pathlib import Path
 
 import pytest
 
@@ -31,18 +30,6 @@ OTHERS = {
 # Near the volcano text in meaning, with no word of it: only the vector half can find it.
 BY_MEANING = "burning mountain spitting fire"
 BY_WORDS = "pumice"  # in the volcano text only
-
-
-@pytest.fixture(scope="module")
-def embedder(embedding_model_dir: Path) -> Embedder:
-    return Embedder(embedding_model_dir, threads=2)
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "h.db")
-    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -31,18 +31,6 @@ TOPICS = {
 }
 
 
-@pytest.fixture(scope="module")
-def embedder(embedding_model_dir: Path) -> Embedder:
-    return Embedder(embedding_model_dir, threads=2)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "h.db")
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def store(spec: str) -> Iterator[DocumentStore]:
     s = open_document_store(spec)
