@@ -226,6 +226,7 @@ class Engine:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {e}") from None
         window.close()
         self._loaded_ranges = window.ranges
+        self._release_lock = threading.Lock()
         self.internal_address = self._server.listening_address
         self._api = _InternalAPI(self.internal_address, key)
         self.closed = False
@@ -312,13 +313,16 @@ class Engine:
         every slot held so the engine computes nothing meanwhile (the scheduler does)."""
         from .kv_pages import drop_zero_pages
 
-        if self.closed:
-            return 0
-        ranges, self._loaded_ranges = self._loaded_ranges, []
-        return drop_zero_pages(ranges)
+        with self._release_lock:  # close() waits: the pages read here are freed with the engine
+            if self.closed:
+                return 0
+            ranges, self._loaded_ranges = self._loaded_ranges, []
+            return drop_zero_pages(ranges)
 
     def close(self) -> None:
-        if not self.closed:
+        with self._release_lock:
+            if self.closed:
+                return
             self.closed = True
             self._api.close()
             self._server = None  # xllamacpp stops its loop and joins its thread
