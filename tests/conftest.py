@@ -40,6 +40,25 @@ def llama_ref(chat_model_path: Path) -> Iterator[LlamaRef]:
 
 
 # -- required components and their opt-out (tests/optout.py) ---------------------------------
+@pytest.fixture
+def openai_client() -> Iterator[object]:
+    """openai_client(**kwargs) -> openai.OpenAI, closed when the test ends: a client left to
+    the garbage collector leaks its pooled socket into whichever later test collects it (a
+    ResourceWarning, an error under filterwarnings = error)."""
+    import openai
+
+    made: list[openai.OpenAI] = []
+
+    def make(**kwargs: object) -> openai.OpenAI:
+        client = openai.OpenAI(**kwargs)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
         optout.opted_out()

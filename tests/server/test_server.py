@@ -134,8 +134,8 @@ def test_context_overflow_is_a_400(server):
     assert r.json()["error"]["code"] == "context_overflow"
 
 
-def test_openai_client_non_stream(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+def test_openai_client_non_stream(server, openai_client):
+    client = openai_client(base_url=server.url + "/v1", api_key="unused")
     resp = client.chat.completions.create(
         model="smollm2-135m-instruct", max_tokens=40, temperature=0,
         messages=[{"role": "system", "content": "You answer in one sentence."},
@@ -146,8 +146,8 @@ def test_openai_client_non_stream(server):
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 
-def test_openai_client_stream(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+def test_openai_client_stream(server, openai_client):
+    client = openai_client(base_url=server.url + "/v1", api_key="unused")
     stream = client.chat.completions.create(
         model="smollm2-135m-instruct", max_tokens=30, stream=True, stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "Say hello."}])
@@ -174,8 +174,8 @@ def test_openai_stream_ends_with_done(server):
     assert events[-2]["usage"]["total_tokens"] > 0
 
 
-def test_openai_errors_have_openai_shape(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def test_openai_errors_have_openai_shape(server, openai_client):
+    client = openai_client(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], temperature=5)
     assert "temperature" in str(e.value)

@@ -272,8 +272,8 @@ def test_user_text_that_opens_a_system_turn_stays_plain_text(small):
 
 
 # -- quotas and tokens per key --------------------------------------------------------------------
-def test_daily_quota_answers_429_on_every_door_once_spent(keyed):
-    alice = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY_A, max_retries=0)
+def test_daily_quota_answers_429_on_every_door_once_spent(keyed, openai_client):
+    alice = openai_client(base_url=keyed.url + "/v1", api_key=KEY_A, max_retries=0)
     r = alice.chat.completions.create(model="any", messages=LONG["messages"], max_tokens=400, temperature=0)
     used = r.usage.prompt_tokens + r.usage.completion_tokens
     # Her 400 tokens were cut to what her quota had left: the day holds exactly QUOTA.

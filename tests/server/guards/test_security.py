@@ -544,16 +544,16 @@ def test_unzip_still_installs_a_good_folder(tmp_path, monkeypatch):
 
 # -- a real server process, real clients --------------------------------------------------------
 @pytest.mark.model
-def test_real_server_with_a_key(tmp_path, chat_model_path):
+def test_real_server_with_a_key(tmp_path, chat_model_path, openai_client):
     from serverproc import ServerProc
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     with ServerProc(tmp_path, "--threads", "1", "--api-key", f"tester:{KEY}") as server:
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+        client = openai_client(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
         r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert r.choices[0].message.content and r.usage.completion_tokens >= 1
-        wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        wrong = openai_client(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as e:
             wrong.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert e.value.status_code == 401 and e.value.code == "invalid_api_key"

@@ -7,7 +7,6 @@ import base64
 
 import httpx
 import numpy as np
-import openai
 import pytest
 
 from serverproc import ServerProc
@@ -19,8 +18,8 @@ def server(tmp_path_factory, chat_model_path, embedding_model_dir):
         yield s
 
 
-def test_openai_client_embeddings(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+def test_openai_client_embeddings(server, openai_client):
+    client = openai_client(base_url=server.url + "/v1", api_key="unused")
     r = client.embeddings.create(model="all-minilm-l6-v2", input=["The cat sits on the mat.",
                                                                   "A cat is sitting on a mat.",
                                                                   "Stock markets fell sharply today."])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -55,8 +56,11 @@ def server(tmp_path_factory, chat_model_path):
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)  # a hang guard
+def client(server) -> Iterator[openai.OpenAI]:
+    # timeout: a hang guard. Closed at the module's end: left to the garbage collector, its
+    # pooled socket was reported (ResourceWarning) in the next module's first test.
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600) as c:
+        yield c
 
 
 def valid(obj: Any, schema: dict) -> bool:
