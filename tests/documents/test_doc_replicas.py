@@ -6,11 +6,11 @@ on one SQLite file, with the real MiniLM embedder."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 
 import pytest
+from test_doc_store import wait_until
 
 from nanochat_lite.documents import store as store_module
 from nanochat_lite.documents.blocks import Block
@@ -43,20 +43,11 @@ def replicas(spec: str, embedder: Embedder) -> Iterator[tuple[DocumentService, D
         b.close()
 
 
-def _wait(condition: Callable[[], bool], what: str, within: float = 120.0) -> None:
-    """Poll until `condition` holds; the deadline only guards against a hang."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def _index(svc: DocumentService, owner: str, name: str, text: str, collection: str = "default") -> Document:
     """Upload and index `text` through this replica, as the route does; returns it once ready."""
     doc = svc.library.store.add(owner, collection, name, "text", len(text))
     progress = svc.indexer.submit(doc, [Block(text, None, None)])
-    _wait(lambda: progress.state != "indexing", f"{name} to be indexed")
+    wait_until(lambda: progress.state != "indexing", f"{name} to be indexed")
     assert progress.state == "ready", progress.snapshot()
     ready = svc.library.store.get(doc.id, owner=owner)
     assert ready is not None and ready.status == "ready" and ready.chunks >= 1

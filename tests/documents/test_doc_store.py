@@ -139,8 +139,9 @@ def test_failure_and_interruption_leave_no_chunks(store: DocumentStore, embedder
     assert interrupted is not None and interrupted.status == "error" and interrupted.error_code == "interrupted"
 
 
-def _wait(condition: Callable[[], bool], what: str, within: float = 120.0) -> None:
-    """Poll until `condition` holds; the deadline only guards against a hang."""
+def wait_until(condition: Callable[[], bool], what: str, within: float = 120.0) -> None:
+    """Poll until `condition` holds; the deadline only guards against a hang (also used by
+    test_doc_replicas.py)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
@@ -164,10 +165,10 @@ def test_indexer_progress_and_yield_to_chat(spec: str, embedder: Embedder) -> No
         blocks = [Block(long_text, None, "Volcanoes")]
         doc = service.library.store.add("alice", "default", "long.txt", "text", len(long_text))
         progress = service.indexer.submit(doc, blocks)
-        _wait(lambda: calls[0] >= 20, "the indexer to ask whether chat is busy")
+        wait_until(lambda: calls[0] >= 20, "the indexer to ask whether chat is busy")
         assert progress.snapshot()["type"] == "progress" and progress.done == 0 and progress.total > 16
         chatting.clear()
-        _wait(lambda: progress.state != "indexing", "indexing to finish")
+        wait_until(lambda: progress.state != "indexing", "indexing to finish")
         assert progress.snapshot() == {"type": "ready", "chunks": progress.total}
         stored = service.library.store.get(doc.id, owner="alice")
         assert stored is not None and stored.status == "ready" and stored.chunks == progress.total
@@ -176,7 +177,7 @@ def test_indexer_progress_and_yield_to_chat(spec: str, embedder: Embedder) -> No
         # An indexing failure (no text at all) stores the reason and no chunks.
         empty = service.library.store.add("alice", "default", "blank.txt", "text", 1)
         failed = service.indexer.submit(empty, [])
-        _wait(lambda: failed.state != "indexing", "the failure")
+        wait_until(lambda: failed.state != "indexing", "the failure")
         assert failed.snapshot()["type"] == "error" and failed.code == "unreadable"
         row = service.library.store.get(empty.id, owner="alice")
         assert row is not None and row.status == "error" and row.chunks == 0
@@ -198,10 +199,10 @@ def test_a_document_deleted_while_indexing_ends_document_not_found(spec: str, em
     try:
         doc = service.library.store.add("alice", "default", "gone.txt", "text", 10)
         progress = service.indexer.submit(doc, [Block(TOPICS["chess"], None, None)])
-        _wait(lambda: calls[0] >= 2, "the indexer to ask whether chat is busy")
+        wait_until(lambda: calls[0] >= 2, "the indexer to ask whether chat is busy")
         assert service.library.store.delete(doc.id, owner="alice") == []
         chatting.clear()
-        _wait(lambda: progress.state != "indexing", "the indexer to notice")
+        wait_until(lambda: progress.state != "indexing", "the indexer to notice")
         assert progress.snapshot() == {"type": "error", "code": "document_not_found",
                                        "message": "the document was deleted while it was indexed"}
         assert service.library.chunks_in_memory("alice") == 0
