@@ -408,10 +408,9 @@ class Scheduler:
                         log.warning("could not give back unused KV cache pages: %r", e)
                     return
             finally:
-                for s in held:
-                    with self._cv:
-                        s.busy = False
                 with self._cv:
+                    for s in held:
+                        s.busy = False
                     self._dispatch()
             self._wait_idle(PREFIX_AFTER_IDLE_S)
             if self._stopping:
