@@ -133,6 +133,9 @@ def test_kv_cache_size_reports() -> None:
 
     assert kv_cache_bytes({"engine": {"slots": 4, "kv_cache_bytes": 1024}}) == ("engine.kv_cache_bytes", 1024)
     assert kv_cache_bytes({"engine": {"kv_cache": {"cells": 8192, "bytes": 96}}}) == ("engine.kv_cache.bytes", 96)
+    # the bytes given back once idle are not the cache's size, whichever comes first
+    assert kv_cache_bytes({"engine": {"kv_cache_bytes": None, "kv_released_bytes": 0}}) is None
+    assert kv_cache_bytes({"engine": {"kv_released_bytes": 7, "kv_cache_bytes": 96}}) == ("engine.kv_cache_bytes", 96)
     assert kv_cache_bytes({"engine": {"kv_cells": 8192}}) is None  # a count is not a size
     assert kv_cache_bytes({"memory": {"kv_cache_bytes": 5}}) is None  # only under "engine"
     assert kv_cache_bytes({"requests": {}}) is None

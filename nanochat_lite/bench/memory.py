@@ -51,12 +51,15 @@ def proc_memory(pid: int) -> dict[str, int]:
 
 def kv_cache_bytes(stats: Any) -> tuple[str, int] | None:
     """The KV-cache size a nanochat-lite /api/stats reports under "engine": the first
-    number whose key path names both the KV cache ("kv") and bytes. A count of cells or
-    tokens is not a size, so it is not taken.
+    number whose key path names both the KV cache ("kv_cache") and bytes. A count of cells
+    or tokens is not a size, and other KV figures in bytes (what was given back) are not the
+    cache's size, so neither is taken.
 
     {"engine": {"slots": 4, "kv_cache_bytes": 1024}} -> ("engine.kv_cache_bytes", 1024)
     {"engine": {"kv_cache": {"cells": 8192, "bytes": 96}}} -> ("engine.kv_cache.bytes", 96)
     {"engine": {"kv_cells": 8192}} -> None
+    {"engine": {"kv_cache_bytes": None, "kv_released_bytes": 0}} -> None (nanochat-lite reports
+    the size once idle)
     """
     found: list[tuple[str, int]] = []
 
@@ -64,7 +67,7 @@ def kv_cache_bytes(stats: Any) -> tuple[str, int] | None:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, f"{path}.{k}")
-        elif isinstance(node, (int, float)) and not isinstance(node, bool) and "kv" in path.lower():
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and "kv_cache" in path.lower():
             found.append((path, int(node)))
 
     if isinstance(stats, dict):

@@ -88,8 +88,12 @@ class LoadWindow:
 
 
 def drop_zero_pages(ranges: Sequence[Range]) -> int:
-    """Drop the all-zero pages of those of `ranges` still mapped; returns the bytes dropped.
-    The caller keeps the engine idle for the duration."""
+    """Drop the all-zero resident pages of those of `ranges` still mapped; returns the bytes
+    of resident memory given back. The caller keeps the engine idle for the duration.
+
+    Pages never touched are not resident (and not counted): reading them would only map
+    the kernel's zero page, so a 1 MiB piece with no resident page is skipped unread.
+    """
     if not ranges or not sys.platform.startswith("linux"):
         return 0
     try:
@@ -99,22 +103,29 @@ def drop_zero_pages(ranges: Sequence[Range]) -> int:
     libc = ctypes.PyDLL(None)  # PyDLL: these calls keep the GIL
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     zero = ctypes.create_string_buffer(CHUNK)
+    resident = ctypes.create_string_buffer(CHUNK // PAGE)  # one byte per page, bit 0: resident
     dropped = 0
     interval = sys.getswitchinterval()
     sys.setswitchinterval(60.0)  # no other Python thread runs between a check and its drop
     try:
         for start, end in live:
-            addr = start
-            while addr < end:
+            for addr in range(start, end, CHUNK):
                 n = min(CHUNK, end - addr)
+                if libc.mincore(addr, n, resident) != 0:
+                    continue
+                flags = resident.raw[: n // PAGE]
+                pages = [i for i, flag in enumerate(flags) if flag & 1]
+                if not pages:
+                    continue
                 if libc.memcmp(addr, zero, n) == 0:
-                    dropped += n if libc.madvise(addr, n, MADV_DONTNEED) == 0 else 0
-                else:  # partly used: its zero pages one by one
-                    for page in range(addr, addr + n, PAGE):
-                        if libc.memcmp(page, zero, PAGE) == 0 and libc.madvise(page, PAGE, MADV_DONTNEED) == 0:
-                            dropped += PAGE
-                addr += n
+                    dropped += len(pages) * PAGE if libc.madvise(addr, n, MADV_DONTNEED) == 0 else 0
+                    continue
+                for i in pages:  # partly used: its zero pages one by one
+                    page = addr + i * PAGE
+                    if libc.memcmp(page, zero, PAGE) == 0 and libc.madvise(page, PAGE, MADV_DONTNEED) == 0:
+                        dropped += PAGE
     finally:
         sys.setswitchinterval(interval)
     return dropped

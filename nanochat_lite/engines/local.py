@@ -254,6 +254,9 @@ class Engine:
                                      add_bos=add_bos, bos_text=bos_text, bos_id=bos_id,
                                      fallback_tokenize=self._engine_tokenize, detokenize=self._detokenize)
         self.kv_cache_bytes: int | None = None  # set by describe_cache()
+        # bytes release_unused_memory gave back (resident pages nothing had written, mostly
+        # the KV cache's; a page comes back, zeroed, when it is first written)
+        self.kv_released_bytes = 0
 
     def _params(self, key: str, kv_type: str, speculative: str) -> Any:
         """llama.cpp's parameters for this engine (sets kv_type and speculative)."""
@@ -317,7 +320,9 @@ class Engine:
             if self.closed:
                 return 0
             ranges, self._loaded_ranges = self._loaded_ranges, []
-            return drop_zero_pages(ranges)
+            dropped = drop_zero_pages(ranges)
+            self.kv_released_bytes += dropped
+            return dropped
 
     def close(self) -> None:
         with self._release_lock:

@@ -204,6 +204,9 @@ class Scheduler:
             "slots": self.slots, "slots_in_use": self.active, "queued": self.queued, "max_queue": self.max_queue,
             "ctx_size": eng.n_ctx, "kv_size": eng.kv_size, "kv_cache_bytes": eng.kv_cache_bytes,
             "kv_type": getattr(eng, "kv_type", None),
+            # resident pages nothing had written, given back once idle: mostly the KV cache's
+            # (also llama.cpp's other load-time buffers'); they return as conversations write them
+            "kv_released_bytes": getattr(eng, "kv_released_bytes", None),
             "shared_prefix_tokens": self.prefix_tokens, "threads": eng.threads}
         health = getattr(eng, "health", None)
         if health is not None:  # a remote engine (remote.py): its upstream, not a cache here

@@ -51,6 +51,19 @@ def test_only_zero_pages_go_and_the_memory_reads_the_same():
     buf.close()
 
 
+def test_pages_never_touched_are_not_counted():
+    size = 8 << 20
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    view = ctypes.c_char.from_buffer(buf)
+    addr = ctypes.addressof(view)
+    del view
+    buf[(3 << 20):(4 << 20)] = b"\0" * (1 << 20)  # one resident MiB of zeros; the other 7 never touched
+    buf[(5 << 20) + 9] = 1  # and one page written
+    assert drop_zero_pages([(addr, addr + size)]) == 1 << 20  # what left RSS, not the whole range
+    assert buf[(5 << 20) + 9] == 1
+    buf.close()
+
+
 def test_nothing_is_dropped_outside_mapped_ranges():
     assert drop_zero_pages([]) == 0
     assert drop_zero_pages([(PAGE, 2 * PAGE)]) == 0  # not mapped: skipped, no crash
@@ -72,6 +85,7 @@ def test_an_engine_that_gave_its_pages_back_answers_the_same(two_engines):
     assert dropped > 150 << 20, dropped  # most of the 8,192-cell cache (180 MB) was never written
     assert before - rss_kb() > 150_000
     assert given.release_unused_memory() == 0  # once
+    assert (given.kv_released_bytes, kept.kv_released_bytes) == (dropped, 0)  # what /api/stats reports
     params = SamplingParams(temperature=0.0, max_tokens=48)
     messages = [{"role": "user", "content": "My name is Zorblax. Write two sentences about a cat."}]
     answers = [[ev for ev in e.generate(messages, params) if isinstance(ev, Done)][0].text for e in (kept, given)]

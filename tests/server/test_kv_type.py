@@ -38,6 +38,23 @@ def test_q8_0_cache_answers_and_reports_its_size(tmp_path):
         assert engine["kv_cache_bytes"] == 47_185_920 * 34 // 64, engine
 
 
+def test_the_default_cache_gives_its_unwritten_pages_back_and_says_so(tmp_path):
+    """f16, 2 x 4096 cells: 180 MB allocated and cleared at load; once idle the pages no
+    conversation wrote go back (engines/kv_pages.py), and /api/stats reports how many.
+    (A cache under 64 MB, as with q8_0 above, is not looked at: too small to matter.)"""
+    with ServerProc(tmp_path, "--threads", "1", "--parallel", "2") as s:
+        r = httpx.post(s.url + "/api/chat", json={"message": "Say hi.", "max_tokens": 8, "temperature": 0},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 120
+        while not ((engine := httpx.get(s.url + "/api/stats", timeout=30).json()["engine"])["kv_released_bytes"]
+                   and engine["kv_cache_bytes"]):  # both come once the server is idle
+            assert time.monotonic() < deadline, engine
+            time.sleep(0.1)
+        assert engine["kv_size"] == 8192 and engine["kv_cache_bytes"] == 4 * 47_185_920, engine
+        assert engine["kv_cache_bytes"] // 2 < engine["kv_released_bytes"] < engine["kv_cache_bytes"], engine
+
+
 def test_a_bad_kv_type_is_refused_with_the_choices(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nanochat_lite", "serve", "--kv-type", "q4_0", "--port", "0"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
