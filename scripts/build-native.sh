@@ -15,7 +15,7 @@
 # converter, which the server asks first (engines/grammar.py) just as it asks llguidance with
 # the wheel. `nanochat-lite bench` prints which build is loaded.
 #
-#   ./scripts/build-native.sh                   # build and install (20-40 min on 2 cores)
+#   ./scripts/build-native.sh                   # build and install (10 min on 2 quiet cores, ~40 beside a test run)
 #   ./scripts/build-native.sh --wheel-dir DIR   # only build the wheel into DIR
 #   NPROC=1 ./scripts/build-native.sh           # fewer compile jobs
 set -euo pipefail
@@ -77,8 +77,14 @@ echo "CPU instruction sets used: ${isas[*]:-none beyond the baseline}; AMX: $amx
 echo "Building xllamacpp $VERSION from source (llama.cpp; this takes a while) ..." >&2
 start=$(date +%s)
 export CMAKE_ARGS="${args[*]}" NPROC="${NPROC:-$(nproc)}"
-.venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-binary xllamacpp \
-    "xllamacpp==$VERSION" -w "${wheel_dir:-$work/wheel}" >&2
+# The source distribution, unpacked and patched so that Server() loads without the GIL
+# (scripts/xllamacpp_nogil.py says why), then built.
+.venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    "xllamacpp==$VERSION" -d "$work/sdist" >&2
+tar -xzf "$work"/sdist/xllamacpp-*.tar.gz -C "$work"
+.venv/bin/python scripts/xllamacpp_nogil.py "$work/xllamacpp-$VERSION"
+.venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps "$work/xllamacpp-$VERSION" \
+    -w "${wheel_dir:-$work/wheel}" >&2
 if [ -n "$wheel_dir" ]; then
     echo "Built $(ls "$wheel_dir"/xllamacpp-*.whl) in $(( $(date +%s) - start )) s (not installed)" >&2
     exit 0

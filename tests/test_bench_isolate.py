@@ -192,3 +192,5 @@ def test_llama_cpp_line_known_answer() -> None:
     assert report.llama_cpp_line(b) == ("llama.cpp: xllamacpp 1.2, local build (wheel tag cp311-cp311-linux_x86_64), "
                                         "compiler GNU 12; instruction sets used: AVX2 AVX512 (also OPENMP); "
                                         "this CPU offers avx2 avx512f")
+    patched = report.llama_cpp_line({**b, "load_releases_gil": True})
+    assert "; Server() loads without the GIL (scripts/xllamacpp_nogil.py); this CPU" in patched

@@ -383,7 +383,8 @@ def llama_cpp_line(b: dict) -> str:
         body = (f", compiler {b.get('compiler', 'unknown')}; instruction sets used: "
                 f"{' '.join(b.get('instruction_sets') or []) or 'none reported'}{switches}")
     cpu = f"; this CPU offers {' '.join(b['cpu_simd'])}" if b.get("cpu_simd") else ""
-    return head + body + cpu
+    gil = "; Server() loads without the GIL (scripts/xllamacpp_nogil.py)" if b.get("load_releases_gil") else ""
+    return head + body + gil + cpu
 
 
 # -- text and Markdown -----------------------------------------------------------------

@@ -80,4 +80,6 @@ def describe() -> dict[str, Any]:
     isa, other = parse_system_info(info)
     build = getattr(xl, "BUILD_INFO", {}) or {}
     return {"xllamacpp": version, "build": kind, "compiler": str(build.get("compiler", "unknown")),
-            "instruction_sets": isa, "switches": other, "system_info": info.strip()}
+            "instruction_sets": isa, "switches": other, "system_info": info.strip(),
+            # scripts/build-native.sh's patch: the model loads while other Python threads run
+            "load_releases_gil": bool(getattr(xl, "NOGIL_LOAD", False))}

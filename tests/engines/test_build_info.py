@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import threading
+import time
+
+import pytest
+
+import xllamacpp
 
 from nanochat_lite.engines import build_info
 
@@ -44,3 +50,37 @@ def test_this_venv_xllamacpp_described() -> None:
     for name in d["instruction_sets"] + d["switches"]:
         assert f"{name} = 1" in d["system_info"]
     assert json.loads(json.dumps(d)) == d  # the bench reads it from a child process as JSON
+    if d["build"].startswith("prebuilt wheel"):  # it holds the GIL while Server() loads
+        assert d["load_releases_gil"] is False
+
+
+@pytest.mark.model
+def test_with_the_patched_build_python_runs_beside_the_model_load(chat_model_path) -> None:
+    """scripts/build-native.sh's patch, checked where it is installed: another Python thread
+    keeps running while Engine() loads (with the prebuilt wheel it stops for the whole load)."""
+    if not getattr(xllamacpp, "NOGIL_LOAD", False):
+        pytest.skip("the prebuilt wheel: Server() holds the GIL (scripts/build-native.sh patches that)")
+    from nanochat_lite.engines.local import Engine
+
+    ticks: list[float] = []
+    loading = threading.Event()
+
+    def tick() -> None:
+        while not loading.is_set():
+            time.sleep(0.001)
+        while loading.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=tick)
+    t.start()
+    loading.set()
+    started = time.perf_counter()
+    engine = Engine(chat_model_path, n_ctx=2048, parallel=2, threads=2)
+    took = time.perf_counter() - started
+    loading.clear()
+    t.join()
+    engine.close()
+    # the longest pause of the ticking thread during the load: a few ms, not the whole load
+    pauses = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert ticks and max(pauses) < took / 2, (max(pauses), took)
