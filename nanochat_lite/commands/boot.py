@@ -3,10 +3,14 @@
 1. Resolve the model (a pulled model is checked by size, not hashed) and bind the
    socket: from here on a client's connection waits in the listen backlog instead of
    being refused.
-2. Open the conversation store (SQLite: a few milliseconds).
-3. Load the model in a thread, beside the web-stack imports in this one. (xllamacpp
-   holds the GIL while its constructor waits for the model, so the two mostly take
-   turns; what they do not share is the kernel's work of mapping the file.)
+2. Start loading the model in a thread, and let that thread reach llama.cpp's own load
+   alone (~30 ms of Python: imports and parameters) before this one goes on.
+3. Open the conversation store and import the web stack, beside the load. How much
+   really overlaps depends on the build: the prebuilt xllamacpp holds the GIL while its
+   constructor waits for the model, so this thread waits too; `scripts/build-native.sh`
+   patches that, and then the web stack costs (nearly) nothing on the way to `ready`.
+   Should start-up fail meanwhile, the load is waited for and closed before the error
+   exits.
 4. Serve. Until the engine is attached `/api/health` answers 503 "loading"; once it
    is, the banner prints how long all this took, counted from this interpreter's
    start. Then, in the background, the shared system prefix is computed once and
@@ -32,6 +36,11 @@ from ..redact import redact_paths
 from .common import CLIError, load_engine, resolve_model
 from .common import say as _say
 from .serve_models import build_registry, describe, resolve_more
+
+
+# How long start-up waits for llama.cpp's load to begin before going on beside the loader
+# (~30 ms here; a bound, not a pause: the wait ends as the load begins).
+NATIVE_HEAD_START_S = 1.0
 
 
 def process_age_s() -> float:
@@ -128,20 +137,26 @@ def _documents(config: Config, runtime):
 
 
 class _EngineLoader:
-    """Loads the engine in a thread; `wait()` returns it or raises CLIError."""
+    """Loads the engine in a thread; `wait()` returns it or raises CLIError. `native`
+    is set once llama.cpp's own load has begun (or the load ended without one)."""
 
     def __init__(self, path: Path | None, name: str, config: Config) -> None:
         self.engine = None
         self.error: str | None = None
         self._done = threading.Event()
+        self.native = threading.Event()
+        if path is None:  # an upstream: nothing of llama.cpp's to wait for
+            self.native.set()
         threading.Thread(target=self._load, args=(path, name, config), name="nanochat-load", daemon=True).start()
 
     def _load(self, path: Path, name: str, config: Config) -> None:
         try:
-            self.engine = _remote_engine(config) if path is None else load_engine(path, name, config)
+            self.engine = (_remote_engine(config) if path is None
+                           else load_engine(path, name, config, on_native_load=self.native.set))
         except CLIError as e:
             self.error = str(e)
         finally:
+            self.native.set()
             self._done.set()
 
     def wait(self):
@@ -149,6 +164,13 @@ class _EngineLoader:
         if self.error is not None:
             raise CLIError(self.error)
         return self.engine
+
+    def discard(self) -> None:
+        """Wait for the load to end and close what it made: start-up failed meanwhile, and
+        a process that exits while llama.cpp is loading on another thread may crash."""
+        self._done.wait()
+        if self.engine is not None:
+            self.engine.close()
 
 
 def serve(config: Config, args: argparse.Namespace | None = None) -> int:
@@ -166,20 +188,10 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     more = resolve_more(config, name)  # --model B..., --models-dir: errors before binding
     sock = _bind(config)
     port = _port_of(sock, getattr(args, "port_file", None))
-    store = _open_store(config)
     loader = _EngineLoader(path, name, config)
     beside = _EngineLoader(None, "", config) if config.engine and path is not None else None
-
-    from ..server import Runtime, create_app  # the web stack, imported while the model loads
-
-    runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
-                      tokenizer_factory=_tokenizer_factory(path), resume_window_s=config.resume_window)
-    if config.seed is not None:
-        from ..generation import SamplingParams
-        runtime.defaults = SamplingParams(seed=config.seed)
-    documents = _documents(config, runtime)
-    app = create_app(runtime, security=security, documents=documents)
-    server = _uvicorn_server(config, app, runtime, limits, security)
+    store, runtime, documents, app, server = _beside_the_load(config, security, limits, (path, name),
+                                                              [x for x in (loader, beside) if x is not None])
     failure: list[str] = []
 
     def attach() -> None:
@@ -227,6 +239,40 @@ def serve(config: Config, args: argparse.Namespace | None = None) -> int:
     if failure:
         raise CLIError(failure[0])
     return 0
+
+
+def _beside_the_load(config: Config, security, limits, model: tuple[Path | None, str],
+                     loaders: list[_EngineLoader]):
+    """The store, the runtime, the app and uvicorn, built while the model loads (its loader is
+    `loaders[0]`). Should any of it fail, the loads are waited for and closed before the error
+    goes on: a process that exits while llama.cpp loads on another thread may crash."""
+    path, name = model
+    try:
+        # The loader's own Python (imports, parameters) runs alone first: beside this thread's
+        # work it would get the GIL only half the time. With a build whose load releases the
+        # GIL (scripts/build-native.sh) everything below then runs beside llama.cpp's load.
+        loaders[0].native.wait(NATIVE_HEAD_START_S)
+        store = _open_store(config)
+
+        from ..server import Runtime, create_app  # the web stack, imported while the model loads
+
+        runtime = Runtime(store=store, model_name=name, embedder_factory=_embedder_factory(config),
+                          tokenizer_factory=_tokenizer_factory(path), resume_window_s=config.resume_window)
+        if config.seed is not None:
+            from ..generation import SamplingParams
+            runtime.defaults = SamplingParams(seed=config.seed)
+        documents = _documents(config, runtime)
+        app = create_app(runtime, security=security, documents=documents)
+        server = _uvicorn_server(config, app, runtime, limits, security)
+        if path is not None:  # what the loader needs after llama.cpp's load, imported here meanwhile
+            from ..engines.local import import_after_load
+
+            import_after_load()
+        return store, runtime, documents, app, server
+    except BaseException:
+        for started in loaders:
+            started.discard()
+        raise
 
 
 def _tokenizer_factory(path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,7 @@ def chat_template_source(config: Config) -> str | None:
     return source
 
 
-def load_engine(path: Path, name: str, config: Config) -> Engine:
+def load_engine(path: Path, name: str, config: Config, *, on_native_load: Callable[[], None] | None = None) -> Engine:
     """Load the engine or raise CLIError with a diagnosis of the file: what is wrong with
     it, read from its header when llama.cpp's own message says little, and the fix."""
     from .. import models
@@ -102,7 +103,7 @@ def load_engine(path: Path, name: str, config: Config) -> Engine:
     try:
         return Engine(path, n_ctx=config.ctx_size, parallel=config.parallel, kv_size=config.kv_size,
                       threads=config.threads, batch=config.batch_size, name=name, chat_template=template,
-                      kv_type=config.kv_type, speculative=config.speculative)
+                      kv_type=config.kv_type, speculative=config.speculative, on_native_load=on_native_load)
     except ModelLoadError as e:
         why = _without_path(str(e), path).rstrip(".")
         if why.startswith("llama.cpp could not load"):  # its message says little: read the header

@@ -22,7 +22,6 @@ save/restore/erase.
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import os
 import queue
@@ -35,11 +34,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..generation import Delta, Done, EngineError, ModelLoadError, Prepared, SamplingParams
 from .grammar import engine_schema
 from .template import ChatTemplate, TemplateError
+
+if TYPE_CHECKING:
+    import http.client
 
 # What llama.cpp's server reports as its chat template when the GGUF has none (its
 # built-in ChatML fallback, byte for byte). Only then is the GGUF itself asked whether
@@ -137,6 +139,17 @@ KV_TYPES = {"f16": 2.0, "q8_0": 34 / 32}
 GGML_TYPE_Q8_0 = 8  # ggml's type number
 
 
+def import_after_load() -> None:
+    """Import what `Engine()` needs once llama.cpp has loaded (the internal API's HTTP client,
+    Jinja for the template): serve's start-up calls it on its main thread while the model
+    loads on another, so the loader finds them imported."""
+    import http.client  # noqa: F401
+
+    from .template import load_jinja
+
+    load_jinja()
+
+
 class _InternalAPI:
     """The engine's own HTTP listener, for this module only: loopback, random key.
 
@@ -144,6 +157,11 @@ class _InternalAPI:
     """
 
     def __init__(self, address: str, key: str) -> None:
+        # Imported here, after llama.cpp's load: http.client (with email and ssl) costs ~15-25 ms
+        # that serve's start-up spends on its other thread meanwhile (import_after_load).
+        import http.client
+
+        self._http = http.client
         hostport = address.split("://", 1)[-1]
         self.host, port = hostport.rsplit(":", 1)
         self.port = int(port)
@@ -163,7 +181,7 @@ class _InternalAPI:
         for attempt in (1, 2):
             conn = getattr(self._local, "conn", None)
             if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                conn = self._local.conn = self._http.HTTPConnection(self.host, self.port, timeout=60)
                 with self._conns_lock:
                     self._conns.append(conn)
             try:
@@ -171,7 +189,7 @@ class _InternalAPI:
                 resp = conn.getresponse()
                 payload = resp.read()
                 break
-            except (OSError, http.client.HTTPException):
+            except (OSError, self._http.HTTPException):
                 conn.close()
                 self._local.conn = None
                 with self._conns_lock:
@@ -190,13 +208,14 @@ class Engine:
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 4096, parallel: int = 1,
                  kv_size: int | None = None, threads: int | None = None, batch: int = 512,
                  name: str | None = None, chat_template: str | None = None, kv_type: str = "f16",
-                 speculative: str = "off") -> None:
+                 speculative: str = "off", on_native_load: Callable[[], None] | None = None) -> None:
         """Load the model. `n_ctx` is one conversation's context window; `kv_size` is
         the KV cache shared by all `parallel` slots (default: 2 × n_ctx). `chat_template`
         (a Jinja source) replaces the model's own; without either, conversations are
         refused (`NoChatTemplate`) and raw prompts work. `kv_type` "q8_0" stores K and V
         in 8 bits (half the memory of "f16"), with flash attention, which llama.cpp needs
-        to read a quantized V."""
+        to read a quantized V. `on_native_load` is called as llama.cpp's own load begins
+        (serve's start-up waits for it before its imports: see commands/boot.py)."""
         import xllamacpp  # ~30 ms, no numpy
 
         self.model_path = Path(model_path)
@@ -219,6 +238,8 @@ class Engine:
         from .kv_pages import LoadWindow
 
         window = LoadWindow()  # what llama.cpp maps while it loads: its KV cache among it
+        if on_native_load is not None:
+            on_native_load()
         try:
             self._server = xllamacpp.Server(p)
         except (RuntimeError, ValueError, OSError) as e:

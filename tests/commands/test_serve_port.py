@@ -35,3 +35,15 @@ def test_unwritable_port_file_is_a_clear_error(tmp_path, chat_model_path):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
     assert f"--port-file {where}" in p.stderr and "writable" in p.stderr, p.stderr
+
+
+def test_a_store_that_cannot_open_is_a_clear_error_while_the_model_loads(tmp_path, chat_model_path):
+    """The store opens while the model loads (commands/boot.py): its error waits for the load
+    and closes the engine before exiting, so the process ends with the message, not a crash."""
+    (tmp_path / "a-file").write_text("not a folder")
+    where = tmp_path / "a-file" / "db.sqlite3"
+    p = subprocess.run([sys.executable, "-m", "nanochat_lite", "serve", "--port", "0", "--threads", "1",
+                        "--db", str(where)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Segmentation" not in p.stderr
+    assert f"Cannot open the conversation store {where}" in p.stderr and "--db PATH" in p.stderr, p.stderr
