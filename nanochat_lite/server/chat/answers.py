@@ -185,7 +185,10 @@ class Answers:
                     yield frame
                 if a.finished and (pos >= a.last_seq or not a.frames):
                     return
-                try:
+                if a.n_tokens:  # streaming: every change is notified, no frame is due on a timer
+                    await changed.wait()
+                    continue
+                try:  # still waiting for the first token: a progress frame every interval
                     await asyncio.wait_for(changed.wait(), PROGRESS_INTERVAL_S)
                 except TimeoutError:
                     if a.n_tokens == 0 and not a.finished:
