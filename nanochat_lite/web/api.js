@@ -54,7 +54,7 @@ export const api = {
   remove: (id) => call("DELETE", `/api/conversations/${enc(id)}`),
   search: (q, owner) => call("GET", `/api/search?q=${enc(q)}${ownerQ(owner)}`),
   tokenize: (text, special) => call("POST", "/api/tokenize", { text, with_pieces: true, special }),
-  documents: () => call("GET", "/api/documents"),
+  documents: (collection) => call("GET", `/api/documents${collection ? `?collection=${enc(collection)}` : ""}`),
   removeDocument: (id) => call("DELETE", `/api/documents/${enc(id)}`),
   exportUrl: (id, format, owner) => `/api/conversations/${enc(id)}/export?format=${format}${ownerQ(owner)}`,
 };

@@ -5,7 +5,8 @@
 // sidebar.js, settings.js + store.js, dashboard.js + charts.js, tokens.js (the
 // tokenizer view), api.js (REST), auth.js (the API key, when the server wants one),
 // limits.js (the server's limits, which the page checks too), dom.js (el()),
-// documents.js (uploads, the documents panel, the "use my documents" switch), citations.js,
+// documents.js (uploads, the documents panel and its collection field), docswitch.js (the
+// per-conversation "use my documents" switch and its collection), citations.js,
 // models.js (the model picker, when the server serves several).
 // The open conversation lives in the URL hash (#c=<id>; #c=<id>&owner=<name> for another
 // key's, which an admin key reads read-only) and in localStorage, so a reload comes back to it.
@@ -16,7 +17,8 @@ import { authorizeDownloads, installKeyForm, onKeyChange, wsProtocols } from "./
 import { ChatSession } from "./chat.js";
 import { installCitationDialog } from "./citations.js";
 import { Dashboard } from "./dashboard.js";
-import { DocumentsPanel, DocumentsSwitch, Uploads, acceptDrops } from "./documents.js";
+import { DocumentsPanel, Uploads, acceptDrops } from "./documents.js";
+import { DocumentsSwitch } from "./docswitch.js";
 import { limits, loadLimits, withLimits } from "./limits.js";
 import { ModelPicker } from "./models.js";
 import { SettingsPanel } from "./settings.js";
@@ -36,7 +38,10 @@ const socket = new ReconnectingSocket(wsUrl, wsProtocols);
 // A new key: try the socket now rather than after its backoff wait.
 onKeyChange(() => socket.state !== "open" && socket.connect());
 const settings = new SettingsPanel($("#settings-form"), $("#settings-error"));
-const docsSwitch = new DocumentsSwitch($("#use-docs"));
+const docsPanel = new DocumentsPanel($("#panel-documents"));
+// Turned on, the switch takes the collection the panel's field names then.
+const docsSwitch = new DocumentsSwitch($("#use-docs"), $("#use-docs-collection"), () => docsPanel.collection());
+docsPanel.addEventListener("collection", () => docsSwitch.showName());
 const picker = new ModelPicker($("#model-picker"), $("#model-box"), $("#model-name"));
 const session = new ChatSession(socket, (thread) => ({
   ...settings.chatFields(!thread.id), ...docsSwitch.fields(thread), ...picker.fields(thread) }));
@@ -343,17 +348,23 @@ document.addEventListener("keydown", (ev) => {
   }
 });
 
-// -- documents: the paperclip, drops onto the chat, the panel, citation chips ---------------
-const uploads = new Uploads($("#uploads"), socket);
-const docsPanel = new DocumentsPanel($("#panel-documents"));
-uploads.addEventListener("changed", () => docsPanel.refresh());
-$("#attach").addEventListener("click", () => $("#doc-file").click());
-$("#doc-file").addEventListener("change", (ev) => {
-  const files = [...ev.target.files];
-  ev.target.value = ""; // the same file again is a new upload
-  uploads.add(files);
-});
+// -- documents: the paperclip, drops onto the chat or the panel, citation chips --------------
+// Both lists of uploads put the files in the panel's collection; each shows its own rows.
+const uploads = new Uploads($("#uploads"), socket, docsPanel);
+const panelUploads = new Uploads($("#docs-uploads"), socket, docsPanel);
+for (const u of [uploads, panelUploads]) u.addEventListener("changed", () => docsPanel.refresh());
+function pickFiles(button, input, into) {
+  button.addEventListener("click", () => input.click());
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // the same file again is a new upload
+    into.add(files);
+  });
+}
+pickFiles($("#attach"), $("#doc-file"), uploads);
+pickFiles($("#docs-upload"), $("#docs-file"), panelUploads);
 acceptDrops($("#panel-chat"), (files) => uploads.add(files));
+acceptDrops($("#panel-documents"), (files) => panelUploads.add(files));
 installCitationDialog($("#cite-dialog"));
 
 const dashboard = new Dashboard($("#panel-dashboard"), (stats) => showModel(stats.model));

@@ -1,5 +1,5 @@
-// Documents: uploads with their progress bars, the documents panel, the per-conversation
-// "use my documents" switch.
+// Documents: uploads with their progress bars, the documents panel and its collection
+// field (docswitch.js has the per-conversation "use my documents" switch).
 //
 // An upload goes in two steps, each with its own bar: the bytes (XMLHttpRequest, whose
 // upload progress fetch() cannot report; it carries the API key like every fetch), then
@@ -7,12 +7,17 @@
 // {done, total} frames, then ready {chunks} or error {code, message}, each naming its
 // document_id). A socket that drops while a document is indexing asks again once it is
 // back. The server's message is shown as it is (textContent) when a file is refused.
+//
+// Every upload goes into the collection the panel's field names (empty: `default`). A
+// name the server refuses is caught before any file's bytes go: the panel asks
+// GET /api/documents?collection=NAME, which checks names exactly as the upload does, and
+// shows the server's message; the files get a failed row each with the same message.
 
 import { ApiError, api } from "./api.js";
 import { apiKey, askForKey, authHeaders } from "./auth.js";
+import { DEFAULT_COLLECTION } from "./docswitch.js";
 import { el } from "./dom.js";
 
-const DOCS_KEY = "nanochat-lite.documents"; // conversation ids with "use my documents" on
 const RETRY_WATCH_MS = 2000; // a watch refused for now (storage_unavailable, too_many_watches): again after this
 
 /** POST /api/documents with `file`; onProgress(sent, total) as the bytes go out.
@@ -55,11 +60,13 @@ export async function uploadDocument(file, onProgress, collection) {
 
 /** The uploads on screen: one row per file with its bar, until it is ready or failed. */
 export class Uploads extends EventTarget {
-  /** `list` is the <ul> the rows go in; `socket` the page's ReconnectingSocket. */
-  constructor(list, socket) {
+  /** `list` is the <ul> the rows go in; `socket` the page's ReconnectingSocket; `panel`
+   * the DocumentsPanel whose collection field says where the files go. */
+  constructor(list, socket, panel) {
     super();
     this.list = list;
     this.socket = socket;
+    this.panel = panel;
     this.watching = new Map(); // document id -> its row, while it is indexing
     socket.addEventListener("frame", (ev) => this._onFrame(ev.detail));
     socket.addEventListener("state", () => {
@@ -71,19 +78,30 @@ export class Uploads extends EventTarget {
     });
   }
 
-  /** Upload each file; resolves once all are sent (not indexed). */
+  /** Upload each file into the panel's collection; resolves once all are sent (not indexed). */
   async add(files) {
-    await Promise.all([...files].map((f) => this._one(f)));
+    files = [...files]; // a FileList empties when its <input> is reset
+    const target = await this.panel.checked();
+    if (target.error !== undefined) {
+      for (const f of files) {
+        const row = uploadRow(f.name, this.panel.collection());
+        this.list.append(row.li);
+        row.fail(target.error);
+      }
+      return;
+    }
+    await Promise.all(files.map((f) => this._one(f, target.name)));
   }
 
-  async _one(file) {
-    const row = uploadRow(file.name);
+  async _one(file, collection) {
+    const row = uploadRow(file.name, collection);
     this.list.append(row.li);
     row.set("uploading", "uploading…", 0, file.size || 1);
     let data;
     try {
       data = await uploadDocument(file, (sent, total) =>
-        row.set("uploading", `uploading ${percent(sent, total)}`, sent, total || 1));
+        row.set("uploading", `uploading ${percent(sent, total)}`, sent, total || 1),
+      collection === DEFAULT_COLLECTION ? undefined : collection);
     } catch (err) {
       row.fail(err.message);
       return;
@@ -127,9 +145,15 @@ function percent(sent, total) {
   return total ? `${Math.min(100, Math.round((100 * sent) / total))} %` : "";
 }
 
-/** One upload's row: name, bar, status text; data-state uploading | indexing | ready | error. */
-function uploadRow(name) {
+/** One upload's row: name, bar, status text; data-state uploading | indexing | ready | error.
+ * A collection other than `default` shows after the name (CSS, from data-collection). */
+function uploadRow(name, collection) {
   const li = el("li", "upload");
+  const label = el("span", "upload-name", name);
+  if (collection !== DEFAULT_COLLECTION) {
+    label.dataset.collection = collection;
+    label.title = `${name} → the collection "${collection}"`;
+  }
   const bar = el("progress", "upload-bar");
   const status = el("span", "upload-status");
   const dismiss = el("button", "small-button", "✕");
@@ -137,7 +161,7 @@ function uploadRow(name) {
   dismiss.dataset.action = "dismiss";
   dismiss.title = "Remove this line (the document stays)";
   dismiss.setAttribute("aria-label", `Remove the line for ${name}`);
-  li.append(el("span", "upload-name", name), bar, status, dismiss);
+  li.append(label, bar, status, dismiss);
   bar.setAttribute("aria-label", `Progress of ${name}`);
   return {
     li,
@@ -191,18 +215,58 @@ export function acceptDrops(zone, onFiles) {
   });
 }
 
-/** The documents panel: the owner's documents, each with its delete button. */
-export class DocumentsPanel {
+/** The documents panel: the owner's documents, each with its delete button, and the
+ * collection field (a text input whose <datalist> offers the collections listed).
+ * Dispatches "collection" when the field's collection changes. */
+export class DocumentsPanel extends EventTarget {
   constructor(root) {
+    super();
     this.root = root;
     this.body = root.querySelector("#docs-list");
     this.status = root.querySelector("#docs-status");
+    this.field = root.querySelector("#docs-collection");
+    this.choices = root.querySelector("#docs-collections");
+    this.fieldError = root.querySelector("#docs-collection-error");
     this._seq = 0;
+    this.field.addEventListener("input", () => {
+      this._showRefusal("");
+      this.dispatchEvent(new CustomEvent("collection"));
+    });
+    this.field.addEventListener("change", () => this.checked()); // say at once when the name will not do
     root.querySelector("#docs-refresh").addEventListener("click", () => this.refresh());
     this.body.addEventListener("click", (ev) => {
       const b = ev.target.closest("button[data-action=delete-doc]");
       if (b) this._delete(b.closest("tr"));
     });
+  }
+
+  /** The collection the field names, trimmed as the server trims it; empty is `default`. */
+  collection() {
+    return this.field.value.trim() || DEFAULT_COLLECTION;
+  }
+
+  /** The field's collection once the server takes its name: {name}, or {error} with the
+   * server's message (shown under the field too). A check that cannot be made (no
+   * server, documents off) lets the upload go: its own answer then says what is wrong. */
+  async checked() {
+    const name = this.collection();
+    if (name === DEFAULT_COLLECTION) return { name };
+    try {
+      await api.documents(name);
+    } catch (err) {
+      if (err.status === 400) {
+        if (this.collection() === name) this._showRefusal(err.message);
+        return { error: err.message };
+      }
+    }
+    if (this.collection() === name) this._showRefusal("");
+    return { name };
+  }
+
+  _showRefusal(message) {
+    this.fieldError.textContent = message;
+    if (message) this.field.setAttribute("aria-invalid", "true");
+    else this.field.removeAttribute("aria-invalid");
   }
 
   async refresh() {
@@ -216,8 +280,10 @@ export class DocumentsPanel {
     }
     if (seq !== this._seq) return; // a later refresh is under way
     this.body.replaceChildren(...docs.map(docRow));
+    const names = [...new Set(docs.map((d) => d.collection))].sort();
+    this.choices.replaceChildren(...names.map((n) => Object.assign(el("option"), { value: n })));
     this.status.textContent = docs.length ? `${docs.length} document${docs.length === 1 ? "" : "s"}`
-      : "No documents yet: attach one with the paperclip under the chat, or drop it onto the chat.";
+      : "No documents yet: upload one here, attach one with the paperclip under the chat, or drop it onto either.";
   }
 
   async _delete(tr) {
@@ -252,64 +318,4 @@ function docRow(d) {
   action.append(del);
   tr.append(...cells, action);
   return tr;
-}
-
-// -- "use my documents", per conversation ------------------------------------------------
-function readOn() {
-  try {
-    const ids = JSON.parse(localStorage.getItem(DOCS_KEY) || "[]");
-    return new Set(Array.isArray(ids) ? ids.filter((x) => typeof x === "string") : []);
-  } catch {
-    return new Set(); // storage disabled or a corrupt value
-  }
-}
-
-function writeOn(ids) {
-  try {
-    localStorage.setItem(DOCS_KEY, JSON.stringify([...ids]));
-  } catch {
-    // Private mode or a full quota: the switch lasts until the page is closed.
-  }
-}
-
-/** The switch under the composer. A new chat's setting is kept with its thread until the
- * server names the conversation, then remembered under that id. */
-export class DocumentsSwitch {
-  constructor(input) {
-    this.input = input;
-    this.thread = { id: null };
-    input.addEventListener("change", () => this._store(this.thread, input.checked));
-  }
-
-  /** Show the switch of `thread` (the conversation now open). */
-  show(thread) {
-    this.thread = thread;
-    this.input.checked = this.on(thread);
-  }
-
-  on(thread) {
-    if (!thread.id) return Boolean(thread.documents);
-    return readOn().has(thread.id);
-  }
-
-  /** The chat frame's field for `thread`: {documents: true} when the switch is on. */
-  fields(thread) {
-    return this.on(thread) ? { documents: true } : {};
-  }
-
-  /** The server named a new chat's conversation: keep its setting under the id. */
-  learned(thread) {
-    if (thread.id && thread.documents) this._store(thread, true);
-  }
-
-  _store(thread, on) {
-    if (!thread.id) {
-      thread.documents = on;
-      return;
-    }
-    const ids = readOn();
-    if (on) ids.add(thread.id);
-    else ids.delete(thread.id);
-    writeOn(ids);
-  }
 }
