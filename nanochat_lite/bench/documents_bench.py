@@ -28,8 +28,9 @@ from typing import Any, Callable
 
 SECTION = "documents"
 # Library.search (what the server runs) fuses with search.py's convex() at its default
-# weight, retrieval.py's default; beside it, reciprocal rank fusion, which it used before.
-SERVER_FUSION = "convex 0.7 vector"
+# weight and spreads the result by section (retrieval.SERVER); beside it, reciprocal rank
+# fusion, which it used before.
+SERVER_FUSION = "convex 0.7 vector, one chunk per section"
 OTHER_FUSION = "rrf k=60"
 
 

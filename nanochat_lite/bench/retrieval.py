@@ -50,7 +50,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ from ..documents.search import (
     chunk_vectors,
     convex,
     rrf,
+    section_key,
 )
 
 # Fixed phrasings, the first one primary: the figures depend on the phrasing (BM25 most:
@@ -86,6 +87,9 @@ LATENCY_QUERIES = 200  # timed searches per size (the questions, round and round
 QUICK_LATENCY_QUERIES = 40
 MISS_EXAMPLES = 10  # misses shown, with what came back instead
 DEFAULT = f"convex {DEFAULT_VECTOR_WEIGHT} vector"  # documents/search.py's default fusion
+# What the server ranks with (documents/library.py): the default fusion, then at most one
+# chunk of a section among the first 10 (search.spread).
+SERVER = f"{DEFAULT}, one chunk per section"
 FUSIONS: dict[str, Callable[[], Fusion]] = {
     DEFAULT: lambda: convex(DEFAULT_VECTOR_WEIGHT),
     "convex 0.8 vector": lambda: convex(0.8),
@@ -175,9 +179,11 @@ def _metrics(ranks: list[int | None]) -> dict[str, float]:
             "mrr@10": sum(1.0 / r for r in ranks if r is not None and r <= 10) / n}
 
 
-def _searches(texts: list[str], blended: np.ndarray, own: np.ndarray) -> dict[str, tuple[HybridSearch, Mode]]:
+def _searches(texts: list[str], blended: np.ndarray, own: np.ndarray,
+              sections: list[Hashable]) -> dict[str, tuple[HybridSearch, Mode]]:
     """Every method measured, over one index of `texts` (ids are positions): `blended`
-    vectors (search.chunk_vectors) and, for the before/after comparison, each chunk's `own`."""
+    vectors (search.chunk_vectors) and, for the before/after comparison, each chunk's `own`;
+    `sections` is each chunk's search.section_key, for the server's spread."""
     ids = list(range(len(texts)))
     vectors, unblended = VectorIndex(blended.shape[1], capacity=len(texts)), VectorIndex(own.shape[1],
                                                                                          capacity=len(texts))
@@ -192,6 +198,8 @@ def _searches(texts: list[str], blended: np.ndarray, own: np.ndarray) -> dict[st
     }
     for name, make in FUSIONS.items():
         searches[f"hybrid, {name}"] = (HybridSearch(vectors, words, candidates=CANDIDATES, fusion=make()), "hybrid")
+    searches[f"hybrid, {SERVER}"] = (HybridSearch(vectors, words, candidates=CANDIDATES,
+                                                   section_of=sections.__getitem__), "hybrid")
     searches[BEFORE] = (HybridSearch(unblended, words, candidates=CANDIDATES, fusion=convex(0.7)), "hybrid")
     return searches
 
@@ -223,6 +231,7 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
     # searched in an index of the chunks *without* their headings (else the answer would
     # hold the question word for word).
     chunk_heading = [c.heading or "" for c in chunks]
+    sections = [section_key(i, label, c.heading, c.page) for i, (label, c) in enumerate(zip(chunk_label, chunks))]
     sets["section headings"] = [Question(h, h) for h in sorted(set(chunk_heading) - {""})]
 
     def embed(batch: list[str]) -> np.ndarray:
@@ -236,8 +245,9 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
     texts = [c.embed_text for c in chunks]
     bare = [c.text for c in chunks]
     indexes = {"with headings": _searches(texts, chunk_vectors(cached, texts, [c.heading for c in chunks]),
-                                          cached(texts)),
-               "without headings": _searches(bare, cached(bare), cached(bare))}  # no headings: nothing to blend
+                                          cached(texts), sections),
+               # no headings in the text: nothing to blend (the chunks' sections are known all the same)
+               "without headings": _searches(bare, cached(bare), cached(bare), sections)}
     embed_seconds = time.perf_counter() - started
 
     rows, misses, examples = [], {}, []
@@ -262,7 +272,7 @@ def quality(quick: bool, embedder: Any, model_dir: Path) -> dict[str, Any]:
                 for h in "AB":  # recall@5 of each half of the questions
                     row["methods"][method][f"recall@5 {h}"] = _metrics(
                         [r for q, r in zip(questions, ranks) if half(q.name) == h])["recall@5"]
-                if (set_name, template, method) == ("help names", templates[0], f"hybrid, {DEFAULT}"):
+                if (set_name, template, method) == ("help names", templates[0], f"hybrid, {SERVER}"):
                     misses = {q.name: q.label for q, r in zip(questions, ranks) if r is None or r > K}
                     examples = _miss_examples(search, questions, queries, query_vectors, texts, chunk_label)
             rows.append(row)
@@ -400,7 +410,7 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"{'mean, half ' + h:<17}{'':>4}  {label:<54}" + "".join(f"{means[m]:>14.3f}" for m in methods))
     print(f"best hybrid on the mean: {q['best_hybrid']}; \"own\": each chunk's own vector, before blending "
           f"it with its heading's ({q['heading_blend']} own)")
-    print(f"missed at {K} by the default ({DEFAULT}), help names, first phrasing: "
+    print(f"missed at {K} by the server's ranking ({SERVER}), help names, first phrasing: "
           f"{q['default_fusion_misses_at_5']}")
     for miss in q["miss_examples"]:
         print(f"  {miss['question']!r}: wanted {miss['expected']} ({miss['expected_opens']!r}); got:")

@@ -24,7 +24,9 @@ half's top `CANDIDATES`, each half's scores min-max normalised over its candidat
 stores' different full-text scales, bm25 and ts_rank, fuse alike). Measured through this
 class on SQLite (scripts/docs_recall_store.py, pydoc QA set, 352 questions x 4
 phrasings): recall@5 0.848, against 0.761 with reciprocal rank fusion (k=60), which it
-used before.
+used before. Then `search.spread`: at most one chunk of a section (document and heading)
+among the first 10, the rest after them; measured the same way on 2026-12-08, recall@5
+0.848 -> 0.864 on SQLite, 0.839 -> 0.862 on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .search import DEFAULT_CANDIDATES, DEFAULT_VECTOR_WEIGHT, Ranking, VectorIndex, convex
+from .search import DEFAULT_CANDIDATES, DEFAULT_VECTOR_WEIGHT, Ranking, VectorIndex, convex, section_key, spread
 from .store import ChunkHit, DocumentStore, VectorBlock
 
 CANDIDATES = DEFAULT_CANDIDATES  # each half's top-N that goes into the fusion
@@ -182,10 +184,13 @@ class Library:
         if only is not None:
             by_vector = [hit for hit in by_vector if hit[0] in only][:wanted]
             by_text = [hit for hit in by_text if hit[0] in only][:wanted]
-        fused = self._fuse(by_vector, by_text)[:k]
+        fused = self._fuse(by_vector, by_text)
+        # Every candidate's row (at most 2 x CANDIDATES): spreading by section needs each one's
+        # heading. A chunk deleted between the ranking and this read is skipped, not shown half.
         hits = self.store.chunk_hits([chunk_id for chunk_id, _ in fused], owner=owner)
-        # A chunk deleted between the ranking and this read is skipped, not shown half.
-        return [_result(score, hits[chunk_id]) for chunk_id, score in fused if chunk_id in hits]
+        ranked = spread([(chunk_id, score) for chunk_id, score in fused if chunk_id in hits],
+                        lambda item: _section(hits[item[0]]))
+        return [_result(score, hits[chunk_id]) for chunk_id, score in ranked[:k]]
 
     def _vector_search(self, owner: str, collection: str | None, query_vector: np.ndarray, k: int) -> Ranking:
         with self._lock:
@@ -195,6 +200,10 @@ class Library:
             ranking.extend(index.search(query_vector, k))
         ranking.sort(key=lambda item: (-item[1], item[0]))
         return ranking[:k]
+
+
+def _section(hit: ChunkHit) -> object:
+    return section_key(hit.id, hit.document_id, hit.heading, hit.page)
 
 
 def _result(score: float, hit: ChunkHit) -> Result:

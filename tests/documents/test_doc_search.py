@@ -19,6 +19,8 @@ from nanochat_lite.documents.search import (
     chunk_vectors,
     convex,
     rrf,
+    section_key,
+    spread,
     terms,
 )
 
@@ -232,3 +234,29 @@ def test_hybrid_default_fusion_is_convex_07() -> None:
     search = HybridSearch(vectors, FixedText([(2, 3.0), (1, 1.0)]))
     # vector: 1 -> 1.0, 2 -> 0.0 normalised; text: 2 -> 1, 1 -> 0: 0.7 vs 0.3
     assert [(h.chunk_id, round(h.score, 6)) for h in search.search("q", unit(1, 0), 2)] == [(1, 0.7), (2, 0.3)]
+
+
+def test_spread_lets_one_item_of_a_section_into_the_first_places() -> None:
+    section = {0: "a", 1: "a", 2: "a", 3: "b", 4: "c", 5: "b"}.__getitem__
+    assert spread([0, 1, 2, 3, 4, 5], section) == [0, 3, 4, 1, 2, 5]
+    assert spread([0, 1, 2, 3, 4, 5], section, places=2) == [0, 3, 1, 2, 4, 5]  # filled: the rest in order
+    assert spread([0, 1, 2, 3, 4, 5], section, cap=2) == [0, 1, 3, 4, 5, 2]
+    assert spread([0, 1, 2], lambda i: "one") == [0, 1, 2]  # one section: nothing to reorder
+    assert spread([], section) == []
+
+
+def test_section_key() -> None:
+    assert section_key(1, "d1", "Lists", 3) == ("d1", "Lists") == section_key(2, "d1", "Lists", None)
+    assert section_key(1, "d1", None, 3) == ("d1", 3) == section_key(2, "d1", "", 3) != section_key(1, "d1", None, 4)
+    assert section_key(1, "d1", None, None) != section_key(2, "d1", None, None)  # neither: each chunk its own
+
+
+def test_hybrid_spreads_by_section_when_told() -> None:
+    vectors = VectorIndex(2)
+    vectors.add([1, 2, 3], np.stack([unit(1, 0), unit(1, 0.1), unit(1, 1)]))
+    sections = {1: "s", 2: "s", 3: "t"}.__getitem__
+    plain = HybridSearch(vectors, FixedText([]))
+    spread_out = HybridSearch(vectors, FixedText([]), section_of=sections)
+    assert [h.chunk_id for h in plain.search("q", unit(1, 0), 3)] == [1, 2, 3]
+    assert [h.chunk_id for h in spread_out.search("q", unit(1, 0), 3)] == [1, 3, 2]
+    assert [h.chunk_id for h in spread_out.search("q", unit(1, 0), 2, mode="vector")] == [1, 2]  # hybrid only

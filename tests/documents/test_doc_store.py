@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nanochat_lite.documents.blocks import Block
-from nanochat_lite.documents.chunk import chunk_blocks, minilm_spans
+from nanochat_lite.documents.chunk import Chunk, chunk_blocks, minilm_spans
 from nanochat_lite.documents.indexer import Indexer
 from nanochat_lite.documents.library import Library
 from nanochat_lite.documents.service import open_document_store, open_documents
@@ -94,6 +94,32 @@ def test_store_search_isolation_delete(store: DocumentStore, embedder: Embedder)
     assert store.fulltext("alice", "magma", 10) == []
     assert "volcano.txt" not in _search(library, embedder, "alice", "lava eruption magma", k=10)
     assert library.chunks_in_memory("alice") == sum(d.chunks for d in store.of_owner(owner="alice"))
+
+
+def test_search_lets_one_chunk_of_a_section_into_the_first_places(store: DocumentStore, embedder: Embedder) -> None:
+    """Library.search spreads by section (search.spread): three lava chunks of one section
+    would fill the first three places; the one chunk of the next best section comes second.
+    With only one section among the candidates, all its chunks still come back."""
+    lava = ["Basaltic lava flows are runny and travel far from the vent.",
+            "Lava from a volcano cools into basalt; runny lava flows make shield volcanoes.",
+            "Rhyolitic lava is thick, and its eruptions throw out ash and pumice."]
+    chunks = [Chunk(text, None, "Lava", 12, i) for i, text in enumerate(lava)]
+    chunks.append(Chunk("Magma chambers under a volcano feed its lava flows.", None, "Magma", 10, 3))
+    chunks.append(Chunk("Knights move in an L shape.", None, "Chess", 6, 4))
+    doc = store.add("alice", "default", "volcano.txt", "text", 200)
+    ids = store.finish(doc.id, pages=None, chunks=chunks, vectors=embedder.embed([c.embed_text for c in chunks]).vectors)
+    assert ids is not None
+    library = _library(store)
+    library.added("alice", "default", ids, _vector_of(store, ids))
+    query = "runny basaltic lava flows"
+    hits = library.search("alice", query, embedder.embed([query]).vectors[0], 3)
+    assert [h.heading for h in hits] == ["Lava", "Magma", "Chess"], hits  # one per section first
+    everything = library.search("alice", query, embedder.embed([query]).vectors[0], 5)
+    assert [h.heading for h in everything][:3] == ["Lava", "Magma", "Chess"]
+    assert sorted(h.text for h in everything if h.heading == "Lava") == sorted(lava)  # the rest after them
+    # Scores are the fusion's own: the spread reorders, it does not rescore.
+    lava_scores = [h.score for h in everything if h.heading == "Lava"]
+    assert lava_scores == sorted(lava_scores, reverse=True) and lava_scores[0] == everything[0].score
 
 
 def _vector_of(store: DocumentStore, ids: list[int]) -> np.ndarray:
