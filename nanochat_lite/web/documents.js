@@ -12,12 +12,15 @@
 // name the server refuses is caught before any file's bytes go: the panel asks
 // GET /api/documents?collection=NAME, which checks names exactly as the upload does, and
 // shows the server's message; the files get a failed row each with the same message.
+// The last name the panel took (empty for `default`) is kept in localStorage and is back
+// in the field after a reload; storage that is off, full or corrupt only means it is not.
 
 import { ApiError, api } from "./api.js";
 import { apiKey, askForKey, authHeaders } from "./auth.js";
 import { DEFAULT_COLLECTION } from "./docswitch.js";
 import { el } from "./dom.js";
 
+const COLLECTION_KEY = "nanochat-lite.collection";
 const RETRY_WATCH_MS = 2000; // a watch refused for now (storage_unavailable, too_many_watches): again after this
 
 /** POST /api/documents with `file`; onProgress(sent, total) as the bytes go out.
@@ -215,6 +218,24 @@ export function acceptDrops(zone, onFiles) {
   });
 }
 
+/** The field's last taken value, from storage: a string, "" when none or unreadable. */
+function readCollection() {
+  try {
+    const name = JSON.parse(localStorage.getItem(COLLECTION_KEY) || '""');
+    return typeof name === "string" ? name : "";
+  } catch {
+    return ""; // storage disabled or a corrupt value
+  }
+}
+
+function writeCollection(name) {
+  try {
+    localStorage.setItem(COLLECTION_KEY, JSON.stringify(name));
+  } catch {
+    // Private mode or a full quota: the field is back to `default` at the next reload.
+  }
+}
+
 /** The documents panel: the owner's documents, each with its delete button, and the
  * collection field (a text input whose <datalist> offers the collections listed).
  * Dispatches "collection" when the field's collection changes. */
@@ -228,6 +249,7 @@ export class DocumentsPanel extends EventTarget {
     this.choices = root.querySelector("#docs-collections");
     this.fieldError = root.querySelector("#docs-collection-error");
     this._seq = 0;
+    this.field.value = readCollection();
     this.field.addEventListener("input", () => {
       this._showRefusal("");
       this.dispatchEvent(new CustomEvent("collection"));
@@ -247,10 +269,14 @@ export class DocumentsPanel extends EventTarget {
 
   /** The field's collection once the server takes its name: {name}, or {error} with the
    * server's message (shown under the field too). A check that cannot be made (no
-   * server, documents off) lets the upload go: its own answer then says what is wrong. */
+   * server, documents off) lets the upload go: its own answer then says what is wrong.
+   * A name taken is remembered for the next page load. */
   async checked() {
     const name = this.collection();
-    if (name === DEFAULT_COLLECTION) return { name };
+    if (name === DEFAULT_COLLECTION) {
+      writeCollection("");
+      return { name };
+    }
     try {
       await api.documents(name);
     } catch (err) {
@@ -259,7 +285,10 @@ export class DocumentsPanel extends EventTarget {
         return { error: err.message };
       }
     }
-    if (this.collection() === name) this._showRefusal("");
+    if (this.collection() === name) {
+      this._showRefusal("");
+      writeCollection(name); // not a name typed over meanwhile
+    }
     return { name };
   }
 

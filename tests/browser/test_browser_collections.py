@@ -4,6 +4,7 @@ embedder, real model): the documents panel's collection field decides where uplo
 the chat frame, `true` for `default`), and a document of another collection is not cited.
 A collection name the server refuses shows the server's message and uploads nothing.
 The switch's memory still reads what pages before collections saved (a list of ids).
+The panel's field is remembered across reloads (a corrupt saved value is read as empty).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ANSWER_TIMEOUT_MS = 300_000  # a grounded prompt on 2 shared cores: tens of seco
 QUOKKA = b"The quokka's locker code is 4719. Nobody else knows it.\n"
 PANTRY = b"The pantry's spare key hangs behind the flour tin in the cellar.\n"
 DOCS_KEY = "nanochat-lite.documents"
+COLLECTION_KEY = "nanochat-lite.collection"
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +182,54 @@ def test_the_switch_reads_what_pages_before_collections_saved(echo_server, new_p
     assert got["on"] == {"fields": {"documents": {"collection": "notes"}}, "name": "notes", "state": "on"}
     assert got["saved"] == {"conv-old": "default", "conv-new": "notes"}
     assert got["corrupt"] == {"checked": False, "fields": {}}
+
+
+def take_collection(page: object, name: str) -> None:
+    """Type `name` into the panel's field and press Enter; wait until the page has kept it."""
+    page.fill("#docs-collection", name)
+    page.press("#docs-collection", "Enter")
+    page.wait_for_function("([k, v]) => localStorage.getItem(k) === v", arg=[COLLECTION_KEY, json.dumps(name)])
+
+
+def test_the_panels_collection_is_remembered_across_reloads(server, new_page):
+    page = new_page().page
+    open_chat(page, server.url)
+    page.click("#tab-documents")
+    take_collection(page, "projects")
+    page.reload()
+    page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
+    # The switch names it at once (what turning it on would use), before the tab is opened.
+    assert page.text_content("#use-docs-collection") == "projects"
+    assert page.get_attribute("#use-docs-collection", "data-state") == "next"
+    page.click("#tab-documents")
+    assert page.input_value("#docs-collection") == "projects"
+    page.set_input_files("#docs-file", files=[{"name": "reloaded.txt", "mimeType": "text/plain", "buffer": QUOKKA}])
+    page.wait_for_selector("#docs-uploads .upload[data-document-id] >> text=reloaded.txt")
+    assert page.get_attribute("#docs-uploads .upload-name", "data-collection") == "projects"
+    assert documents(server)["reloaded.txt"] == "projects"
+    # Cleared: `default` again, and that is remembered too.
+    take_collection(page, "")
+    page.reload()
+    page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
+    assert page.is_hidden("#use-docs-collection")
+    page.click("#tab-documents")
+    assert page.input_value("#docs-collection") == ""
+
+
+@pytest.mark.parametrize("saved", ["{not json", "42", '{"collection": "notes"}', '["notes"]'])
+def test_a_corrupt_saved_collection_reads_as_default(echo_server, new_page, saved):
+    """An unreadable saved value: the field is empty (`default`), the page works (the
+    new_page fixture fails the test on any uncaught error), and the next name is kept."""
+    page = new_page().page
+    open_chat(page, echo_server.url)
+    page.evaluate("([k, v]) => localStorage.setItem(k, v)", [COLLECTION_KEY, saved])
+    page.reload()
+    page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
+    assert page.is_hidden("#use-docs-collection")
+    page.click("#tab-documents")
+    assert page.input_value("#docs-collection") == ""
+    take_collection(page, "notes")
+    page.reload()
+    page.wait_for_selector("#conn[data-state=connected]", timeout=20_000)
+    page.click("#tab-documents")
+    assert page.input_value("#docs-collection") == "notes"
