@@ -212,14 +212,20 @@ def _runs(counts: list[int]) -> Iterator[list[int]]:
         yield run
 
 
-def _encode_run(session: Any, ids: list[list[int]]) -> np.ndarray:
-    """Texts of similar length -> (texts, hidden) normalised mean-pooled vectors."""
+def padded(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of a run -> (input_ids, attention_mask), zero-padded to the longest."""
     longest = max(len(x) for x in ids)
     input_ids = np.zeros((len(ids), longest), np.int64)
     mask = np.zeros((len(ids), longest), np.int32)
     for row, x in enumerate(ids):
         input_ids[row, : len(x)] = x
         mask[row, : len(x)] = 1
+    return input_ids, mask
+
+
+def _encode_run(session: Any, ids: list[list[int]]) -> np.ndarray:
+    """Texts of similar length -> (texts, hidden) normalised mean-pooled vectors."""
+    input_ids, mask = padded(ids)
     (hidden,) = session.run(["hidden"], {"input_ids": input_ids, "attention_mask": mask})
     # Mean over real tokens: padded rows of `hidden` hold values, so mask them out.
     pooled: np.ndarray = np.einsum("bsh,bs->bh", hidden, mask.astype(np.float32))
