@@ -76,7 +76,8 @@ def _search(r: dict[str, Any], prev: dict[str, Any]) -> Table:
         t.rows.append(["search", failed, "", "", ""])
         return t
     t.note = (f"Library.search (what POST /api/documents/search runs after embedding the query: full text and "
-              f"vectors top 50 each, fused, the {now['k']} winners read) over synthetic chunks of "
+              f"vectors top 50 each, fused, the candidates' rows read and spread by section, the first "
+              f"{now['k']} kept) over synthetic chunks of "
               f"{now['chunk_words']} Zipf-drawn words and random unit vectors; {now['queries']} searches per size, "
               "one owner, the query's embedding not timed. Load average "
               f"{now['load_average_start']}–{now['load_average_end']}.")
