@@ -369,10 +369,10 @@ def convex(vector_weight: float = 0.5) -> Fusion:
 
 def section_key(chunk_id: int, document: str, heading: str | None, page: int | None) -> Hashable:
     """What `spread` groups by: a chunk's document and section heading; without a heading,
-    its page (PDFs); with neither, the chunk alone. (Grouping a text without headings as one
-    section would let one chunk of a whole document among the first places, and asked
-    about its parts, a document is no section: through the SQLite store with the headings
-    left out, that cost section-heading questions 0.84 -> 0.77 recall@5.)
+    its page (PDFs); with neither, the chunk alone. Why not the whole document then: a text
+    without headings would get only one chunk among the first places however many of its
+    parts match; through the SQLite store with the headings left out, that cost the
+    section-heading questions 0.84 -> 0.77 recall@5.
 
     section_key(7, "d1", "Lists", 3) -> ("d1", "Lists"); section_key(7, "d1", None, 3) -> ("d1", 3)
     """
